@@ -1,0 +1,56 @@
+"""Cheap, robust per-frame statistics (read once, used for weights and rejection)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["FrameStats", "frame_stats"]
+
+_MAD_TO_SIGMA = 1.4826
+
+
+@dataclass(frozen=True)
+class FrameStats:
+    """Valid fraction, robust background (median) and noise per channel of one frame.
+
+    ``noise`` is estimated from the median absolute deviation of differences between
+    horizontally adjacent pixels, divided by sqrt(2): smooth structure (gradients, nebulae)
+    cancels in the difference, and the median ignores stars, so it measures pixel noise.
+    """
+
+    valid_fraction: float
+    background: tuple[float, ...]
+    noise: tuple[float, ...]
+
+    def to_dict(self) -> dict:
+        return {
+            "valid_fraction": self.valid_fraction,
+            "background": list(self.background),
+            "noise": list(self.noise),
+        }
+
+
+def frame_stats(data: np.ndarray, *, max_samples: int = 1_000_000) -> FrameStats:
+    """Statistics of a (C, H, W) frame with NaN for no data (see `FrameStats`)."""
+    c, h, w = data.shape
+    valid = np.isfinite(data).all(axis=0)
+    fraction = float(valid.mean()) if valid.size else 0.0
+    if fraction == 0.0:
+        return FrameStats(0.0, (float("nan"),) * c, (float("nan"),) * c)
+    stride = max(1, int(np.sqrt(h * w / max_samples)))
+    sub = data[:, ::stride, :]
+    bg, noise = [], []
+    for ch in range(c):
+        plane = sub[ch]
+        values = plane[np.isfinite(plane)]
+        bg.append(float(np.median(values)))
+        diff = (plane[:, 1:] - plane[:, :-1]).ravel()
+        diff = diff[np.isfinite(diff)]
+        if diff.size < 16:
+            noise.append(float("nan"))
+            continue
+        mad = np.median(np.abs(diff - np.median(diff)))
+        noise.append(float(_MAD_TO_SIGMA * mad / np.sqrt(2.0)))
+    return FrameStats(fraction, tuple(bg), tuple(noise))

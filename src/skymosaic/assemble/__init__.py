@@ -1,0 +1,14 @@
+"""Phase 5: the coadd of frames or tiles onto the output grid."""
+
+from skymosaic.assemble._coadd import CoaddOptions, CoaddResult, coadd, source_bbox
+from skymosaic.assemble._sources import ArraySource, FileSource, ImageSource
+
+__all__ = [
+    "ArraySource",
+    "CoaddOptions",
+    "CoaddResult",
+    "FileSource",
+    "ImageSource",
+    "coadd",
+    "source_bbox",
+]

@@ -1,0 +1,243 @@
+"""Command line: parse, call the Python API, print a summary. Nothing else lives here.
+
+Exit codes: 0 success; 1 unexpected internal error; 2 bad usage, bad configuration, or
+no usable input.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.progress import Progress as RichBars
+from rich.table import Table
+
+from skymosaic._version import __version__
+from skymosaic.config import Config, ConfigError, load_config
+from skymosaic.pipeline import NoUsableFramesError, Progress, RunResult, run_pipeline
+
+__all__ = ["app", "main"]
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="skymosaic: seamless, photometrically consistent mosaics from overlapping FITS frames.",
+)
+console = Console(stderr=True)
+
+
+class RichProgress(Progress):
+    """Progress bars with rate and ETA, one per phase."""
+
+    def __init__(self, bars: RichBars) -> None:
+        self.bars = bars
+        self.tasks: dict[str, int] = {}
+
+    def start(self, phase: str, total: int) -> None:
+        self.tasks[phase] = self.bars.add_task(phase, total=max(total, 1))
+
+    def advance(self, phase: str, n: int = 1) -> None:
+        if phase in self.tasks:
+            self.bars.advance(self.tasks[phase], n)
+
+    def end(self, phase: str) -> None:
+        if phase in self.tasks:
+            task = self.tasks[phase]
+            self.bars.update(task, completed=self.bars.tasks[task].total)
+
+
+def _setup_logging(level: str) -> None:
+    logger = logging.getLogger("skymosaic")
+    logger.handlers = [h for h in logger.handlers if not isinstance(h, RichHandler)]
+    handler = RichHandler(console=console, show_path=False, show_time=False)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(level.upper())
+    logger.propagate = False
+
+
+def _bars() -> RichBars:
+    return RichBars(
+        TextColumn("{task.description:>9}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False,
+        disable=not console.is_terminal,
+    )
+
+
+def _summary_table(result: RunResult) -> Table:
+    rep = result.report
+    frames, output = rep["frames"], rep["output"]
+    table = Table(title="skymosaic run", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    table.add_row("frames found", str(frames["found"]))
+    table.add_row("frames used", str(frames["used"]))
+    table.add_row("frames rejected", str(len(frames["rejected"])))
+    for path, reason in list(frames["rejected"].items())[:10]:
+        table.add_row("", f"{Path(path).name}: {reason}")
+    h, w = output["shape"]
+    table.add_row("mosaic", f"{w} x {h} px, {output['channels']} channel(s), "
+                            f"{output['pixel_scale_arcsec']:.3f}\"/px")
+    table.add_row("coverage", f"{100 * output['coverage_fraction']:.1f}% of pixels, depth <= {output['max_depth']}")
+    table.add_row("time", ", ".join(f"{k} {v:.2f}s" for k, v in rep["timings_s"].items()))
+    table.add_row("output", str(result.mosaic_path))
+    if result.preview_path:
+        table.add_row("preview", str(result.preview_path))
+    table.add_row("report", str(result.out_dir / "run.json"))
+    return table
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+def _run_with_config(inputs: list[str], out: Path, config: Config) -> RunResult:
+    _setup_logging(config.run.log_level)
+    try:
+        with _bars() as bars:
+            return run_pipeline(inputs, out, config, progress=RichProgress(bars))
+    except (NoUsableFramesError, FileNotFoundError) as err:
+        raise _fail(str(err), EXIT_USAGE) from err
+
+
+@app.command()
+def run(
+    inputs: Annotated[list[str], typer.Argument(help="FITS files, folders or glob patterns")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="output folder")],
+    config_file: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML configuration")] = None,
+    kernel: Annotated[Optional[str], typer.Option(help="nearest | bilinear | bicubic | lanczos3")] = None,
+    pixel_scale: Annotated[Optional[float], typer.Option(help="output scale in arcsec/px")] = None,
+    rotation: Annotated[Optional[str], typer.Option(help="north | auto")] = None,
+    output_header: Annotated[Optional[Path], typer.Option(help="FITS header defining the output grid")] = None,
+    weighting: Annotated[Optional[str], typer.Option(help="uniform | exposure | noise")] = None,
+    wcs_dir: Annotated[Optional[list[Path]], typer.Option(help="folder with .wcs sidecars")] = None,
+    bayer_pattern: Annotated[Optional[str], typer.Option(help="force RGGB/GRBG/GBRG/BGGR")] = None,
+    memory_budget: Annotated[Optional[float], typer.Option(help="memory budget in MiB")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="worker threads (0 = all cores)")] = None,
+    no_preview: Annotated[bool, typer.Option("--no-preview", help="skip the PNG preview")] = False,
+    log_level: Annotated[Optional[str], typer.Option(help="DEBUG | INFO | WARNING | ERROR")] = None,
+) -> None:
+    """Build a mosaic from INPUTS into OUT (mosaic.fits, preview, run.json, log)."""
+    overrides = {
+        "reproject.kernel": kernel, "output.pixel_scale_arcsec": pixel_scale,
+        "output.rotation": rotation, "output.wcs_header": str(output_header) if output_header else None,
+        "coadd.weighting": weighting, "input.wcs_dirs": [str(p) for p in wcs_dir] if wcs_dir else None,
+        "input.bayer_pattern": bayer_pattern.upper() if bayer_pattern else None,
+        "run.memory_budget_mb": memory_budget, "run.threads": threads,
+        "output.preview": False if no_preview else None, "run.log_level": log_level,
+    }
+    try:
+        config = load_config(config_file, overrides)
+    except ConfigError as err:
+        raise _fail(str(err), EXIT_USAGE) from err
+    result = _run_with_config(inputs, out, config)
+    Console().print(_summary_table(result))
+
+
+@app.command()
+def inspect(
+    inputs: Annotated[list[str], typer.Argument(help="FITS files, folders or glob patterns")],
+    wcs_dir: Annotated[Optional[list[Path]], typer.Option(help="folder with .wcs sidecars")] = None,
+) -> None:
+    """Print the frame catalog (headers only) as a table."""
+    from skymosaic.io import FrameError, discover_inputs, scan_frame
+
+    try:
+        paths = discover_inputs(inputs)
+    except FileNotFoundError as err:
+        raise _fail(str(err), EXIT_USAGE) from err
+    table = Table(title=f"{len(paths)} file(s)")
+    for col in ("file", "kind", "size", "exp (s)", "filter", "date", "WCS", "scale \"/px", "problem"):
+        table.add_column(col)
+    n_bad = 0
+    for p in paths:
+        try:
+            f = scan_frame(p, wcs_dirs=wcs_dir or ())
+        except FrameError as err:
+            n_bad += 1
+            table.add_row(p.name, "", "", "", "", "", "", "", str(err))
+            continue
+        wcs = "none" if f.wcs is None else ("sidecar" if f.wcs_source.startswith("sidecar") else "header")
+        kind = f"{f.kind} {f.bayer_pattern}" if f.bayer_pattern else f.kind
+        table.add_row(
+            f.name, kind, f"{f.width}x{f.height}", f"{f.exposure:g}" if f.exposure else "",
+            f.filter or "", (f.date_obs or "")[:19], wcs,
+            f"{f.pixel_scale_arcsec:.3f}" if f.pixel_scale_arcsec else "",
+            "" if f.wcs is not None else "no celestial WCS",
+        )
+    Console().print(table)
+    if paths and n_bad == len(paths):
+        raise typer.Exit(EXIT_USAGE)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("-o", "--out", help="output folder")] = Path("demo_out"),
+    seed: Annotated[int, typer.Option(help="random seed of the synthetic survey")] = 1,
+    size: Annotated[str, typer.Option(help="small | medium")] = "small",
+) -> None:
+    """Generate a synthetic colour survey with a known truth and mosaic it end to end."""
+    from skymosaic.demo import run_demo
+
+    if size not in ("small", "medium"):
+        raise _fail(f"--size must be 'small' or 'medium', got {size!r}", EXIT_USAGE)
+    _setup_logging("INFO")
+    try:
+        with _bars() as bars:
+            result, metrics = run_demo(out, seed=seed, size=size, progress=RichProgress(bars))
+    except NoUsableFramesError as err:
+        raise _fail(str(err), EXIT_USAGE) from err
+    Console().print(_summary_table(result))
+    table = Table(title="quality against the known truth", show_header=False)
+    for key, value in metrics.items():
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    Console().print(table)
+    Console().print(f"Files are in [bold]{result.out_dir.resolve()}[/]")
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    Console().print(__version__)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code (see the module docstring)."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except typer.Exit as exc:
+        return exc.exit_code
+    except SystemExit as exc:  # click's own usage errors
+        return int(exc.code or 0)
+    except Exception as exc:  # noqa: BLE001 - last resort: report, never a bare traceback
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            return EXIT_USAGE
+        if isinstance(exc, click.exceptions.Abort):
+            return EXIT_USAGE
+        logging.getLogger("skymosaic").exception("internal error")
+        console.print(f"[bold red]internal error:[/] {exc}")
+        return EXIT_INTERNAL
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""One validated configuration model: TOML file < CLI flags.
+
+Every section forbids unknown keys, so a typo stops the run before any work with a message
+that names the key, the value and what is allowed (`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import psutil
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["Config", "ConfigError", "config_digest", "dump_toml", "load_config"]
+
+
+class ConfigError(ValueError):
+    """A bad configuration: unknown key, wrong type or out-of-range value."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class InputConfig(_Section):
+    """Which files are frames and how to read them."""
+
+    recursive: bool = True
+    wcs_dirs: list[Path] = Field(default_factory=list, description="extra folders with .wcs sidecars")
+    bayer_pattern: Literal["RGGB", "GRBG", "GBRG", "BGGR"] | None = Field(
+        default=None, description="force this CFA pattern (cameras that write no BAYERPAT)"
+    )
+    valid_min: float | None = Field(
+        default=1e-6,
+        description="pixels not above this in every channel are no data (zero-filled "
+        "borders); None keeps every finite value (sky-subtracted inputs)",
+    )
+    verify_pixels: bool = Field(
+        default=True, description="read every frame once up front: reject unreadable or all-NaN frames"
+    )
+
+
+class ReprojectConfig(_Section):
+    """Resampling onto the output grid."""
+
+    kernel: Literal["nearest", "bilinear", "bicubic", "lanczos3"] = "bilinear"
+    map_tolerance_px: float = Field(default=0.01, gt=0, le=0.5)
+    grid_step_px: int = Field(default=64, ge=4, le=1024)
+
+
+class OutputConfig(_Section):
+    """The output grid and products."""
+
+    pixel_scale_arcsec: float | None = Field(default=None, gt=0, description="None: median input scale")
+    rotation: Literal["north", "auto"] = "north"
+    projection: Literal["TAN", "SIN", "ZEA", "STG", "ARC", "CAR"] = "TAN"
+    wcs_header: Path | None = Field(default=None, description="use this FITS/text header as output grid")
+    preview: bool = True
+    preview_max_size: int = Field(default=4096, ge=64, le=65536)
+    name: str = Field(default="mosaic", pattern=r"^[A-Za-z0-9._-]+$")
+
+
+class CoaddConfig(_Section):
+    """How frames are weighted in the weighted mean."""
+
+    weighting: Literal["uniform", "exposure", "noise"] = Field(
+        default="noise", description="noise = inverse variance from each frame's robust noise"
+    )
+
+
+def _default_budget_mb() -> float:
+    return round(0.25 * psutil.virtual_memory().total / 2**20)
+
+
+class RunConfig(_Section):
+    """Resources and logging."""
+
+    memory_budget_mb: float = Field(default_factory=_default_budget_mb, ge=64)
+    threads: int = Field(default=0, ge=0, description="0 = all cores")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
+
+
+class Config(_Section):
+    """The whole configuration (see ``docs/configuration.md``)."""
+
+    input: InputConfig = Field(default_factory=InputConfig)
+    reproject: ReprojectConfig = Field(default_factory=ReprojectConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    coadd: CoaddConfig = Field(default_factory=CoaddConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+
+    @property
+    def memory_budget_bytes(self) -> int:
+        return int(self.run.memory_budget_mb * 2**20)
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  unknown key '{key}' (value {e['input']!r})")
+            continue
+        allowed = ""
+        ctx = e.get("ctx") or {}
+        if "expected" in ctx:
+            allowed = f"; allowed: {ctx['expected']}"
+        lines.append(f"  '{key}' = {e['input']!r}: {e['msg']}{allowed}")
+    return "\n".join(lines)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"config override {dotted!r}: '{p}' is not a section")
+    node[parts[-1]] = value
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Build the validated configuration from a TOML file and dotted-key overrides.
+
+    Parameters
+    ----------
+    path : path, optional
+        A TOML file with sections ``[input]``, ``[reproject]``, ``[output]``, ``[coadd]``,
+        ``[run]``.
+    overrides : dict, optional
+        ``{"reproject.kernel": "lanczos3", ...}`` (command-line flags); ``None`` values are
+        ignored (flag not given).
+
+    Raises
+    ------
+    ConfigError
+        Naming the file, the key, the bad value and what is allowed.
+    """
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = os.fspath(path)
+        try:
+            with open(path, "rb") as fh:
+                tree = tomllib.load(fh)
+        except FileNotFoundError as err:
+            raise ConfigError(f"config file {source} does not exist") from err
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"config file {source} is not valid TOML: {err}") from err
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(tree, key, value)
+            source = f"{source} + command line" if "command line" not in source else source
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from err
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return json.dumps(str(v))
+
+
+def dump_toml(config: Config) -> str:
+    """The effective configuration as TOML (readable back with `load_config`)."""
+    lines = []
+    for section, values in config.model_dump(mode="json").items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            if value is None:
+                lines.append(f"# {key} = (not set)")
+            else:
+                lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def config_digest(config: Config, *, sections: tuple[str, ...] | None = None) -> str:
+    """A short SHA-256 of the (selected sections of the) configuration, for provenance."""
+    data = config.model_dump(mode="json")
+    if sections is not None:
+        data = {k: data[k] for k in sections}
+    data.get("run", {}).pop("log_level", None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,454 @@
+"""Reading frames: discovery, header-only classification, and pixel loading.
+
+The frame catalog is built from headers alone (cheap, even for thousands of compressed
+frames); pixels are read only when a phase needs them, and only the rows/columns it needs
+when the file allows it (uncompressed FITS are memory-mapped).
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS, FITSFixedWarning
+from astropy.wcs.utils import proj_plane_pixel_scales
+
+from skymosaic.io._bayer import debayer, normalize_bayer_pattern
+
+__all__ = [
+    "FITS_SUFFIXES",
+    "FrameError",
+    "FrameInfo",
+    "discover_inputs",
+    "find_wcs_sidecar",
+    "frame_footprint",
+    "load_frame",
+    "scan_frame",
+    "validate_wcs",
+]
+
+logger = logging.getLogger(__name__)
+
+#: File name endings recognised as FITS frames (compressed variants included).
+FITS_SUFFIXES = (
+    ".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz", ".fits.fz", ".fit.fz", ".fz",
+    ".fits.bz2", ".fit.bz2",
+)
+
+_EXPOSURE_KEYS = ("EXPTIME", "EXPOSURE", "ITIME", "EXP_TIME")
+_FILTER_KEYS = ("FILTER", "FILTNAM", "FILTER1", "BAND")
+_DATE_KEYS = ("DATE-OBS", "DATE_OBS", "DATE")
+
+
+class FrameError(ValueError):
+    """A frame that cannot be used; the message names the file and the reason."""
+
+
+@dataclass
+class FrameInfo:
+    """What the header says about one frame (no pixels are held).
+
+    ``shape`` is the shape of the image once loaded: (C, H, W) with C = 3 for debayered
+    or colour frames. ``footprint`` holds the sky corners (RA, Dec in degrees) of the
+    pixel grid's outer edges, in the order (0,0), (W,0), (W,H), (0,H).
+    """
+
+    path: Path
+    hdu: int
+    shape: tuple[int, int, int]
+    layout: str  # "2D", "CHW", "HWC" or "BAYER"
+    bayer_pattern: str | None = None
+    exposure: float | None = None
+    filter: str | None = None
+    date_obs: str | None = None
+    object: str | None = None
+    instrument: str | None = None
+    mount: str | None = None
+    wcs: WCS | None = None
+    wcs_source: str | None = None  # "header" or "sidecar:<path>"
+    pixel_scale_arcsec: float | None = None
+    footprint: np.ndarray | None = None
+    has_weight: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def channels(self) -> int:
+        return self.shape[0]
+
+    @property
+    def height(self) -> int:
+        return self.shape[1]
+
+    @property
+    def width(self) -> int:
+        return self.shape[2]
+
+    @property
+    def kind(self) -> str:
+        """``"bayer"``, ``"rgb"`` or ``"mono"``."""
+        if self.layout == "BAYER":
+            return "bayer"
+        return "rgb" if self.channels == 3 else "mono"
+
+    def to_dict(self) -> dict:
+        """A JSON-friendly summary (used by ``run.json`` and ``skymosaic inspect``)."""
+        center = None
+        if self.footprint is not None:
+            center = [float(v) for v in _mean_sky_position(self.footprint)]
+        return {
+            "path": str(self.path),
+            "hdu": self.hdu,
+            "shape": list(self.shape),
+            "kind": self.kind,
+            "layout": self.layout,
+            "bayer_pattern": self.bayer_pattern,
+            "exposure": self.exposure,
+            "filter": self.filter,
+            "date_obs": self.date_obs,
+            "object": self.object,
+            "mount": self.mount,
+            "wcs": self.wcs_source,
+            "pixel_scale_arcsec": self.pixel_scale_arcsec,
+            "center_deg": center,
+        }
+
+
+def _mean_sky_position(points: np.ndarray) -> tuple[float, float]:
+    ra, dec = np.radians(points[:, 0]), np.radians(points[:, 1])
+    v = np.stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)]).mean(axis=1)
+    lon = np.degrees(np.arctan2(v[1], v[0])) % 360.0
+    lat = np.degrees(np.arctan2(v[2], np.hypot(v[0], v[1])))
+    return float(lon), float(lat)
+
+
+def _is_fits_name(name: str) -> bool:
+    low = name.lower()
+    return any(low.endswith(s) for s in FITS_SUFFIXES)
+
+
+def discover_inputs(inputs: Sequence[str | os.PathLike], *, recursive: bool = True) -> list[Path]:
+    """Expand files, folders and glob patterns into a sorted, de-duplicated list of FITS files.
+
+    Parameters
+    ----------
+    inputs : sequence of str or path
+        Files (used whatever their suffix), folders (searched for FITS names, recursively
+        by default) and glob patterns (``"night1/*.fit"``, ``"**/*.fits"``).
+    recursive : bool
+        Search folders recursively.
+
+    Raises
+    ------
+    FileNotFoundError
+        If an input names nothing that exists (the message names the input).
+    """
+    found: dict[Path, None] = {}
+    for item in inputs:
+        text = os.fspath(item)
+        p = Path(text).expanduser()
+        if p.is_dir():
+            walker = p.rglob("*") if recursive else p.glob("*")
+            for f in sorted(walker):
+                if f.is_file() and _is_fits_name(f.name) and not f.name.startswith("."):
+                    found[f.resolve()] = None
+        elif p.is_file():
+            found[p.resolve()] = None
+        elif glob.has_magic(text):
+            matches = sorted(glob.glob(str(p), recursive=True))
+            for m in matches:
+                if Path(m).is_file():
+                    found[Path(m).resolve()] = None
+            if not matches:
+                logger.warning("pattern %r matched no file", text)
+        else:
+            raise FileNotFoundError(f"input {text!r} does not exist")
+    return list(found)
+
+
+def _strip_fits_suffix(name: str) -> str:
+    low = name.lower()
+    for s in sorted(FITS_SUFFIXES, key=len, reverse=True):
+        if low.endswith(s):
+            return name[: -len(s)]
+    return Path(name).stem
+
+
+def find_wcs_sidecar(path: Path, *, search_dirs: Iterable[Path] = ()) -> Path | None:
+    """The astrometry.net ``.wcs`` header file of a frame, if there is one.
+
+    Looked for next to the frame first, then in each of ``search_dirs``, as
+    ``<stem>.wcs`` where ``<stem>`` is the file name without its FITS/compression suffix.
+    """
+    stem = _strip_fits_suffix(path.name)
+    for folder in (path.parent, *[Path(d) for d in search_dirs]):
+        candidate = folder / f"{stem}.wcs"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _first_image_hdu(hdul: fits.HDUList) -> int:
+    for i, hdu in enumerate(hdul):
+        if isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)):
+            if hdu.header.get("NAXIS", 0) >= 2:
+                return i
+    raise FrameError("no image HDU with 2 or more axes")
+
+
+def _header_value(header: fits.Header, keys: Sequence[str], kind: type):
+    for key in keys:
+        if key in header:
+            value = header[key]
+            try:
+                return kind(value.strip() if isinstance(value, str) else value)
+            except (TypeError, ValueError):
+                continue
+    return None
+
+
+def _classify(header: fits.Header, bayer_override: str | None) -> tuple[str, tuple[int, int, int], str | None]:
+    naxis = int(header.get("NAXIS", 0))
+    dims = [int(header.get(f"NAXIS{i}", 0)) for i in range(1, naxis + 1)]  # FITS order
+    extra = [d for d in dims[2:] if d != 1] if naxis > 2 else []
+    if naxis == 2 or (naxis > 2 and not extra and naxis <= 4):
+        w, h = dims[0], dims[1]
+        pattern = bayer_override or header.get("BAYERPAT")
+        if isinstance(pattern, str) and pattern.strip().upper() not in ("", "NONE", "MONO"):
+            pattern = normalize_bayer_pattern(
+                pattern,
+                x_offset=int(header.get("XBAYROFF", 0) or 0),
+                y_offset=int(header.get("YBAYROFF", 0) or 0),
+            )
+            if w % 2 or h % 2:
+                logger.debug("Bayer frame with odd size %dx%d", w, h)
+            return "BAYER", (3, h, w), pattern
+        return "2D", (1, h, w), None
+    if naxis == 3 and dims[2] == 3:
+        return "CHW", (3, dims[1], dims[0]), None
+    if naxis == 3 and dims[0] == 3:
+        return "HWC", (3, dims[2], dims[1]), None
+    raise FrameError(
+        f"unsupported image shape {tuple(reversed(dims))} (numpy order): expected (H, W), "
+        "(3, H, W) or (H, W, 3)"
+    )
+
+
+def _celestial_wcs(header: fits.Header, layout: str = "2D") -> WCS | None:
+    """The celestial part of a header's WCS (None if it has none).
+
+    Colour cubes carry a 2-D celestial WCS on the image axes; SIP distortion only works
+    on a 2-axis WCS, so the image axes are selected explicitly (FITS axes 1-2, or 2-3 for
+    pixel-interleaved (H, W, 3) data).
+    """
+    axes = [2, 3] if layout == "HWC" else 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        try:
+            wcs = WCS(header, naxis=axes)
+        except Exception as err:  # astropy raises several types for broken WCS cards
+            reason = " ".join(str(err).split())
+            raise FrameError(f"unreadable WCS ({reason})") from err
+    if not wcs.has_celestial:
+        return None
+    return wcs.celestial
+
+
+def validate_wcs(wcs: WCS, shape: tuple[int, int]) -> float:
+    """Check that a celestial WCS is usable on an (H, W) frame; return the scale in arcsec/px.
+
+    Raises
+    ------
+    FrameError
+        For a degenerate or non-invertible WCS (the message says what is wrong).
+    """
+    try:
+        scales = proj_plane_pixel_scales(wcs)
+    except Exception as err:  # singular matrices surface as various numpy/astropy errors
+        raise FrameError(f"degenerate WCS matrix: {err}") from err
+    units = [str(u) for u in wcs.wcs.cunit]
+    if any(u not in ("deg", "") for u in units):
+        raise FrameError(f"celestial WCS in unsupported units {units}")
+    scale = float(np.sqrt(abs(np.prod(scales)))) * 3600.0
+    if not np.isfinite(scale) or scale <= 0:
+        raise FrameError(f"degenerate WCS: pixel scale {scale} arcsec/px")
+    h, w = shape
+    probe = np.array([[w / 2 - 0.5, h / 2 - 0.5], [0.0, 0.0], [w - 1.0, h - 1.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        world = wcs.pixel_to_world_values(probe[:, 0], probe[:, 1])
+        back = wcs.world_to_pixel_values(*world)
+    if not (np.all(np.isfinite(world)) and np.allclose(np.stack(back, 1), probe, atol=0.05)):
+        raise FrameError("WCS transform is not invertible over the frame")
+    return scale
+
+
+def frame_footprint(wcs: WCS, shape: tuple[int, int], *, samples: int = 2) -> np.ndarray:
+    """Sky positions (deg) along the outer edge of an (H, W) pixel grid.
+
+    With ``samples=2`` these are the 4 corners; larger values sample each edge more finely
+    (useful for wide or distorted fields).
+    """
+    h, w = shape
+    t = np.linspace(0.0, 1.0, samples)[:-1]
+    x0, x1, y0, y1 = -0.5, w - 0.5, -0.5, h - 0.5
+    xs = np.concatenate([x0 + t * (x1 - x0), np.full_like(t, x1), x1 - t * (x1 - x0), np.full_like(t, x0)])
+    ys = np.concatenate([np.full_like(t, y0), y0 + t * (y1 - y0), np.full_like(t, y1), y1 - t * (y1 - y0)])
+    ra, dec = wcs.pixel_to_world_values(xs, ys)
+    return np.stack([np.asarray(ra) % 360.0, np.asarray(dec)], axis=1)
+
+
+def scan_frame(
+    path: str | os.PathLike,
+    *,
+    wcs_dirs: Iterable[Path] = (),
+    bayer_pattern: str | None = None,
+) -> FrameInfo:
+    """Classify one frame from its header (no pixels are read).
+
+    Parameters
+    ----------
+    path : path
+        A FITS file (``.fits``, ``.fit``, ``.fts``, gzip/bzip2 or tile-compressed).
+    wcs_dirs : iterable of path
+        Extra folders to search for a ``.wcs`` sidecar when the header has no celestial
+        WCS.
+    bayer_pattern : str, optional
+        Force this Bayer pattern (for cameras that do not write ``BAYERPAT``).
+
+    Raises
+    ------
+    FrameError
+        If the file cannot be read, has no image, has an unsupported shape, or its WCS is
+        unusable. A frame without any WCS is *not* an error here: ``info.wcs`` is None.
+    """
+    path = Path(path)
+    try:
+        with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+            index = _first_image_hdu(hdul)
+            header = hdul[index].header.copy()
+            has_weight = "WEIGHT" in [h.name for h in hdul]
+    except FrameError:
+        raise
+    except (OSError, ValueError, TypeError, EOFError, IndexError) as err:
+        raise FrameError(f"not a readable FITS file ({type(err).__name__}: {err})") from err
+    layout, shape, pattern = _classify(header, bayer_pattern)
+    info = FrameInfo(
+        path=path,
+        hdu=index,
+        shape=shape,
+        layout=layout,
+        bayer_pattern=pattern,
+        exposure=_header_value(header, _EXPOSURE_KEYS, float),
+        filter=_header_value(header, _FILTER_KEYS, str),
+        date_obs=_header_value(header, _DATE_KEYS, str),
+        object=_header_value(header, ("OBJECT",), str),
+        instrument=_header_value(header, ("INSTRUME",), str),
+        has_weight=has_weight,
+    )
+    mount = _header_value(header, ("MOUNT", "EQMODE", "MOUNTMOD"), str)
+    if mount is not None:
+        info.mount = "ALTZ" if mount.upper().replace("-", "") in ("ALTZ", "ALTAZ", "0") else "EQ"
+    wcs = _celestial_wcs(header, layout)
+    source = "header"
+    if wcs is None:
+        sidecar = find_wcs_sidecar(path, search_dirs=wcs_dirs)
+        if sidecar is not None:
+            try:
+                wcs = _celestial_wcs(fits.getheader(sidecar))
+            except (OSError, FrameError) as err:
+                raise FrameError(f"unreadable WCS sidecar {sidecar.name}: {err}") from err
+            source = f"sidecar:{sidecar}"
+    if wcs is not None:
+        info.pixel_scale_arcsec = validate_wcs(wcs, shape[1:])
+        info.wcs, info.wcs_source = wcs, source
+        info.footprint = frame_footprint(wcs, shape[1:], samples=2)
+    return info
+
+
+def _native_float32(a: np.ndarray) -> np.ndarray:
+    out = np.asarray(a, dtype=np.float32)  # also converts big-endian to native
+    return out if out.flags.c_contiguous else np.ascontiguousarray(out)
+
+
+def load_frame(
+    info: FrameInfo,
+    *,
+    rows: slice | None = None,
+    cols: slice | None = None,
+    valid_min: float | None = None,
+) -> np.ndarray:
+    """Read a frame's pixels as float32 (C, H, W), NaN where there is no data.
+
+    Parameters
+    ----------
+    info : FrameInfo
+        From `scan_frame`.
+    rows, cols : slice, optional
+        Read only this part of the frame (in loaded-image pixel coordinates). For an
+        uncompressed file only those rows are read from disk. For a Bayer frame the cut is
+        widened to even bounds plus a 2-pixel margin for the interpolation, then trimmed.
+    valid_min : float, optional
+        Pixels not above this value in every channel are set to NaN (zero-filled borders
+        of rotated or registered frames are no data, not dark sky). ``None`` keeps every
+        finite value.
+
+    Raises
+    ------
+    FrameError
+        If the pixels cannot be read (truncated file, corrupt compression).
+    """
+    h, w = info.height, info.width
+    r0, r1, _ = (rows or slice(0, h)).indices(h)
+    c0, c1, _ = (cols or slice(0, w)).indices(w)
+    if info.layout == "BAYER":
+        m = 2
+        rr0, cc0 = max(0, (r0 - m) // 2 * 2), max(0, (c0 - m) // 2 * 2)
+        rr1, cc1 = min(h, r1 + m), min(w, c1 + m)
+        raw = _read_section(info, (slice(rr0, rr1), slice(cc0, cc1)))
+        data = debayer(raw, info.bayer_pattern or "RGGB")
+        data = data[:, r0 - rr0 : r1 - rr0, c0 - cc0 : c1 - cc0]
+    elif info.layout == "2D":
+        data = _read_section(info, (slice(r0, r1), slice(c0, c1)))[None]
+    elif info.layout == "CHW":
+        data = _read_section(info, (slice(None), slice(r0, r1), slice(c0, c1)))
+    else:  # HWC
+        data = np.moveaxis(_read_section(info, (slice(r0, r1), slice(c0, c1), slice(None))), -1, 0)
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    invalid = ~np.isfinite(data).all(axis=0)
+    if valid_min is not None:
+        with np.errstate(invalid="ignore"):
+            invalid |= ~(data > valid_min).all(axis=0)
+    if invalid.any():
+        data[:, invalid] = np.nan
+    return data
+
+
+def _read_section(info: FrameInfo, key: tuple) -> np.ndarray:
+    """Read part of the image HDU, squeezing degenerate (length-1) FITS axes."""
+    plain = info.path.suffix.lower() in (".fits", ".fit", ".fts")
+    try:
+        with fits.open(info.path, memmap=False, lazy_load_hdus=True) as hdul:
+            hdu = hdul[info.hdu]
+            naxis = hdu.header["NAXIS"]
+            if naxis > 2 and info.layout in ("2D", "BAYER"):
+                key = (0,) * (naxis - 2) + key
+            # ``section`` reads (and scales) only the requested rows of an uncompressed or
+            # tile-compressed HDU; gzip/bzip2 streams must be decompressed whole anyway.
+            if plain or isinstance(hdu, fits.CompImageHDU):
+                data = hdu.section[key]
+            else:
+                data = hdu.data[key]
+            return _native_float32(data)
+    except (OSError, ValueError, TypeError, EOFError, IndexError, KeyError) as err:
+        raise FrameError(f"cannot read pixels ({type(err).__name__}: {err})") from err

@@ -1,0 +1,199 @@
+"""Writing outputs atomically: the science FITS, the preview PNG and JSON reports.
+
+Every file is written to a temporary name in its destination folder and moved over the
+final name with ``os.replace`` (atomic on POSIX and Windows), so an existing output is never
+left half-written by a crash or a full disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS
+
+from skymosaic._version import __version__
+
+__all__ = [
+    "atomic_path",
+    "read_mosaic",
+    "stretch_preview",
+    "write_json",
+    "write_mosaic",
+    "write_preview",
+]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success move it over ``path``.
+
+    On any exception the temporary file is removed and ``path`` is untouched.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix or ".tmp", dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        # mkstemp creates 0600 files; give the output the usual permissions (umask applies).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)
+        os.replace(tmp_path, final)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_json(path: str | os.PathLike, payload: dict) -> Path:
+    """Write ``payload`` as indented JSON, atomically. NaN/inf become ``null``."""
+
+    def clean(obj):
+        if isinstance(obj, float):
+            return obj if np.isfinite(obj) else None
+        if isinstance(obj, dict):
+            return {str(k): clean(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return [clean(v) for v in obj]
+        if isinstance(obj, np.generic):
+            return clean(obj.item())
+        if isinstance(obj, np.ndarray):
+            return clean(obj.tolist())
+        if isinstance(obj, Path):
+            return str(obj)
+        return obj
+
+    with atomic_path(path, suffix=".json") as tmp:
+        tmp.write_text(json.dumps(clean(payload), indent=2, allow_nan=False) + "\n")
+    return Path(path)
+
+
+def write_mosaic(
+    path: str | os.PathLike,
+    data: np.ndarray,
+    wcs: WCS,
+    *,
+    weight: np.ndarray | None = None,
+    coverage: np.ndarray | None = None,
+    history: Sequence[str] = (),
+    cards: dict | None = None,
+) -> Path:
+    """Write the science mosaic: float32, WCS, NaN for no data, WEIGHT/COVERAGE extensions.
+
+    Parameters
+    ----------
+    path : path
+        Destination (``.fits``); replaced atomically.
+    data : ndarray, shape (C, H, W)
+        The mosaic. Mono mosaics (C = 1) are written as a 2-D image, colour ones as a
+        (3, H, W) cube with a 2-D celestial WCS (as Siril and PixInsight do).
+    wcs : astropy.wcs.WCS
+        The celestial WCS of the output grid.
+    weight : ndarray, shape (H, W), optional
+        Sum of the weights of every contribution; written as extension ``WEIGHT``.
+    coverage : ndarray, shape (H, W), optional
+        Number of frames that contributed; written as extension ``COVERAGE``.
+    history : sequence of str
+        Provenance lines, written as HISTORY cards.
+    cards : dict, optional
+        Extra header keywords ``{KEY: value}`` or ``{KEY: (value, comment)}``.
+    """
+    if data.ndim != 3:
+        raise ValueError(f"mosaic data must be (C, H, W), got shape {data.shape}")
+    header = wcs.to_header(relax=True)
+    header["BUNIT"] = header.get("BUNIT", "adu")
+    header["CREATOR"] = (f"skymosaic {__version__}", "software that made this mosaic")
+    for key, value in (cards or {}).items():
+        header[key] = value
+    for line in history:
+        header.add_history(line)
+    science = np.asarray(data[0] if data.shape[0] == 1 else data, dtype=np.float32)
+    hdus = [fits.PrimaryHDU(science, header=header)]
+    wcs_header = wcs.to_header(relax=True)
+    if weight is not None:
+        hdus.append(fits.ImageHDU(np.asarray(weight, np.float32), header=wcs_header, name="WEIGHT"))
+    if coverage is not None:
+        hdus.append(fits.ImageHDU(np.asarray(coverage, np.float32), header=wcs_header, name="COVERAGE"))
+    with atomic_path(path, suffix=".fits") as tmp:
+        fits.HDUList(hdus).writeto(tmp, overwrite=True)
+    return Path(path)
+
+
+def read_mosaic(path: str | os.PathLike) -> tuple[np.ndarray, WCS, np.ndarray | None]:
+    """Read a mosaic written by `write_mosaic`: ``(data (C, H, W), wcs, weight or None)``."""
+    with fits.open(path) as hdul:
+        data = np.asarray(hdul[0].data, dtype=np.float32)
+        wcs = WCS(hdul[0].header).celestial
+        weight = np.asarray(hdul["WEIGHT"].data, np.float32) if "WEIGHT" in hdul else None
+    if data.ndim == 2:
+        data = data[None]
+    return data, wcs, weight
+
+
+def stretch_preview(
+    data: np.ndarray,
+    *,
+    max_size: int = 4096,
+    black_percentile: float = 0.5,
+    white_percentile: float = 99.9,
+    softening: float = 0.02,
+) -> np.ndarray:
+    """An 8-bit display image of a linear mosaic with a linked asinh stretch.
+
+    The same black point, white point and curve apply to every colour channel (linked), so
+    colours keep their ratios: no channel is rescaled on its own. NaN (no data) is black.
+
+    Returns
+    -------
+    ndarray, uint8, shape (H', W') or (H', W', 3) in RGB order, long side <= ``max_size``.
+    """
+    c, h, w = data.shape
+    scale = min(1.0, max_size / max(h, w))
+    planes = np.asarray(data, dtype=np.float32)
+    if scale < 1.0:
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        valid = np.isfinite(planes).all(axis=0).astype(np.float32)
+        filled = np.where(np.isfinite(planes), planes, 0.0).astype(np.float32)
+        den = cv2.resize(valid, size, interpolation=cv2.INTER_AREA)
+        planes = np.stack([cv2.resize(p, size, interpolation=cv2.INTER_AREA) for p in filled])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            planes = np.where(den > 0.5, planes / den, np.nan)
+    valid = np.isfinite(planes).all(axis=0)
+    lum = np.where(valid, planes.mean(axis=0) if valid.any() else 0.0, np.nan)
+    finite = lum[valid]
+    if finite.size == 0:
+        img = np.zeros(planes.shape[1:] + ((3,) if c == 3 else ()), np.uint8)
+        return img
+    sample = finite[:: max(1, finite.size // 2_000_000)]
+    lo, hi = np.percentile(sample, [black_percentile, white_percentile])
+    span = max(float(hi - lo), 1e-12)
+    x = np.clip((planes - lo) / span, 0.0, 1.0)
+    beta = 1.0 / softening
+    y = np.arcsinh(beta * x) / np.arcsinh(beta)
+    y = np.where(np.isfinite(y), y, 0.0)
+    img = np.round(y * 255.0).astype(np.uint8)
+    return img[0] if c == 1 else np.moveaxis(img, 0, -1)
+
+
+def write_preview(path: str | os.PathLike, data: np.ndarray, *, max_size: int = 4096) -> Path:
+    """Write a stretched PNG preview of an (C, H, W) mosaic (see `stretch_preview`)."""
+    img = stretch_preview(data, max_size=max_size)
+    # FITS row 0 is the bottom of the image; PNG row 0 is the top.
+    img = img[::-1]
+    if img.ndim == 3:
+        img = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(img))
+    if not ok:
+        raise OSError(f"could not encode preview {path}")
+    with atomic_path(path, suffix=".png") as tmp:
+        tmp.write_bytes(buf.tobytes())
+    return Path(path)

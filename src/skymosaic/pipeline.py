@@ -1,0 +1,354 @@
+"""The orchestrator: runs the phases, times them, and writes the products and the report.
+
+Phases (see docs/architecture.md): discover (headers only) -> verify (pixels read once:
+unreadable or empty frames are rejected, noise measured) -> grid (output WCS) -> coadd ->
+write. Each phase is a plain function; this module only sequences them, records what
+happened in ``run.json`` and keeps a log file in the output folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from skymosaic._stats import FrameStats, frame_stats
+from skymosaic._version import __version__
+from skymosaic.assemble import CoaddOptions, FileSource, coadd
+from skymosaic.config import Config, config_digest, dump_toml
+from skymosaic.io import (
+    FrameError,
+    FrameInfo,
+    discover_inputs,
+    frame_footprint,
+    load_frame,
+    scan_frame,
+)
+from skymosaic.io._writer import atomic_path, write_json, write_mosaic, write_preview
+from skymosaic.reproject import OutputGrid, grid_from_header, optimal_grid
+
+__all__ = [
+    "NoUsableFramesError",
+    "NullProgress",
+    "Progress",
+    "RunResult",
+    "build_catalog",
+    "run_pipeline",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class NoUsableFramesError(RuntimeError):
+    """Nothing usable is left to mosaic (the message says why)."""
+
+
+class Progress:
+    """Progress reporting interface (the CLI draws bars; the default draws nothing)."""
+
+    def start(self, phase: str, total: int) -> None:  # noqa: B027 - optional hook
+        pass
+
+    def advance(self, phase: str, n: int = 1) -> None:  # noqa: B027
+        pass
+
+    def end(self, phase: str) -> None:  # noqa: B027
+        pass
+
+
+NullProgress = Progress
+
+
+@dataclass
+class Catalog:
+    """Frames found, split into usable ones and rejected ones (with reasons)."""
+
+    frames: list[FrameInfo] = field(default_factory=list)
+    rejected: dict[str, str] = field(default_factory=dict)
+    stats: dict[str, FrameStats] = field(default_factory=dict)
+
+    def reject(self, path: Path | str, reason: str) -> None:
+        logger.warning("%s: %s; frame rejected", Path(path).name, reason)
+        self.rejected[str(path)] = reason
+
+
+@dataclass
+class RunResult:
+    """What a run produced: paths of the products and the report written to run.json."""
+
+    out_dir: Path
+    mosaic_path: Path
+    preview_path: Path | None
+    report: dict
+    data_shape: tuple[int, ...]
+
+
+def build_catalog(paths: Sequence[Path], config: Config, *, progress: Progress | None = None,
+                  threads: int = 1) -> Catalog:
+    """Phase 1: classify every file from its header; reject the unusable with a reason."""
+    progress = progress or Progress()
+    catalog = Catalog()
+    progress.start("discover", len(paths))
+
+    def scan(path: Path):
+        try:
+            return path, scan_frame(path, wcs_dirs=config.input.wcs_dirs,
+                                    bayer_pattern=config.input.bayer_pattern), None
+        except FrameError as err:
+            return path, None, str(err)
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for path, info, error in pool.map(scan, paths):
+            progress.advance("discover")
+            if error is not None:
+                catalog.reject(path, error)
+            elif info.wcs is None:
+                catalog.reject(path, "no celestial WCS in the header and no .wcs sidecar")
+            else:
+                catalog.frames.append(info)
+    progress.end("discover")
+    _reject_mixed_channels(catalog)
+    return catalog
+
+
+def _reject_mixed_channels(catalog: Catalog) -> None:
+    counts: dict[int, int] = {}
+    for f in catalog.frames:
+        counts[f.channels] = counts.get(f.channels, 0) + 1
+    if len(counts) < 2:
+        return
+    keep = max(counts, key=lambda c: (counts[c], c))
+    for f in [f for f in catalog.frames if f.channels != keep]:
+        catalog.reject(f.path, f"{f.channels}-channel frame among {counts[keep]} {keep}-channel "
+                               "frames (mono and colour inputs cannot be coadded together)")
+    catalog.frames = [f for f in catalog.frames if f.channels == keep]
+
+
+def verify_frames(catalog: Catalog, config: Config, *, progress: Progress, threads: int) -> None:
+    """Phase 2: read each frame once; reject unreadable or empty ones; measure noise."""
+    progress.start("verify", len(catalog.frames))
+
+    def check(info: FrameInfo):
+        try:
+            data = load_frame(info, valid_min=config.input.valid_min)
+        except FrameError as err:
+            return info, None, str(err)
+        stats = frame_stats(data)
+        if stats.valid_fraction == 0.0:
+            return info, stats, "no valid pixel (all NaN or below input.valid_min)"
+        return info, stats, None
+
+    kept = []
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for info, stats, error in pool.map(check, catalog.frames):
+            progress.advance("verify")
+            if error is not None:
+                catalog.reject(info.path, error)
+                continue
+            catalog.stats[str(info.path)] = stats
+            kept.append(info)
+    catalog.frames = kept
+    progress.end("verify")
+
+
+def choose_grid(frames: Sequence[FrameInfo], config: Config) -> OutputGrid:
+    """Phase 3: the output grid (user header, or optimal over every frame)."""
+    if config.output.wcs_header is not None:
+        return grid_from_header(config.output.wcs_header)
+    scale = config.output.pixel_scale_arcsec or float(np.median([f.pixel_scale_arcsec for f in frames]))
+    footprints = [frame_footprint(f.wcs, f.shape[1:], samples=9) for f in frames]
+    return optimal_grid(footprints, pixel_scale_arcsec=scale, rotation=config.output.rotation,
+                        projection=config.output.projection)
+
+
+def frame_weight(info: FrameInfo, stats: FrameStats | None, weighting: str) -> float:
+    """The scalar weight of a frame in the weighted mean."""
+    if weighting == "exposure":
+        return float(info.exposure) if info.exposure and info.exposure > 0 else 1.0
+    if weighting == "noise" and stats is not None:
+        var = np.nanmean(np.square(stats.noise))
+        return float(1.0 / var) if np.isfinite(var) and var > 0 else 1.0
+    return 1.0
+
+
+@contextmanager
+def _log_to_file(path: Path) -> Iterator[None]:
+    handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("skymosaic")
+    root.addHandler(handler)
+    previous = root.level
+    if root.level == logging.NOTSET or root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous)
+        handler.close()
+
+
+def _normalise_weights(weights: list[float]) -> list[float]:
+    mean = float(np.mean(weights)) if weights else 1.0
+    return [w / mean for w in weights] if mean > 0 else weights
+
+
+def run_pipeline(
+    inputs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    config: Config | None = None,
+    *,
+    progress: Progress | None = None,
+) -> RunResult:
+    """Run the whole pipeline on ``inputs`` (files, folders, globs) into ``out_dir``.
+
+    Raises
+    ------
+    NoUsableFramesError
+        When no frame is usable (the report is still written to ``run.json``).
+    FileNotFoundError
+        When an input does not exist.
+    """
+    config = config or Config()
+    progress = progress or Progress()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    threads = config.run.threads or (os.cpu_count() or 1)
+    timings: dict[str, float] = {}
+    report: dict = {"skymosaic": __version__, "config_digest": config_digest(config)}
+    (out / "config.toml").write_text(dump_toml(config))
+    with _log_to_file(out / "skymosaic.log"):
+        t0 = time.perf_counter()
+        paths = discover_inputs(inputs, recursive=config.input.recursive)
+        logger.info("found %d candidate files", len(paths))
+        catalog = build_catalog(paths, config, progress=progress, threads=threads)
+        timings["discover"] = time.perf_counter() - t0
+        if config.input.verify_pixels or config.coadd.weighting == "noise":
+            t0 = time.perf_counter()
+            verify_frames(catalog, config, progress=progress, threads=threads)
+            timings["verify"] = time.perf_counter() - t0
+        report["frames"] = {"found": len(paths), "rejected": dict(catalog.rejected)}
+        if not catalog.frames:
+            report["status"] = "failed: no usable frame"
+            report["timings_s"] = timings
+            write_json(out / "run.json", report)
+            raise NoUsableFramesError(
+                f"no usable frame among {len(paths)} file(s); see {out / 'run.json'} for the reasons"
+            )
+        t0 = time.perf_counter()
+        grid = choose_grid(catalog.frames, config)
+        timings["grid"] = time.perf_counter() - t0
+        logger.info("output grid %d x %d px at %.3f arcsec/px", grid.shape[1], grid.shape[0],
+                    grid.pixel_scale_arcsec)
+        weights = _normalise_weights([
+            frame_weight(f, catalog.stats.get(str(f.path)), config.coadd.weighting) for f in catalog.frames
+        ])
+        sources = [
+            FileSource.from_info(f, weight=wt, valid_min=config.input.valid_min)
+            for f, wt in zip(catalog.frames, weights, strict=True)
+        ]
+        t0 = time.perf_counter()
+        scratch = out / ".scratch"
+        scratch.mkdir(exist_ok=True)
+        try:
+            opts = CoaddOptions(
+                kernel=config.reproject.kernel, map_tolerance=config.reproject.map_tolerance_px,
+                grid_step=config.reproject.grid_step_px, memory_budget=config.memory_budget_bytes,
+                threads=threads, scratch_dir=str(scratch),
+            )
+            result = _run_coadd(sources, grid, opts, progress)
+            timings["coadd"] = time.perf_counter() - t0
+            for name, reason in result.rejected.items():
+                path = next((str(f.path) for f in catalog.frames if f.name == name), name)
+                catalog.rejected[path] = reason
+            if not result.used:
+                report["status"] = "failed: no frame contributed"
+                write_json(out / "run.json", report)
+                raise NoUsableFramesError("no frame contributed any pixel to the output grid")
+            t0 = time.perf_counter()
+            mosaic_path, preview_path = _write_products(out, config, grid, result, catalog)
+            timings["write"] = time.perf_counter() - t0
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        report.update(_summary(catalog, result, grid, weights, config))
+        report["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
+        report["products"] = {"mosaic": mosaic_path.name,
+                              "preview": preview_path.name if preview_path else None,
+                              "log": "skymosaic.log", "config": "config.toml"}
+        report["status"] = "ok"
+        write_json(out / "run.json", report)
+        logger.info("mosaic written to %s", mosaic_path)
+    return RunResult(out, mosaic_path, preview_path, report, tuple(result.data.shape))
+
+
+def _run_coadd(sources, grid, opts, progress: Progress):
+    state = {"started": False}
+
+    def report(done: int, total: int) -> None:
+        if not state["started"]:
+            progress.start("coadd", total)
+            state["started"] = True
+        if done:
+            progress.advance("coadd", done)
+
+    try:
+        return coadd(sources, grid, options=opts, progress=report)
+    finally:
+        progress.end("coadd")
+
+
+def _write_products(out: Path, config: Config, grid: OutputGrid, result, catalog: Catalog):
+    history = [
+        f"skymosaic {__version__}: weighted-mean coadd of {len(result.used)} frame(s)",
+        f"config digest {config_digest(config)}; kernel {config.reproject.kernel}; "
+        f"weighting {config.coadd.weighting}",
+    ]
+    cards = {"NINPUTS": (len(result.used), "frames that contributed"),
+             "CFGHASH": (config_digest(config), "skymosaic config digest")}
+    mosaic_path = write_mosaic(out / f"{config.output.name}.fits", result.data, grid.wcs,
+                               weight=result.weight, coverage=result.coverage, history=history,
+                               cards=cards)
+    preview_path = None
+    if config.output.preview:
+        preview_path = write_preview(out / f"{config.output.name}_preview.png", result.data,
+                                     max_size=config.output.preview_max_size)
+    with atomic_path(out / "config.toml", suffix=".toml") as tmp:
+        tmp.write_text(dump_toml(config))
+    return mosaic_path, preview_path
+
+
+def _summary(catalog: Catalog, result, grid: OutputGrid, weights, config: Config) -> dict:
+    frames = []
+    for info, wt in zip(catalog.frames, weights, strict=True):
+        entry = info.to_dict()
+        entry["weight"] = wt
+        stats = catalog.stats.get(str(info.path))
+        if stats is not None:
+            entry["stats"] = stats.to_dict()
+        entry["used"] = info.name in result.used
+        frames.append(entry)
+    finite = np.isfinite(result.data).all(axis=0)
+    return {
+        "frames": {
+            "found": len(catalog.frames) + len(catalog.rejected),
+            "used": len(result.used),
+            "rejected": dict(catalog.rejected),
+            "list": frames,
+        },
+        "output": {
+            **grid.to_dict(),
+            "channels": int(result.data.shape[0]),
+            "coverage_fraction": float(finite.mean()),
+            "max_depth": int(result.coverage.max()) if result.coverage.size else 0,
+            "blocks": result.n_blocks,
+            "block_rows": result.block_rows,
+        },
+    }

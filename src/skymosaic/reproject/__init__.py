@@ -1,0 +1,17 @@
+"""Fast WCS reprojection: coarse-grid pixel mapping, NaN-aware kernels, output grids."""
+
+from skymosaic.reproject._grid import OutputGrid, grid_from_header, optimal_grid
+from skymosaic.reproject._mapping import PixelMap, exact_pixel_map, pixel_map
+from skymosaic.reproject._resample import KERNEL_RADIUS, KERNELS, resample
+
+__all__ = [
+    "KERNELS",
+    "KERNEL_RADIUS",
+    "OutputGrid",
+    "PixelMap",
+    "exact_pixel_map",
+    "grid_from_header",
+    "optimal_grid",
+    "pixel_map",
+    "resample",
+]

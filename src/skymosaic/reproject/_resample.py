@@ -1,0 +1,135 @@
+"""NaN-aware resampling kernels: nearest, bilinear, bicubic and Lanczos-3.
+
+Kernel definitions (one per name, shared by every backend):
+
+- ``nearest``: the input pixel whose centre is nearest.
+- ``bilinear`` and ``bicubic``: OpenCV's ``remap`` (bicubic is Keys' cubic convolution
+  with a = -0.75). OpenCV quantises the fractional sample position to 1/32 pixel
+  (``INTER_TAB_SIZE``), i.e. positions are exact to +-1/64 px; this is far below a
+  seeing disc and costs nothing in flux, and it buys a 20-50x speed-up over exact gathers.
+- ``lanczos3``: separable ``sinc(t) sinc(t/3)`` on 6x6 samples, weights normalised to sum 1,
+  evaluated exactly (no position quantisation) with NumPy gathers: slower, sharpest.
+
+No-data handling is the same for every kernel: an output pixel is valid only when every
+input sample under the kernel's support is valid (finite). Invalid input never bleeds
+beyond the kernel support, and valid output values are exactly the kernel applied to valid
+data. The support test is done by a bilinear remap of the invalid-pixel mask dilated by
+``radius - 1``: the 2x2 bilinear cell grown by ``radius - 1`` on each side *is* the
+``2 radius`` wide support of the kernel.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+__all__ = ["KERNELS", "KERNEL_RADIUS", "resample"]
+
+KERNELS = ("nearest", "bilinear", "bicubic", "lanczos3")
+
+#: Half-width of each kernel's support, in input pixels.
+KERNEL_RADIUS = {"nearest": 1, "bilinear": 1, "bicubic": 2, "lanczos3": 3}
+
+_CV_INTERP = {"nearest": cv2.INTER_NEAREST, "bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}
+
+
+def _invalid_support(invalid: np.ndarray, xmap: np.ndarray, ymap: np.ndarray, kernel: str) -> np.ndarray:
+    """Output pixels whose kernel support touches an invalid input pixel or the outside."""
+    src = invalid.astype(np.float32)
+    if kernel == "nearest":
+        out = cv2.remap(src, xmap, ymap, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=1.0)
+        return out > 0.5
+    r = KERNEL_RADIUS[kernel]
+    if r > 1 and invalid.any():
+        size = 2 * r - 1
+        src = cv2.dilate(src, np.ones((size, size), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    # Outside the frame counts as invalid: pad by the radius so that a cell within r - 1
+    # pixels of the edge is rejected too.
+    pad = r - 1
+    if pad:
+        src = cv2.copyMakeBorder(src, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=1.0)
+        xmap, ymap = xmap + np.float32(pad), ymap + np.float32(pad)
+    out = cv2.remap(src, xmap, ymap, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=1.0)
+    return out > 1e-6
+
+
+def _lanczos3_weights(frac: np.ndarray) -> np.ndarray:
+    """Normalised Lanczos-3 weights for taps -2..3 around ``floor(x)``; shape (6, ...)."""
+    t = frac[None] - np.arange(-2, 4, dtype=np.float32).reshape((6,) + (1,) * frac.ndim)
+    w = np.sinc(t) * np.sinc(t / 3.0)
+    w = w.astype(np.float32)
+    w /= w.sum(axis=0, keepdims=True)
+    return w
+
+
+def _lanczos3(planes: np.ndarray, xmap: np.ndarray, ymap: np.ndarray) -> np.ndarray:
+    c, h, w = planes.shape
+    fx, fy = np.floor(xmap), np.floor(ymap)
+    ix, iy = fx.astype(np.int64), fy.astype(np.int64)
+    wx, wy = _lanczos3_weights(xmap - fx), _lanczos3_weights(ymap - fy)
+    out = np.zeros((c,) + xmap.shape, dtype=np.float32)
+    flat = planes.reshape(c, -1)
+    for ky in range(6):
+        yy = np.clip(iy + (ky - 2), 0, h - 1)
+        for kx in range(6):
+            xx = np.clip(ix + (kx - 2), 0, w - 1)
+            idx = yy * w + xx
+            weight = wy[ky] * wx[kx]
+            for ch in range(c):
+                out[ch] += weight * flat[ch][idx]
+    return out
+
+
+def resample(
+    data: np.ndarray,
+    xmap: np.ndarray,
+    ymap: np.ndarray,
+    *,
+    kernel: str = "bilinear",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Resample ``data`` at input coordinates ``(xmap, ymap)``.
+
+    Parameters
+    ----------
+    data : ndarray, shape (C, h, w), float32
+        Input image, NaN where there is no data (a pixel invalid in any channel is invalid
+        in all).
+    xmap, ymap : ndarray, shape (H, W), float32
+        0-based input pixel coordinates of each output pixel (NaN = unmapped).
+    kernel : {"nearest", "bilinear", "bicubic", "lanczos3"}
+
+    Returns
+    -------
+    out : ndarray, shape (C, H, W), float32
+        Resampled values, NaN where the kernel support is not entirely valid.
+    footprint : ndarray, shape (H, W), bool
+        True where ``out`` is valid.
+
+    Raises
+    ------
+    ValueError
+        For an unknown kernel or mismatched shapes.
+    """
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}; expected one of {KERNELS}")
+    if data.ndim != 3:
+        raise ValueError(f"data must be (C, h, w), got shape {data.shape}")
+    if xmap.shape != ymap.shape:
+        raise ValueError(f"xmap {xmap.shape} and ymap {ymap.shape} differ in shape")
+    xmap = np.ascontiguousarray(xmap, dtype=np.float32)
+    ymap = np.ascontiguousarray(ymap, dtype=np.float32)
+    invalid_in = ~np.isfinite(data).all(axis=0)
+    planes = np.where(invalid_in, np.float32(0.0), data).astype(np.float32, copy=False)
+    invalid = _invalid_support(invalid_in, xmap, ymap, kernel)
+    if kernel == "lanczos3":
+        out = _lanczos3(planes, np.nan_to_num(xmap, nan=-1e6), np.nan_to_num(ymap, nan=-1e6))
+    else:
+        flag = _CV_INTERP[kernel]
+        out = np.empty((data.shape[0],) + xmap.shape, dtype=np.float32)
+        for ch in range(data.shape[0]):
+            out[ch] = cv2.remap(
+                np.ascontiguousarray(planes[ch]), xmap, ymap, flag,
+                borderMode=cv2.BORDER_CONSTANT, borderValue=0.0,
+            )
+    out[:, invalid] = np.nan
+    return out, ~invalid

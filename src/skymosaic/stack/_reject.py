@@ -1,0 +1,438 @@
+"""Per-pixel outlier rejection along the frame axis.
+
+Every function takes ``values`` shaped ``(N, ...)`` — N registered, normalised samples per
+pixel, typically a chunk ``(N, C, h, W)`` — with NaN where a frame has no (usable) data, and
+returns a boolean mask of the same shape, True where a *valid* sample is rejected. NaN
+samples are never marked as rejected: they were not data in the first place.
+
+All methods work on the samples sorted along the frame axis (NaN sorts last), which makes
+every statistic a cheap vectorised gather:
+
+* kappa-sigma and winsorized clipping keep a *contiguous range* ``[a, b)`` of the sorted
+  samples (clipping by value bounds removes the lowest and highest values), so medians are
+  two gathers and means/variances come from prefix sums, whatever the number of
+  iterations. The final mask is then the value test ``x < s[a] or x > s[b-1]`` on the
+  unsorted samples, with no scatter back.
+* linear-fit and min/max rejection are rank based; their mask is built on the sorted
+  samples and scattered back through the sort permutation.
+
+Every statistic is per pixel, so the result for a pixel does not depend on the other
+pixels of the chunk: stacking a cube in chunks of any height gives bit-identical masks.
+
+These kernels are written against NumPy (sort, take/put_along_axis); CuPy mirrors those
+calls, so a GPU backend can reuse them through ``backend/`` without a second copy.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+__all__ = [
+    "REJECTION_METHODS",
+    "count_rejected",
+    "nanmedian_frames",
+    "reject",
+    "reject_kappa_sigma",
+    "reject_linear_fit",
+    "reject_minmax",
+    "reject_winsorized",
+]
+
+logger = logging.getLogger(__name__)
+
+REJECTION_METHODS = ("none", "kappa_sigma", "winsorized", "linear_fit", "minmax")
+
+#: Fewer valid samples than this at a pixel: sigma-based methods leave the pixel alone.
+MIN_SAMPLES_SIGMA = 3
+#: Linear-fit clipping needs more points than a line has parameters (Siril uses 4 too).
+MIN_SAMPLES_LINEAR = 4
+#: Winsorization limit (in sigma) and the factor that makes the winsorized standard
+#: deviation of a Gaussian unbiased (Huber 1981; the value Siril and PixInsight use).
+_WINSOR_LIMIT = 1.5
+_WINSOR_CORRECTION = 1.134
+_WINSOR_TOL = 5e-4
+_WINSOR_MAX_INNER = 10
+
+
+# --------------------------------------------------------------------------- helpers
+def _check_values(values: np.ndarray) -> np.ndarray:
+    values = np.asarray(values)
+    if values.ndim < 1:
+        raise ValueError(f"values must have a frame axis, got a {values.ndim}-d array")
+    if values.dtype.kind != "f":
+        raise ValueError(f"values must be floating point (NaN = no data), got {values.dtype}")
+    return values
+
+
+def _check_kappa(kappa_low: float, kappa_high: float, max_iter: int) -> None:
+    for name, kappa in (("kappa_low", kappa_low), ("kappa_high", kappa_high)):
+        if not (np.isfinite(kappa) and kappa > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {kappa!r}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
+        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+
+
+def _as_rows(values: np.ndarray) -> np.ndarray:
+    """``(N, ...)`` -> contiguous ``(P, N)``: one row of N samples per pixel."""
+    return np.ascontiguousarray(np.moveaxis(values, 0, -1)).reshape(-1, values.shape[0])
+
+
+class _SortedRows:
+    """Per-pixel sorted samples ``(P, N)`` (NaN last) with O(1) gathers and range sums.
+
+    Gathers index the flat buffer (``row * N + col``), which is much faster than
+    ``take_along_axis``; every method takes the pixel rows ``pix`` it works on, so the
+    iterations can shrink to the pixels that are still changing.
+    """
+
+    def __init__(self, values: np.ndarray, *, prefix: bool) -> None:
+        self.s = _as_rows(values)
+        self.s.sort(axis=-1)
+        self.n_cols = self.s.shape[1]
+        self.flat = self.s.reshape(-1)
+        self.n = np.count_nonzero(~np.isnan(self.s), axis=-1)
+        all_pix = np.arange(self.s.shape[0])
+        zero = np.zeros_like(self.n)
+        self.shift = np.where(self.n > 0, self.median(all_pix, zero, np.maximum(self.n, 1)), 0.0)
+        if prefix:  # prefix sums of the shifted samples, float64, with a leading 0
+            y = self.s.astype(np.float64) - self.shift[:, None]
+            y[np.isnan(y)] = 0.0
+            p1 = np.zeros((y.shape[0], self.n_cols + 1))
+            p2 = np.zeros_like(p1)
+            np.cumsum(y, axis=-1, out=p1[:, 1:])
+            np.cumsum(y * y, axis=-1, out=p2[:, 1:])
+            self.p1, self.p2 = p1.reshape(-1), p2.reshape(-1)
+
+    def at(self, pix: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """``s[pix, idx]`` (``idx`` clipped into the row)."""
+        return self.flat[pix * self.n_cols + np.clip(idx, 0, self.n_cols - 1)]
+
+    def median(self, pix: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Median (float64) of ``s[pix, a:b]``; needs ``b > a``."""
+        cnt = b - a
+        lo = self.at(pix, a + (cnt - 1) // 2).astype(np.float64)
+        return 0.5 * (lo + self.at(pix, a + cnt // 2))
+
+    def search(
+        self, pix: np.ndarray, bound: np.ndarray, a: np.ndarray, b: np.ndarray, *, right: bool
+    ) -> np.ndarray:
+        """Number of samples ``< bound`` (``<= bound`` if ``right``), clipped to ``[a, b]``.
+
+        A vectorised binary search inside ``[a, b)``: ``ceil(log2(N + 1))`` gathers per
+        pixel instead of N comparisons. ``bound`` is compared in the samples' dtype.
+        """
+        bound = bound.astype(self.s.dtype)
+        lo, hi = a.copy(), b.copy()
+        for _ in range(int(self.n_cols).bit_length()):
+            active = lo < hi
+            if not active.any():
+                break
+            mid = (lo + hi) // 2
+            val = self.at(pix, mid)
+            go_right = (val <= bound) if right else (val < bound)
+            lo = np.where(active & go_right, mid + 1, lo)
+            hi = np.where(active & ~go_right, mid, hi)
+        return lo
+
+    def sums(self, pix: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Sum and sum of squares of the shifted samples ``s[pix, a:b]``."""
+        base = pix * (self.n_cols + 1)
+        return self.p1[base + b] - self.p1[base + a], self.p2[base + b] - self.p2[base + a]
+
+    def std(self, pix: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Population standard deviation of ``s[pix, a:b]`` (0 where empty)."""
+        s1, s2 = self.sums(pix, a, b)
+        cnt = np.maximum(b - a, 1)
+        mean = s1 / cnt
+        return np.sqrt(np.maximum(s2 / cnt - mean * mean, 0.0))
+
+
+def _winsorized_sigma(
+    rows: _SortedRows, pix: np.ndarray, a: np.ndarray, b: np.ndarray, med: np.ndarray
+) -> np.ndarray:
+    """Robust sigma from samples in ``[a, b)`` winsorized at ``med +- 1.5 sigma``.
+
+    Iterates per pixel until sigma changes by less than 0.05 % (Siril's rule), at most
+    ``_WINSOR_MAX_INNER`` times. Winsorized samples are clamped, not removed, so the
+    count stays ``b - a``; the clamped sums come from the prefix sums plus the clamped
+    tails.
+    """
+    sigma = rows.std(pix, a, b)
+    act = np.flatnonzero(sigma > 0)
+    for _ in range(_WINSOR_MAX_INNER):
+        if act.size == 0:
+            break
+        p, aa, bb, m, sg = pix[act], a[act], b[act], med[act], sigma[act]
+        lo, hi = m - _WINSOR_LIMIT * sg, m + _WINSOR_LIMIT * sg
+        i_lo = rows.search(p, lo, aa, bb, right=False)
+        i_hi = rows.search(p, hi, i_lo, bb, right=True)
+        n_below, n_above = i_lo - aa, bb - i_hi
+        shift = rows.shift[p]
+        lo_s, hi_s = lo - shift, hi - shift
+        mid1, mid2 = rows.sums(p, i_lo, i_hi)
+        cnt = bb - aa
+        mean = (n_below * lo_s + mid1 + n_above * hi_s) / cnt
+        ex2 = (n_below * lo_s**2 + mid2 + n_above * hi_s**2) / cnt
+        new = _WINSOR_CORRECTION * np.sqrt(np.maximum(ex2 - mean * mean, 0.0))
+        converged = np.abs(new - sg) <= _WINSOR_TOL * sg
+        sigma[act] = new
+        act = act[~converged]
+    return sigma
+
+
+def _clip_ranges(
+    values: np.ndarray,
+    *,
+    kappa_low: float,
+    kappa_high: float,
+    max_iter: int,
+    winsorize: bool,
+) -> np.ndarray:
+    """Shared driver of kappa-sigma and winsorized clipping (see module docstring).
+
+    Each iteration works only on the pixels still changing: a pixel whose kept range
+    did not move is at a fixed point, so dropping it changes nothing.
+    """
+    rows = _SortedRows(values, prefix=True)
+    a = np.zeros_like(rows.n)
+    b = rows.n.copy()
+    pix = np.flatnonzero(b >= MIN_SAMPLES_SIGMA)
+    for it in range(max_iter):
+        if pix.size == 0:
+            logger.debug("clipping converged after %d iteration(s)", it)
+            break
+        aa, bb = a[pix], b[pix]
+        med = rows.median(pix, aa, bb)
+        sigma = _winsorized_sigma(rows, pix, aa, bb, med) if winsorize else rows.std(pix, aa, bb)
+        new_a = rows.search(pix, med - kappa_low * sigma, aa, bb, right=False)
+        new_b = rows.search(pix, med + kappa_high * sigma, aa, bb, right=True)
+        # A pixel stops when nothing changes, or when the bounds would empty it.
+        update = (new_b > new_a) & ((new_a != aa) | (new_b != bb))
+        a[pix[update]] = new_a[update]
+        b[pix[update]] = new_b[update]
+        pix = pix[update & (new_b - new_a >= MIN_SAMPLES_SIGMA)]
+    # Kept samples are s[a..b-1]; no tie straddles a bound (see module docstring).
+    all_pix = np.arange(rows.n.size)
+    shape = values.shape[1:]
+    lo_val = rows.at(all_pix, a).reshape(shape)
+    hi_val = rows.at(all_pix, b - 1).reshape(shape)
+    return (values < lo_val) | (values > hi_val)
+
+
+# ------------------------------------------------------------------------ public API
+def reject_kappa_sigma(
+    values: np.ndarray,
+    *,
+    kappa_low: float = 3.0,
+    kappa_high: float = 3.0,
+    max_iter: int = 5,
+) -> np.ndarray:
+    """Iterative kappa-sigma clipping, median centre, standard-deviation scale.
+
+    At each iteration a pixel keeps the samples within
+    ``[median - kappa_low*sigma, median + kappa_high*sigma]`` of its kept samples;
+    previously clipped samples stay clipped (astropy ``sigma_clip`` semantics). Pixels
+    with fewer than 3 kept samples are left alone.
+
+    Parameters
+    ----------
+    values : ndarray, shape (N, ...), float
+        Samples along the frame axis 0; NaN = no data.
+    kappa_low, kappa_high : float
+        Clipping thresholds below and above the median, in sigma (> 0).
+    max_iter : int
+        Maximum number of clipping iterations (>= 1).
+
+    Returns
+    -------
+    ndarray of bool, shape of ``values``
+        True where a valid sample is rejected.
+
+    Raises
+    ------
+    ValueError
+        If a threshold or ``max_iter`` is out of range, or ``values`` is not float.
+    """
+    values = _check_values(values)
+    _check_kappa(kappa_low, kappa_high, max_iter)
+    return _clip_ranges(
+        values, kappa_low=kappa_low, kappa_high=kappa_high, max_iter=max_iter, winsorize=False
+    )
+
+
+def reject_winsorized(
+    values: np.ndarray,
+    *,
+    kappa_low: float = 3.0,
+    kappa_high: float = 3.0,
+    max_iter: int = 5,
+) -> np.ndarray:
+    """Winsorized sigma clipping (Siril / PixInsight style).
+
+    Like :func:`reject_kappa_sigma`, but sigma is estimated robustly: the kept samples
+    are winsorized (clamped) at ``median +- 1.5 sigma`` and sigma re-estimated as
+    ``1.134 * std(winsorized)`` until it converges; the clipping then uses that sigma.
+    Outliers therefore cannot inflate the scale that is meant to find them.
+
+    Parameters and returns are those of :func:`reject_kappa_sigma`.
+    """
+    values = _check_values(values)
+    _check_kappa(kappa_low, kappa_high, max_iter)
+    return _clip_ranges(
+        values, kappa_low=kappa_low, kappa_high=kappa_high, max_iter=max_iter, winsorize=True
+    )
+
+
+def reject_linear_fit(
+    values: np.ndarray,
+    *,
+    kappa_low: float = 3.0,
+    kappa_high: float = 3.0,
+    max_iter: int = 5,
+) -> np.ndarray:
+    """Linear-fit clipping: fit a line to the sorted samples, clip the deviants.
+
+    For each pixel the kept samples are sorted, a straight line ``v = p + q*j`` is fitted
+    to value against rank ``j``, and sigma is the mean absolute deviation from that line
+    (Siril's estimator). Samples more than ``kappa_low`` sigma below or ``kappa_high``
+    sigma above the line are rejected; iterate. Robust for large N, where a Gaussian
+    distribution of sorted values is close to linear in the middle. Pixels with 4 or
+    fewer kept samples are left alone.
+
+    Parameters and returns are those of :func:`reject_kappa_sigma`.
+    """
+    values = _check_values(values)
+    _check_kappa(kappa_low, kappa_high, max_iter)
+    s, order = _argsorted_rows(values)
+    valid = ~np.isnan(s)
+    kept = valid.copy()
+    n_all = np.count_nonzero(valid, axis=-1)
+    mid = np.arange(s.shape[0]), np.maximum(n_all - 1, 0) // 2
+    shift = np.where(n_all > 0, s[mid], 0.0).astype(np.float64)
+    pix = np.flatnonzero(n_all > MIN_SAMPLES_LINEAR)
+    for it in range(max_iter):
+        if pix.size == 0:
+            logger.debug("linear-fit clipping converged after %d iteration(s)", it)
+            break
+        k = kept[pix]
+        y = np.where(k, s[pix].astype(np.float64) - shift[pix, None], 0.0)
+        j = (np.cumsum(k, axis=-1) - 1).astype(np.float64)
+        nf = np.count_nonzero(k, axis=-1).astype(np.float64)
+        sx = nf * (nf - 1) / 2
+        sxx = (nf - 1) * nf * (2 * nf - 1) / 6
+        sy = np.sum(y, axis=-1)
+        sxy = np.sum(np.where(k, j * y, 0.0), axis=-1)
+        slope = (nf * sxy - sx * sy) / (nf * sxx - sx * sx)
+        icpt = (sy - slope * sx) / nf
+        resid = y - (icpt[:, None] + slope[:, None] * j)
+        sigma = np.sum(np.where(k, np.abs(resid), 0.0), axis=-1) / nf
+        out = k & ((resid < -kappa_low * sigma[:, None]) | (resid > kappa_high * sigma[:, None]))
+        changed = out.any(axis=-1)
+        kept[pix] = k & ~out
+        pix = pix[changed & (nf - np.count_nonzero(out, axis=-1) > MIN_SAMPLES_LINEAR)]
+    return _scatter_back(valid & ~kept, order, values.shape)
+
+
+def reject_minmax(values: np.ndarray, *, n_low: int = 1, n_high: int = 1) -> np.ndarray:
+    """Drop the ``n_low`` lowest and ``n_high`` highest valid samples of each pixel.
+
+    A pixel with ``n_low + n_high`` or fewer valid samples is left alone (rejecting
+    would leave nothing). Ties are broken by frame order (stable sort).
+
+    Parameters
+    ----------
+    values : ndarray, shape (N, ...), float
+        Samples along the frame axis 0; NaN = no data.
+    n_low, n_high : int
+        Number of lowest / highest samples to drop (>= 0).
+
+    Returns
+    -------
+    ndarray of bool, shape of ``values``
+        True where a valid sample is rejected.
+    """
+    values = _check_values(values)
+    for name, k in (("n_low", n_low), ("n_high", n_high)):
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {k!r}")
+    s, order = _argsorted_rows(values)
+    valid = ~np.isnan(s)
+    n = np.count_nonzero(valid, axis=-1)[:, None]
+    rank = np.arange(values.shape[0])
+    rejected_sorted = valid & (n > n_low + n_high) & ((rank < n_low) | (rank >= n - n_high))
+    return _scatter_back(rejected_sorted, order, values.shape)
+
+
+def _argsorted_rows(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Samples as sorted pixel rows ``(P, N)`` (NaN last, stable) and the permutation."""
+    rows = _as_rows(values)
+    order = np.argsort(rows, axis=-1, kind="stable")
+    base = (np.arange(rows.shape[0]) * rows.shape[1])[:, None]
+    order += base  # flat indices, for fast gathers and scatters
+    s = rows.reshape(-1)[order]
+    return s, order
+
+
+def _scatter_back(sorted_mask: np.ndarray, flat_order: np.ndarray, shape: tuple) -> np.ndarray:
+    """Mask on sorted rows -> mask in frame order, shaped like ``values``."""
+    out = np.empty(sorted_mask.size, dtype=bool)
+    out[flat_order.reshape(-1)] = sorted_mask.reshape(-1)
+    return np.moveaxis(out.reshape(*shape[1:], shape[0]), -1, 0)
+
+
+def reject(
+    values: np.ndarray,
+    *,
+    method: str,
+    kappa_low: float = 3.0,
+    kappa_high: float = 3.0,
+    max_iter: int = 5,
+    n_low: int = 1,
+    n_high: int = 1,
+) -> np.ndarray:
+    """Dispatch to one rejection method by name (one of `REJECTION_METHODS`).
+
+    ``"none"`` returns an all-False mask. See the individual functions for parameters.
+
+    Raises
+    ------
+    ValueError
+        If ``method`` is unknown.
+    """
+    if method == "none":
+        return np.zeros(np.shape(values), dtype=bool)
+    if method == "minmax":
+        return reject_minmax(values, n_low=n_low, n_high=n_high)
+    funcs = {
+        "kappa_sigma": reject_kappa_sigma,
+        "winsorized": reject_winsorized,
+        "linear_fit": reject_linear_fit,
+    }
+    if method not in funcs:
+        raise ValueError(f"rejection method must be one of {REJECTION_METHODS}, got {method!r}")
+    return funcs[method](values, kappa_low=kappa_low, kappa_high=kappa_high, max_iter=max_iter)
+
+
+def count_rejected(mask: np.ndarray) -> np.ndarray:
+    """Rejected samples per frame and channel: ``(N, C, ...)`` mask -> ``(N, C)`` int64."""
+    mask = np.asarray(mask)
+    if mask.ndim < 2:
+        return np.count_nonzero(mask.reshape(mask.shape[0], -1), axis=1).astype(np.int64)[:, None]
+    flat = mask.reshape(mask.shape[0], mask.shape[1], -1)
+    return np.count_nonzero(flat, axis=2).astype(np.int64)
+
+
+def nanmedian_frames(values: np.ndarray) -> np.ndarray:
+    """Median along axis 0 ignoring NaN; NaN where no sample is valid.
+
+    Equivalent to ``np.nanmedian(values, axis=0)`` (mean of the two middle values for an
+    even count, computed in float64 and returned in ``values.dtype``) but uses one sort,
+    which is several times faster than NumPy's masked path for N < 600, and emits no
+    all-NaN warning.
+    """
+    values = _check_values(values)
+    rows = _SortedRows(values, prefix=False)
+    med = np.where(rows.n > 0, rows.shift, np.nan)
+    return med.reshape(values.shape[1:]).astype(values.dtype)

@@ -1,0 +1,38 @@
+"""Synthetic surveys with a known truth, and mosaic quality metrics."""
+
+from skymosaic.synth._metrics import (
+    coverage_fraction,
+    fit_affine,
+    frame_border_mask,
+    residual_map,
+    residual_rms,
+    seam_score,
+    star_flux_scatter,
+)
+from skymosaic.synth._seestar import (
+    SEESTAR_PIXEL_SCALE_ARCSEC,
+    make_seestar_frames,
+    write_seestar_frames,
+)
+from skymosaic.synth._sky import TruthSky, celestial_wcs, make_truth_sky
+from skymosaic.synth._survey import Survey, SynthFrame, make_survey, write_survey
+
+__all__ = [
+    "SEESTAR_PIXEL_SCALE_ARCSEC",
+    "Survey",
+    "SynthFrame",
+    "TruthSky",
+    "celestial_wcs",
+    "coverage_fraction",
+    "fit_affine",
+    "frame_border_mask",
+    "make_seestar_frames",
+    "make_survey",
+    "make_truth_sky",
+    "residual_map",
+    "residual_rms",
+    "seam_score",
+    "star_flux_scatter",
+    "write_seestar_frames",
+    "write_survey",
+]

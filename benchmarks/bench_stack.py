@@ -92,7 +92,7 @@ def star_field(shape: tuple[int, int, int], *, n_stars: int, seed: int) -> np.nd
 
 def write_cube(path: Path, n: int, shape: tuple[int, int, int], seed: int) -> np.memmap:
     """Frames ``g_k * truth + b_k + noise`` (one satellite trail) into a memmap."""
-    truth = star_field(shape, n_stars=max(20, shape[1] * shape[2] // 4000), seed=seed)
+    truth = star_field(shape, n_stars=max(50, shape[1] * shape[2] // 500), seed=seed)
     mm = np.memmap(path, dtype=np.float32, mode="w+", shape=(n, *shape))
     rng = np.random.default_rng(seed + 1)
     for k in range(n):

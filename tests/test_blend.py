@@ -317,3 +317,37 @@ def test_blend_tiles_rejects_mixed_channels_and_empty():
         blend_tiles([t1, t3], (8, 8))
     with pytest.raises(ValueError, match="non-empty list"):
         blend_tiles([], (8, 8))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_layouts_keep_coverage_invariants(seed):
+    """Random tiles (clipped, odd, holed, weighted): NaN iff uncovered, single coverage exact."""
+    rng = _rng(100 + seed)
+    for _ in range(15):
+        canvas = (int(rng.integers(1, 70)), int(rng.integers(1, 70)))
+        n_channels = int(rng.choice([1, 3]))
+        tiles = []
+        for _ in range(int(rng.integers(1, 6))):
+            h, w = (int(s) for s in rng.integers(1, 45, 2))
+            data = rng.normal(size=(n_channels, h, w)).astype(np.float32)
+            data[:, rng.random((h, w)) < 0.1] = np.nan
+            weight = (rng.random((h, w)) > 0.1).astype(np.float32) if rng.random() < 0.3 else None
+            y0, x0 = int(rng.integers(-25, canvas[0] + 3)), int(rng.integers(-25, canvas[1] + 3))
+            tiles.append(PlacedTile(data, y0, x0, weight=weight))
+        res = blend_tiles(tiles, canvas, method=str(rng.choice(["pyramid", "feather"])))
+        count = np.zeros(canvas, int)
+        single = np.full((n_channels, *canvas), np.nan, np.float32)
+        for t in tiles:
+            sl = t.canvas_slices(canvas)
+            if sl is None:
+                continue
+            (cy, cx), (ty, tx) = sl
+            part = t.data[:, ty, tx]
+            valid = np.isfinite(part).all(axis=0)
+            if t.weight is not None:
+                valid &= t.weight[ty, tx] > 0
+            count[cy, cx] += valid
+            np.copyto(single[:, cy, cx], part, where=valid)
+        assert np.isnan(res.data[:, count == 0]).all()
+        assert np.isfinite(res.data[:, count > 0]).all()
+        np.testing.assert_array_equal(res.data[:, count == 1], single[:, count == 1])

@@ -21,7 +21,14 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["Config", "ConfigError", "config_digest", "dump_toml", "load_config"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "config_digest",
+    "config_reference_markdown",
+    "dump_toml",
+    "load_config",
+]
 
 
 class ConfigError(ValueError):
@@ -35,7 +42,7 @@ class _Section(BaseModel):
 class InputConfig(_Section):
     """Which files are frames and how to read them."""
 
-    recursive: bool = True
+    recursive: bool = Field(default=True, description="search folders recursively")
     wcs_dirs: list[Path] = Field(default_factory=list, description="extra folders with .wcs sidecars")
     bayer_pattern: Literal["RGGB", "GRBG", "GBRG", "BGGR"] | None = Field(
         default=None, description="force this CFA pattern (cameras that write no BAYERPAT)"
@@ -43,7 +50,7 @@ class InputConfig(_Section):
     valid_min: float | None = Field(
         default=1e-6,
         description="pixels not above this in every channel are no data (zero-filled "
-        "borders); None keeps every finite value (sky-subtracted inputs)",
+        "borders); -inf keeps every finite value (sky-subtracted inputs)",
     )
     verify_pixels: bool = Field(
         default=True, description="read every frame once up front: reject unreadable or all-NaN frames"
@@ -53,21 +60,33 @@ class InputConfig(_Section):
 class ReprojectConfig(_Section):
     """Resampling onto the output grid."""
 
-    kernel: Literal["nearest", "bilinear", "bicubic", "lanczos3"] = "bilinear"
-    map_tolerance_px: float = Field(default=0.01, gt=0, le=0.5)
-    grid_step_px: int = Field(default=64, ge=4, le=1024)
+    kernel: Literal["nearest", "bilinear", "bicubic", "lanczos3"] = Field(
+        default="bilinear", description="resampling kernel (see docs/reprojection.md)"
+    )
+    map_tolerance_px: float = Field(
+        default=0.01, gt=0, le=0.5, description="largest error of the interpolated WCS mapping, px"
+    )
+    grid_step_px: int = Field(
+        default=64, ge=4, le=1024, description="initial spacing of the exact-mapping grid, px"
+    )
 
 
 class OutputConfig(_Section):
     """The output grid and products."""
 
     pixel_scale_arcsec: float | None = Field(default=None, gt=0, description="None: median input scale")
-    rotation: Literal["north", "auto"] = "north"
-    projection: Literal["TAN", "SIN", "ZEA", "STG", "ARC", "CAR"] = "TAN"
+    rotation: Literal["north", "auto"] = Field(
+        default="north", description="north-up, or rotated to the minimum-area rectangle"
+    )
+    projection: Literal["TAN", "SIN", "ZEA", "STG", "ARC", "CAR"] = Field(
+        default="TAN", description="FITS projection of the output grid"
+    )
     wcs_header: Path | None = Field(default=None, description="use this FITS/text header as output grid")
-    preview: bool = True
-    preview_max_size: int = Field(default=4096, ge=64, le=65536)
-    name: str = Field(default="mosaic", pattern=r"^[A-Za-z0-9._-]+$")
+    preview: bool = Field(default=True, description="write the stretched PNG preview")
+    preview_max_size: int = Field(default=4096, ge=64, le=65536, description="long side of the preview, px")
+    name: str = Field(
+        default="mosaic", pattern=r"^[A-Za-z0-9._-]+$", description="base name of the output files"
+    )
 
 
 class CoaddConfig(_Section):
@@ -78,6 +97,50 @@ class CoaddConfig(_Section):
     )
 
 
+class QualityConfig(_Section):
+    """Per-frame quality (star detection with sep) and session-relative rejection."""
+
+    enabled: bool = Field(default=True, description="measure frame quality and reject outliers")
+    detect_sigma: float = Field(default=5.0, gt=0, description="star detection threshold, in noise sigma")
+    max_background_mad: float = Field(default=5.0, gt=0, description="reject background > median + k*MAD")
+    max_noise_mad: float = Field(default=5.0, gt=0, description="reject noise > median + k*MAD")
+    min_star_fraction: float = Field(default=0.3, ge=0, lt=1, description="reject star count < fraction of median")
+    max_star_mad: float = Field(default=5.0, gt=0, description="reject star count < median - k*MAD")
+    max_fwhm_mad: float = Field(default=5.0, gt=0, description="reject FWHM > median + k*MAD")
+    max_elongation_mad: float = Field(default=5.0, gt=0, description="reject elongation > median + k*MAD")
+    mad_floor: float = Field(default=0.02, ge=0, lt=1, description="MAD is at least this fraction of the median")
+
+
+class ClusterConfig(_Section):
+    """Grouping of frames by sky position (classic mode)."""
+
+    min_overlap: float = Field(default=0.5, gt=0, le=1, description="link frames overlapping more than this fraction")
+    max_frames: int | None = Field(default=None, ge=2, description="split groups larger than this")
+    max_group_mb: float | None = Field(default=None, gt=0, description="split groups whose frames exceed this size")
+
+
+class StackConfig(_Section):
+    """Stacking of each group into a master tile (classic mode)."""
+
+    enabled: bool = Field(default=True, description="false: coadd every frame directly (no master tiles)")
+    min_frames: int = Field(default=2, ge=1, description="smaller groups go to the coadd frame by frame")
+    normalization: Literal["none", "additive", "multiplicative", "linear"] = Field(
+        default="linear", description="photometric normalisation to the reference frame"
+    )
+    weighting: list[Literal["exposure", "noise", "fwhm"]] = Field(
+        default_factory=lambda: ["noise"], description="frame weights (product of these)"
+    )
+    rejection: Literal["none", "kappa_sigma", "winsorized", "linear_fit", "minmax"] = Field(
+        default="winsorized", description="per-pixel outlier rejection"
+    )
+    kappa_low: float = Field(default=3.0, gt=0, description="low clipping threshold, sigma")
+    kappa_high: float = Field(default=3.0, gt=0, description="high clipping threshold, sigma")
+    max_iter: int = Field(default=5, ge=1, description="clipping iterations")
+    n_low: int = Field(default=1, ge=0, description="minmax: lowest samples dropped")
+    n_high: int = Field(default=1, ge=0, description="minmax: highest samples dropped")
+    combine: Literal["mean", "median"] = Field(default="mean", description="weighted mean or median")
+
+
 def _default_budget_mb() -> float:
     return round(0.25 * psutil.virtual_memory().total / 2**20)
 
@@ -85,9 +148,13 @@ def _default_budget_mb() -> float:
 class RunConfig(_Section):
     """Resources and logging."""
 
-    memory_budget_mb: float = Field(default_factory=_default_budget_mb, ge=64)
-    threads: int = Field(default=0, ge=0, description="0 = all cores")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    memory_budget_mb: float = Field(
+        default_factory=_default_budget_mb, ge=64, description="memory budget in MiB (default 25% of RAM)"
+    )
+    threads: int = Field(default=0, ge=0, description="worker threads, 0 = all cores")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="console log level (the log file is always INFO or finer)"
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -102,6 +169,9 @@ class Config(_Section):
     reproject: ReprojectConfig = Field(default_factory=ReprojectConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     coadd: CoaddConfig = Field(default_factory=CoaddConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    stack: StackConfig = Field(default_factory=StackConfig)
     run: RunConfig = Field(default_factory=RunConfig)
 
     @property
@@ -118,7 +188,7 @@ def _format_errors(err: ValidationError, source: str) -> str:
             continue
         allowed = ""
         ctx = e.get("ctx") or {}
-        if "expected" in ctx:
+        if "expected" in ctx and str(ctx["expected"]) not in e["msg"]:
             allowed = f"; allowed: {ctx['expected']}"
         lines.append(f"  '{key}' = {e['input']!r}: {e['msg']}{allowed}")
     return "\n".join(lines)
@@ -194,6 +264,31 @@ def dump_toml(config: Config) -> str:
                 lines.append(f"{key} = {_toml_value(value)}")
         lines.append("")
     return "\n".join(lines)
+
+
+def _type_name(annotation: Any) -> str:
+    """A short human name of a field's type for the docs table."""
+    text = annotation.__name__ if isinstance(annotation, type) else str(annotation)
+    for noise in ("typing.", "pathlib.", "Optional[", "Literal"):
+        text = text.replace(noise, "")
+    text = text.replace("list[", "list of ").replace("[", "one of ").replace("]", "")
+    return text.replace("'", "").replace(" | None", " or unset").replace("|", "or")
+
+
+def config_reference_markdown() -> str:
+    """The per-section key tables of docs/configuration.md, generated from the model."""
+    out = []
+    defaults = Config()
+    for name in Config.model_fields:
+        section = getattr(defaults, name)
+        doc = (type(section).__doc__ or "").strip().splitlines()[0]
+        out += [f"## [{name}]", "", doc, "", "| key | default | type | meaning |", "|---|---|---|---|"]
+        for key, f in type(section).model_fields.items():
+            default = "25% of RAM" if (name, key) == ("run", "memory_budget_mb") else getattr(section, key)
+            shown = "not set" if default is None else json.dumps(default, default=str)
+            out.append(f"| `{key}` | `{shown}` | {_type_name(f.annotation)} | {f.description or ''} |")
+        out.append("")
+    return "\n".join(out)
 
 
 def config_digest(config: Config, *, sections: tuple[str, ...] | None = None) -> str:

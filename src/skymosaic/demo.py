@@ -25,9 +25,9 @@ logger = logging.getLogger(__name__)
 #: Survey parameters of each demo size (see `skymosaic.synth.make_survey`).
 DEMO_SURVEYS = {
     "small": dict(n_x=3, n_y=3, frame_shape=(320, 400), overlap=0.25, channels=3,
-                  hot_pixels=30, satellite_prob=0.3, sip=True),
+                  frames_per_pointing=4, hot_pixels=30, satellite_prob=0.3, sip=True),
     "medium": dict(n_x=5, n_y=4, frame_shape=(600, 800), overlap=0.25, channels=3,
-                   frames_per_pointing=2, hot_pixels=50, satellite_prob=0.2, sip=True),
+                   frames_per_pointing=6, hot_pixels=50, satellite_prob=0.2, sip=True),
 }
 
 

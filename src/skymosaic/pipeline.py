@@ -34,6 +34,8 @@ from skymosaic.io import (
 )
 from skymosaic.io._writer import atomic_path, write_json, write_mosaic, write_preview
 from skymosaic.reproject import OutputGrid, grid_from_header, optimal_grid
+from skymosaic.stack.classic import StackedGroups, group_frames, select_by_quality, stack_groups
+from skymosaic.stack.quality import FrameQuality, measure_quality
 
 __all__ = [
     "NoUsableFramesError",
@@ -74,6 +76,7 @@ class Catalog:
     frames: list[FrameInfo] = field(default_factory=list)
     rejected: dict[str, str] = field(default_factory=dict)
     stats: dict[str, FrameStats] = field(default_factory=dict)
+    quality: dict[str, FrameQuality] = field(default_factory=dict)
 
     def reject(self, path: Path | str, reason: str) -> None:
         logger.warning("%s: %s; frame rejected", Path(path).name, reason)
@@ -133,27 +136,32 @@ def _reject_mixed_channels(catalog: Catalog) -> None:
 
 
 def verify_frames(catalog: Catalog, config: Config, *, progress: Progress, threads: int) -> None:
-    """Phase 2: read each frame once; reject unreadable or empty ones; measure noise."""
+    """Phase 2: read each frame once; reject unreadable or empty ones; measure noise and,
+    when quality selection is on, stars (count, FWHM, elongation) with sep."""
     progress.start("verify", len(catalog.frames))
+    measure = config.quality.enabled or "fwhm" in config.stack.weighting
 
     def check(info: FrameInfo):
         try:
             data = load_frame(info, valid_min=config.input.valid_min)
         except FrameError as err:
-            return info, None, str(err)
+            return info, None, None, str(err)
         stats = frame_stats(data)
         if stats.valid_fraction == 0.0:
-            return info, stats, "no valid pixel (all NaN or below input.valid_min)"
-        return info, stats, None
+            return info, stats, None, "no valid pixel (all NaN or below input.valid_min)"
+        quality = measure_quality(data, detect_sigma=config.quality.detect_sigma) if measure else None
+        return info, stats, quality, None
 
     kept = []
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        for info, stats, error in pool.map(check, catalog.frames):
+        for info, stats, quality, error in pool.map(check, catalog.frames):
             progress.advance("verify")
             if error is not None:
                 catalog.reject(info.path, error)
                 continue
             catalog.stats[str(info.path)] = stats
+            if quality is not None:
+                catalog.quality[str(info.path)] = quality
             kept.append(info)
     catalog.frames = kept
     progress.end("verify")
@@ -197,6 +205,7 @@ def _log_to_file(path: Path) -> Iterator[None]:
 
 
 def _normalise_weights(weights: list[float]) -> list[float]:
+    """Scale frame weights to mean 1 (a master tile's WEIGHT is the sum of such weights)."""
     mean = float(np.mean(weights)) if weights else 1.0
     return [w / mean for w in weights] if mean > 0 else weights
 
@@ -210,6 +219,11 @@ def run_pipeline(
 ) -> RunResult:
     """Run the whole pipeline on ``inputs`` (files, folders, globs) into ``out_dir``.
 
+    Classic mode (``stack.enabled``, the default): discover -> verify and measure quality ->
+    reject outliers -> cluster by sky position -> stack each group into a master tile ->
+    coadd the tiles (and the frames of groups too small to stack) -> write. With
+    ``stack.enabled = false`` every frame is coadded directly.
+
     Raises
     ------
     NoUsableFramesError
@@ -221,72 +235,122 @@ def run_pipeline(
     progress = progress or Progress()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    threads = config.run.threads or (os.cpu_count() or 1)
-    timings: dict[str, float] = {}
-    report: dict = {"skymosaic": __version__, "config_digest": config_digest(config)}
-    (out / "config.toml").write_text(dump_toml(config))
+    run = _Run(out, config, progress)
+    with atomic_path(out / "config.toml", suffix=".toml") as tmp:
+        tmp.write_text(dump_toml(config))
     with _log_to_file(out / "skymosaic.log"):
-        t0 = time.perf_counter()
-        paths = discover_inputs(inputs, recursive=config.input.recursive)
-        logger.info("found %d candidate files", len(paths))
-        catalog = build_catalog(paths, config, progress=progress, threads=threads)
-        timings["discover"] = time.perf_counter() - t0
-        if config.input.verify_pixels or config.coadd.weighting == "noise":
-            t0 = time.perf_counter()
-            verify_frames(catalog, config, progress=progress, threads=threads)
-            timings["verify"] = time.perf_counter() - t0
-        report["frames"] = {"found": len(paths), "rejected": dict(catalog.rejected)}
+        with run.phase("discover"):
+            paths = discover_inputs(inputs, recursive=config.input.recursive)
+            logger.info("found %d candidate files", len(paths))
+            catalog = build_catalog(paths, config, progress=progress, threads=run.threads)
+        run.report["frames"] = {"found": len(paths), "rejected": catalog.rejected}
+        with run.phase("verify"):
+            verify_frames(catalog, config, progress=progress, threads=run.threads)
+        if config.quality.enabled and catalog.frames:
+            with run.phase("quality"):
+                catalog.frames, rejected = select_by_quality(catalog.frames, catalog.quality, config)
+                for path, reason in rejected.items():
+                    catalog.reject(path, reason)
         if not catalog.frames:
-            report["status"] = "failed: no usable frame"
-            report["timings_s"] = timings
-            write_json(out / "run.json", report)
-            raise NoUsableFramesError(
-                f"no usable frame among {len(paths)} file(s); see {out / 'run.json'} for the reasons"
-            )
-        t0 = time.perf_counter()
-        grid = choose_grid(catalog.frames, config)
-        timings["grid"] = time.perf_counter() - t0
+            run.fail("no usable frame", f"no usable frame among {len(paths)} file(s)")
+        with run.phase("grid"):
+            grid = choose_grid(catalog.frames, config)
         logger.info("output grid %d x %d px at %.3f arcsec/px", grid.shape[1], grid.shape[0],
                     grid.pixel_scale_arcsec)
-        weights = _normalise_weights([
-            frame_weight(f, catalog.stats.get(str(f.path)), config.coadd.weighting) for f in catalog.frames
-        ])
-        sources = [
-            FileSource.from_info(f, weight=wt, valid_min=config.input.valid_min)
-            for f, wt in zip(catalog.frames, weights, strict=True)
-        ]
-        t0 = time.perf_counter()
         scratch = out / ".scratch"
         scratch.mkdir(exist_ok=True)
         try:
             opts = CoaddOptions(
                 kernel=config.reproject.kernel, map_tolerance=config.reproject.map_tolerance_px,
                 grid_step=config.reproject.grid_step_px, memory_budget=config.memory_budget_bytes,
-                threads=threads, scratch_dir=str(scratch),
+                threads=run.threads, scratch_dir=str(scratch),
             )
-            result = _run_coadd(sources, grid, opts, progress)
-            timings["coadd"] = time.perf_counter() - t0
+            stacked = _stack_phase(run, catalog, grid, opts) if config.stack.enabled else None
+            sources, weights = _coadd_sources(catalog, stacked, config)
+            with run.phase("coadd"):
+                result = _run_coadd(sources, grid, opts, progress)
             for name, reason in result.rejected.items():
                 path = next((str(f.path) for f in catalog.frames if f.name == name), name)
                 catalog.rejected[path] = reason
             if not result.used:
-                report["status"] = "failed: no frame contributed"
-                write_json(out / "run.json", report)
-                raise NoUsableFramesError("no frame contributed any pixel to the output grid")
-            t0 = time.perf_counter()
-            mosaic_path, preview_path = _write_products(out, config, grid, result, catalog)
-            timings["write"] = time.perf_counter() - t0
+                run.fail("no frame contributed", "no frame contributed any pixel to the output grid")
+            with run.phase("write"):
+                mosaic_path, preview_path = _write_products(out, config, grid, result, sources)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        report.update(_summary(catalog, result, grid, weights, config))
-        report["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
-        report["products"] = {"mosaic": mosaic_path.name,
-                              "preview": preview_path.name if preview_path else None,
-                              "log": "skymosaic.log", "config": "config.toml"}
-        report["status"] = "ok"
-        write_json(out / "run.json", report)
+        run.report.update(_summary(catalog, result, grid, sources, weights, stacked))
+        run.report["products"] = {"mosaic": mosaic_path.name,
+                                  "preview": preview_path.name if preview_path else None,
+                                  "log": "skymosaic.log", "config": "config.toml"}
+        run.finish()
         logger.info("mosaic written to %s", mosaic_path)
-    return RunResult(out, mosaic_path, preview_path, report, tuple(result.data.shape))
+    return RunResult(out, mosaic_path, preview_path, run.report, tuple(result.data.shape))
+
+
+class _Run:
+    """Bookkeeping of one run: threads, phase timings, the report and its failure path."""
+
+    def __init__(self, out: Path, config: Config, progress: Progress) -> None:
+        self.out, self.config, self.progress = out, config, progress
+        self.threads = config.run.threads or (os.cpu_count() or 1)
+        self.timings: dict[str, float] = {}
+        self.report: dict = {"skymosaic": __version__, "config_digest": config_digest(config),
+                             "mode": "classic" if config.stack.enabled else "direct"}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - t0, 4)
+
+    def finish(self, status: str = "ok") -> None:
+        self.report["status"] = status
+        self.report["timings_s"] = dict(self.timings)
+        write_json(self.out / "run.json", self.report)
+
+    def fail(self, status: str, message: str) -> None:
+        self.finish(f"failed: {status}")
+        raise NoUsableFramesError(f"{message}; see {self.out / 'run.json'} for the reasons")
+
+
+def _stack_phase(run: _Run, catalog: Catalog, grid: OutputGrid, opts: CoaddOptions) -> StackedGroups:
+    """Cluster the frames by sky position and stack every group into a master tile."""
+    config = run.config
+    with run.phase("cluster"):
+        clustering = group_frames(catalog.frames, config)
+    logger.info("%d frame(s) in %d group(s)", len(catalog.frames), len(clustering.groups))
+    noise = {k: v.noise for k, v in catalog.stats.items()}
+    fwhm = {k: q.fwhm for k, q in catalog.quality.items()}
+    run.progress.start("stack", len(catalog.frames))
+    with run.phase("stack"):
+        stacked = stack_groups(
+            catalog.frames, clustering, config=config, options=opts,
+            pixel_scale_arcsec=grid.pixel_scale_arcsec, tiles_dir=run.out / "tiles",
+            scratch_dir=run.out / ".scratch", noise=noise, fwhm=fwhm,
+            progress=lambda n: run.progress.advance("stack", n),
+        )
+    run.progress.end("stack")
+    run.report["clusters"] = clustering.to_dict()
+    return stacked
+
+
+def _coadd_sources(catalog: Catalog, stacked: StackedGroups | None, config: Config):
+    """Phase 5 inputs: master tiles (their WEIGHT maps carry the depth) and single frames."""
+    singles = catalog.frames if stacked is None else stacked.singles
+    weights = _normalise_weights([
+        frame_weight(f, catalog.stats.get(str(f.path)), config.coadd.weighting) for f in singles
+    ])
+    sources = [
+        FileSource.from_info(f, weight=wt, valid_min=config.input.valid_min)
+        for f, wt in zip(singles, weights, strict=True)
+    ]
+    if stacked is not None:
+        for tile in stacked.tiles:
+            info = scan_frame(tile.path)
+            sources.append(FileSource.from_info(info, weight=1.0, valid_min=None))
+    return sources, dict(zip([s.name for s in sources], [s.weight for s in sources], strict=True))
 
 
 def _run_coadd(sources, grid, opts, progress: Progress):
@@ -305,13 +369,14 @@ def _run_coadd(sources, grid, opts, progress: Progress):
         progress.end("coadd")
 
 
-def _write_products(out: Path, config: Config, grid: OutputGrid, result, catalog: Catalog):
+def _write_products(out: Path, config: Config, grid: OutputGrid, result, sources):
     history = [
-        f"skymosaic {__version__}: weighted-mean coadd of {len(result.used)} frame(s)",
+        f"skymosaic {__version__}: weighted-mean coadd of {len(result.used)} input(s)",
         f"config digest {config_digest(config)}; kernel {config.reproject.kernel}; "
         f"weighting {config.coadd.weighting}",
     ]
-    cards = {"NINPUTS": (len(result.used), "frames that contributed"),
+    history += [f"input {name}" for name in result.used[:500]]
+    cards = {"NINPUTS": (len(result.used), "frames or master tiles coadded"),
              "CFGHASH": (config_digest(config), "skymosaic config digest")}
     mosaic_path = write_mosaic(out / f"{config.output.name}.fits", result.data, grid.wcs,
                                weight=result.weight, coverage=result.coverage, history=history,
@@ -320,26 +385,34 @@ def _write_products(out: Path, config: Config, grid: OutputGrid, result, catalog
     if config.output.preview:
         preview_path = write_preview(out / f"{config.output.name}_preview.png", result.data,
                                      max_size=config.output.preview_max_size)
-    with atomic_path(out / "config.toml", suffix=".toml") as tmp:
-        tmp.write_text(dump_toml(config))
     return mosaic_path, preview_path
 
 
-def _summary(catalog: Catalog, result, grid: OutputGrid, weights, config: Config) -> dict:
+def _summary(catalog: Catalog, result, grid: OutputGrid, sources, weights: dict,
+             stacked: StackedGroups | None) -> dict:
     frames = []
-    for info, wt in zip(catalog.frames, weights, strict=True):
+    in_tile = {}
+    if stacked is not None:
+        for tile in stacked.tiles:
+            for name in tile.frames:
+                in_tile[name] = tile.tile_id
+    for info in catalog.frames:
         entry = info.to_dict()
-        entry["weight"] = wt
         stats = catalog.stats.get(str(info.path))
         if stats is not None:
             entry["stats"] = stats.to_dict()
-        entry["used"] = info.name in result.used
+        quality = catalog.quality.get(str(info.path))
+        if quality is not None:
+            entry["quality"] = quality.to_dict()
+        entry["tile"] = in_tile.get(info.name)
+        entry["weight"] = weights.get(info.name)
+        entry["used"] = info.name in result.used or info.name in in_tile
         frames.append(entry)
     finite = np.isfinite(result.data).all(axis=0)
-    return {
+    summary = {
         "frames": {
             "found": len(catalog.frames) + len(catalog.rejected),
-            "used": len(result.used),
+            "used": sum(1 for f in frames if f["used"]),
             "rejected": dict(catalog.rejected),
             "list": frames,
         },
@@ -350,5 +423,10 @@ def _summary(catalog: Catalog, result, grid: OutputGrid, weights, config: Config
             "max_depth": int(result.coverage.max()) if result.coverage.size else 0,
             "blocks": result.n_blocks,
             "block_rows": result.block_rows,
+            "inputs_coadded": len(result.used),
         },
     }
+    if stacked is not None:
+        summary["tiles"] = [t.to_dict() for t in stacked.tiles]
+        summary["tiles_failed"] = stacked.failed
+    return summary

@@ -1,6 +1,12 @@
 """Phase 5: the coadd of frames or tiles onto the output grid."""
 
-from skymosaic.assemble._coadd import CoaddOptions, CoaddResult, coadd, source_bbox
+from skymosaic.assemble._coadd import (
+    CoaddOptions,
+    CoaddResult,
+    coadd,
+    resample_source,
+    source_bbox,
+)
 from skymosaic.assemble._sources import ArraySource, FileSource, ImageSource
 
 __all__ = [
@@ -10,5 +16,6 @@ __all__ = [
     "FileSource",
     "ImageSource",
     "coadd",
+    "resample_source",
     "source_bbox",
 ]

@@ -24,7 +24,7 @@ from skymosaic.reproject._grid import OutputGrid
 from skymosaic.reproject._mapping import pixel_map
 from skymosaic.reproject._resample import KERNEL_RADIUS, KERNELS, resample
 
-__all__ = ["CoaddOptions", "CoaddResult", "coadd", "source_bbox"]
+__all__ = ["CoaddOptions", "CoaddResult", "coadd", "resample_source", "source_bbox"]
 
 logger = logging.getLogger(__name__)
 
@@ -108,10 +108,16 @@ def _plan_blocks(grid: OutputGrid, channels: int, sources: Sequence[ImageSource]
     return int(min(h, rows))
 
 
-def _resample_into_block(
+def resample_source(
     source: ImageSource, grid: OutputGrid, cut: tuple[int, int, int, int], opts: CoaddOptions
 ) -> tuple[tuple[int, int, int, int], np.ndarray, np.ndarray] | None:
-    """Resample one source onto ``cut`` of the output; returns (cut, data, weight) or None."""
+    """Resample one source onto the cutout ``cut = (y0, y1, x0, x1)`` of ``grid``.
+
+    Only the input rows and columns that map into the cutout are read. Returns
+    ``(cut, data (C, h, w), weight (h, w))`` with the source's weight, pixel weights and
+    gain/offset applied (weight 0 and NaN data where the source has no valid sample), or
+    None when the source has no valid pixel there.
+    """
     pm = pixel_map(grid.wcs, source.wcs, cut, tolerance=opts.map_tolerance, step=opts.grid_step)
     _, h_in, w_in = source.shape
     r = KERNEL_RADIUS[opts.kernel] + 1
@@ -249,7 +255,7 @@ def coadd(
             def run(task):
                 k, cut = task
                 try:
-                    return k, _resample_into_block(sources[k], grid, cut, opts), None
+                    return k, resample_source(sources[k], grid, cut, opts), None
                 except FrameError as err:
                     return k, None, str(err)
 

@@ -7,16 +7,18 @@ when the file allows it (uncompressed FITS are memory-mapped).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
+from astropy.utils.exceptions import AstropyUserWarning
 from astropy.wcs import WCS, FITSFixedWarning
 from astropy.wcs.utils import proj_plane_pixel_scales
 
@@ -198,6 +200,24 @@ def find_wcs_sidecar(path: Path, *, search_dirs: Iterable[Path] = ()) -> Path | 
     return None
 
 
+@contextlib.contextmanager
+def _open_fits(path: Path) -> Iterator[fits.HDUList]:
+    """Open a FITS file for reading (headers loaded lazily).
+
+    astropy only *warns* when a file is shorter than its headers say (and then fails later
+    or reads garbage), so that warning is turned into a `FrameError` here. The file handle
+    is our own, so it is closed whatever astropy raises while parsing.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="File may have been truncated",
+                                category=AstropyUserWarning)
+        try:
+            with open(path, "rb") as fh, fits.open(fh, memmap=False, lazy_load_hdus=True) as hdul:
+                yield hdul
+        except AstropyUserWarning as err:
+            raise FrameError(f"truncated file ({err})") from err
+
+
 def _first_image_hdu(hdul: fits.HDUList) -> int:
     for i, hdu in enumerate(hdul):
         if isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)):
@@ -334,7 +354,7 @@ def scan_frame(
     """
     path = Path(path)
     try:
-        with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+        with _open_fits(path) as hdul:
             index = _first_image_hdu(hdul)
             header = hdul[index].header.copy()
             has_weight = "WEIGHT" in [h.name for h in hdul]
@@ -438,7 +458,7 @@ def _read_section(info: FrameInfo, key: tuple) -> np.ndarray:
     """Read part of the image HDU, squeezing degenerate (length-1) FITS axes."""
     plain = info.path.suffix.lower() in (".fits", ".fit", ".fts")
     try:
-        with fits.open(info.path, memmap=False, lazy_load_hdus=True) as hdul:
+        with _open_fits(info.path) as hdul:
             hdu = hdul[info.hdu]
             naxis = hdu.header["NAXIS"]
             if naxis > 2 and info.layout in ("2D", "BAYER"):
@@ -450,5 +470,7 @@ def _read_section(info: FrameInfo, key: tuple) -> np.ndarray:
             else:
                 data = hdu.data[key]
             return _native_float32(data)
+    except FrameError:
+        raise
     except (OSError, ValueError, TypeError, EOFError, IndexError, KeyError) as err:
         raise FrameError(f"cannot read pixels ({type(err).__name__}: {err})") from err

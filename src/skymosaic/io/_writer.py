@@ -86,6 +86,7 @@ def write_mosaic(
     coverage: np.ndarray | None = None,
     history: Sequence[str] = (),
     cards: dict | None = None,
+    extra_hdus: Sequence[fits.ImageHDU] = (),
 ) -> Path:
     """Write the science mosaic: float32, WCS, NaN for no data, WEIGHT/COVERAGE extensions.
 
@@ -106,6 +107,8 @@ def write_mosaic(
         Provenance lines, written as HISTORY cards.
     cards : dict, optional
         Extra header keywords ``{KEY: value}`` or ``{KEY: (value, comment)}``.
+    extra_hdus : sequence of HDU, optional
+        Further extensions appended after WEIGHT and COVERAGE.
     """
     if data.ndim != 3:
         raise ValueError(f"mosaic data must be (C, H, W), got shape {data.shape}")
@@ -123,6 +126,7 @@ def write_mosaic(
         hdus.append(fits.ImageHDU(np.asarray(weight, np.float32), header=wcs_header, name="WEIGHT"))
     if coverage is not None:
         hdus.append(fits.ImageHDU(np.asarray(coverage, np.float32), header=wcs_header, name="COVERAGE"))
+    hdus.extend(extra_hdus)
     with atomic_path(path, suffix=".fits") as tmp:
         fits.HDUList(hdus).writeto(tmp, overwrite=True)
     return Path(path)

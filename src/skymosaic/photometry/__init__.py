@@ -41,5 +41,6 @@ __all__ = [
     "match_backgrounds",
     "normalize_tiles",
     "pairwise_relations",
+    "solve_gains_offsets",
     "valid_mask",
 ]

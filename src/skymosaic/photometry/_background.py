@@ -169,27 +169,36 @@ class BackgroundMatch:
 
 
 def _pair_difference(tiles, ov: Overlap, masks, c: int, plane: bool, origin, scale, sigma):
-    """Clipped median (or clipped plane fit) of T_j - T_i on the overlap; returns (coef, weight)."""
+    """Clipped median, or clipped plane fit, of ``T_j - T_i`` on the overlap.
+
+    Returns ``(coef, weights, centre)`` or None: ``coef = (level, d/dX, d/dY)`` with the
+    level at the overlap centre ``centre = (X, Y)`` (normalised canvas coordinates), so
+    the three are nearly uncorrelated, and their inverse variances ``weights``.
+    """
     ti, tj = tiles[ov.i], tiles[ov.j]
     y0, y1, x0, x1 = ov.bbox
     si = (slice(y0 - ti.y0, y1 - ti.y0), slice(x0 - ti.x0, x1 - ti.x0))
     sj = (slice(y0 - tj.y0, y1 - tj.y0), slice(x0 - tj.x0, x1 - tj.x0))
     both = masks[ov.i][si] & masks[ov.j][sj]
-    diff = (np.asarray(tj.data[c][sj], np.float64) - np.asarray(ti.data[c][si], np.float64))
+    diff = np.asarray(tj.data[c][sj], np.float64) - np.asarray(ti.data[c][si], np.float64)
     ys, xs = np.nonzero(both)
     d = diff[ys, xs]
     if d.size < 10:
-        return None, 0.0
+        return None
     med, std = _clipped(d, sigma, 5)
     keep = np.abs(d - med) <= sigma * std if std > 0 else np.ones(d.size, bool)
     n = int(np.count_nonzero(keep))
-    w = n / max(std, 1e-12) ** 2
+    var = max(std, 1e-12) ** 2
+    gx = (xs[keep] + x0 - origin[1]) / scale
+    gy = (ys[keep] + y0 - origin[0]) / scale
+    centre = (float(gx.mean()), float(gy.mean()))
     if not plane:
-        return np.array([med]), w
-    design = np.stack([np.ones(n), (xs[keep] + x0 - origin[1]) / scale,
-                       (ys[keep] + y0 - origin[0]) / scale], axis=1)
+        return np.array([med, 0.0, 0.0]), np.array([n / var, 0.0, 0.0]), centre
+    dx, dy = gx - centre[0], gy - centre[1]
+    design = np.stack([np.ones(n), dx, dy], axis=1)
     coef = np.linalg.lstsq(design, d[keep], rcond=None)[0]
-    return coef, w
+    weights = np.array([n, float(dx @ dx), float(dy @ dy)]) / var
+    return coef, weights, centre
 
 
 def match_backgrounds(
@@ -246,18 +255,11 @@ def match_backgrounds(
     scale = float(max(boxes[:, 1].max() - origin[0], boxes[:, 3].max() - origin[1], 1.0)) if n else 1.0
     levels = np.array([estimate_background(t.data, mask=~m).level for t, m in zip(tiles, masks)])
     levels = levels.reshape(n, n_ch)
-    n_coef = 3 if plane else 1
-    coefs = np.zeros((n, n_ch, n_coef))
+    coefs = np.zeros((n, n_ch, 3))
     for c in range(n_ch):
         fits = [_pair_difference(tiles, ov, masks, c, plane, origin, scale, sigma) for ov in overlaps]
-        ok = [k for k, (coef, w) in enumerate(fits) if coef is not None and w > 0]
-        ii = np.array([overlaps[k].i for k in ok], dtype=np.int64)
-        jj = np.array([overlaps[k].j for k in ok], dtype=np.int64)
-        ww = np.array([fits[k][1] for k in ok], dtype=np.float64)
-        for p in range(n_coef):
-            dd = np.array([fits[k][0][p] for k in ok], dtype=np.float64)
-            coefs[:, c, p] = _solve_graph(n, _Edges(ii, jj, dd, ww), ref=None,
-                                          prior_weight=0.0, robust_iter=3)[0]
+        ok = [k for k, f in enumerate(fits) if f is not None and f[1][0] > 0]
+        coefs[:, c, :] = _solve_planes(n, [overlaps[k] for k in ok], [fits[k] for k in ok], plane)
     centre = np.array([[(b[2] + b[3]) / 2 - origin[1], (b[0] + b[1]) / 2 - origin[0]]
                        for b in boxes]).reshape(n, 2) / scale
     at_centre = coefs[..., 0].copy()
@@ -270,6 +272,30 @@ def match_backgrounds(
     offsets = coefs[..., 0] + shift[None, :]
     slopes = coefs[..., 1:3] if plane else None
     return BackgroundMatch(offsets, slopes, levels, tgt, origin, scale)
+
+
+def _solve_planes(n: int, overlaps: list[Overlap], fits: list, plane: bool) -> np.ndarray:
+    """Per-tile additive planes ``(p0, pX, pY)`` (origin-referred) from pair differences.
+
+    Slopes first (``pX_i - pX_j = e1`` etc.), then the levels at each overlap centre with
+    the slopes fixed: ``p0_i - p0_j = e0 - (pX_i - pX_j) X_c - (pY_i - pY_j) Y_c``.
+    """
+    out = np.zeros((n, 3))
+    if not overlaps:
+        return out
+    ii = np.array([o.i for o in overlaps], dtype=np.int64)
+    jj = np.array([o.j for o in overlaps], dtype=np.int64)
+    coef = np.array([f[0] for f in fits])
+    wts = np.array([f[1] for f in fits])
+    cen = np.array([f[2] for f in fits])
+    if plane:
+        for p in (1, 2):
+            out[:, p] = _solve_graph(n, _Edges(ii, jj, coef[:, p], wts[:, p]), ref=None,
+                                     prior_weight=0.0, robust_iter=3)[0]
+    rhs = coef[:, 0] - (out[ii, 1] - out[jj, 1]) * cen[:, 0] - (out[ii, 2] - out[jj, 2]) * cen[:, 1]
+    out[:, 0] = _solve_graph(n, _Edges(ii, jj, rhs, wts[:, 0]), ref=None,
+                             prior_weight=0.0, robust_iter=3)[0]
+    return out
 
 
 def apply_background_match(tiles: list[PlacedTile], match: BackgroundMatch) -> list[PlacedTile]:

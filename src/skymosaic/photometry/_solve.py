@@ -24,8 +24,11 @@ gauge). A weak Tikhonov prior toward ``(u, b) = (0, 0)`` with weight
 ``prior_weight * median(edge weight of the component)`` per tile keeps weakly tied tiles
 sane; with a uniform prior the mean gauge is its exact optimum, so the prior never moves
 the gauge. Iteratively re-weighted least squares with Cauchy weights
-``1 / (1 + (r / (2.385 s))**2)`` on the normalised pair residuals ``r`` (``s`` = max(1,
-robust scale)) down-weights pairs inconsistent with the rest. The solved correction is
+``1 / (1 + (r / 2.385)**2)`` on the pair residuals ``r`` normalised by their own errors
+down-weights pairs inconsistent with the rest (uniform down-weighting of all pairs, e.g.
+when errors are underestimated, does not change the solution). The prior follows the
+re-weighted pair weights. Offset equations carry the propagated gain uncertainty
+``(g_i x_ref)**2 (1/W_i + 1/W_j)`` (``W`` = summed gain weight of a tile). The solved correction is
 returned as is: nothing is shrunk or blended toward 1 afterwards.
 """
 
@@ -138,16 +141,20 @@ def _solve_graph(
         nodes = np.flatnonzero(comp == c)
         sel = np.flatnonzero(edge_comp == c)
         ec = _Edges(e.i[sel], e.j[sel], e.d[sel], e.w[sel])
-        prior = prior_weight * float(np.median(ec.w))
         fac = np.ones(sel.size)
         for it in range(robust_iter + 1):
+            # The prior follows the current (re-weighted) pair weights so that uniform
+            # down-weighting never lets it dominate and shrink the solution.
+            prior = prior_weight * float(np.median(ec.w * fac))
             sol = _normal_solve(nodes, ec, ec.w * fac, prior)
             xc = np.zeros(n)
             xc[nodes] = sol
             r = (xc[ec.i] - xc[ec.j] - ec.d) * np.sqrt(ec.w)
             if it == robust_iter or sel.size < 3:
                 break
-            scale = max(1.0, 1.4826 * float(np.median(np.abs(r - np.median(r)))))
+            # Residuals are normalised by their own errors, so the scale is fixed at 1: a
+            # MAD scale would adapt to the error an outlier spreads over a small graph.
+            scale = 1.0
             fac = 1.0 / (1.0 + (r / (_CAUCHY_C * scale)) ** 2)
         in_comp = ref is not None and bool(np.any(nodes == ref))
         gauge = sol[np.searchsorted(nodes, ref)] if in_comp else sol.mean()
@@ -226,13 +233,21 @@ def solve_gains_offsets(
     ge = _Edges(pi[g_sel], pj[g_sel], log_a, gw[g_sel])
     u, g_res, g_fac = _solve_graph(n, ge, ref=ref, prior_weight=prior_weight, robust_iter=robust_iter)
     gains = np.exp(u)
+    # Information on each tile's log-gain (diagonal approximation of the posterior; exact
+    # effective resistance for a regular grid): var(u_i - u_j) ~ 1/W_i + 1/W_j.
+    info = np.bincount(ge.i, ge.w * g_fac, minlength=n) + np.bincount(ge.j, ge.w * g_fac, minlength=n)
+    with np.errstate(divide="ignore"):
+        var_u = np.where(info > 0, 1.0 / info, 0.0)
 
     o_sel = np.flatnonzero(lw > 0)
     x_ref = np.array([rels[k].relation.x_ref for k in o_sel], dtype=np.float64)
     y_ref = np.array([rels[k].relation.y_ref for k in o_sel], dtype=np.float64)
     oi, oj = pi[o_sel], pj[o_sel]
     d = gains[oj] * y_ref - gains[oi] * x_ref
-    oe = _Edges(oi, oj, d, lw[o_sel] / gains[oj] ** 2)
+    # var(d) = g_j^2 var(y_ref) + (g_i x_ref)^2 var(u_i - u_j): gain errors leak into the
+    # level, and the robust step must not mistake that for an inconsistent pair.
+    var_d = gains[oj] ** 2 / lw[o_sel] + (gains[oi] * x_ref) ** 2 * (var_u[oi] + var_u[oj])
+    oe = _Edges(oi, oj, d, 1.0 / var_d)
     offsets, o_res, o_fac = _solve_graph(n, oe, ref=ref, prior_weight=prior_weight, robust_iter=robust_iter)
 
     return _assemble(n, idx, ge, oe, g_sel, o_sel, gains, offsets, g_res, g_fac, o_res, o_fac)

@@ -14,6 +14,7 @@ clipping of convex quads).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Sequence
@@ -400,61 +401,158 @@ def _diagonals_deg(vec_fp: np.ndarray) -> np.ndarray:
     return np.rad2deg(np.maximum(d1, d2))
 
 
-def _find_links(
-    fp: np.ndarray | None, vec: np.ndarray, diag: float, reach_deg: float,
-    min_overlap: float, center_fraction: float | None, codes: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Return the component label of every frame and the links that were found.
+class _Linker:
+    """Link test and pruning data for one call of :func:`cluster_frames`."""
 
-    Candidates are tested nearest first, in chunks; a pair whose frames are
-    already connected is not tested again, so a panel of thousands of dithered
-    subs costs about one overlap per frame instead of one per pair. The
-    components are exactly those of the full overlap graph.
-    """
+    def __init__(
+        self, fp: np.ndarray | None, vec: np.ndarray, min_overlap: float,
+        center_radius_deg: float | None,
+    ) -> None:
+        self.vec = vec
+        self.min_overlap = min_overlap
+        self.center_radius = None if center_radius_deg is None else math.radians(center_radius_deg)
+        self.vfp = None if fp is None else _unit_vectors(fp)
+        if self.vfp is not None:
+            self.radii = _angle(self.vfp, vec[:, None, :]).max(axis=1)
+            self.areas = np.abs(_shoelace(_project(self.vfp, vec)))  # radians^2
+            # discs bound the footprints: exact enough on the tangent plane below 5 deg
+            self.use_discs = bool(self.radii.max() <= math.radians(5.0))
+
+    def reach(self) -> float:
+        """Largest centre distance (radians) at which a pair can link."""
+        if self.center_radius is not None:
+            return self.center_radius
+        r = float(self.radii.max())
+        if self.min_overlap <= 0 or not self.use_discs:
+            return 2.0 * r  # footprints overlap only within r_i + r_j
+        # beyond this distance even the two largest discs overlap less than needed
+        target = self.min_overlap * float(self.areas.min()) / 1.05
+        lo, hi = 0.0, 2.0 * r
+        for _ in range(60):
+            mid = 0.5 * (lo + hi)
+            if _lens_area(np.array(r), np.array(r), np.array(mid)) >= target:
+                lo = mid
+            else:
+                hi = mid
+        return hi
+
+    def test(self, pairs: np.ndarray) -> np.ndarray:
+        """Boolean link flag of each (P, 2) pair of global indices."""
+        i, j = pairs[:, 0], pairs[:, 1]
+        dist = _angle(self.vec[i], self.vec[j])
+        if self.center_radius is not None:
+            return dist <= self.center_radius
+        assert self.vfp is not None
+        maybe = np.ones(len(pairs), dtype=bool)
+        if self.use_discs:
+            # each footprint lies in a disc around its centre, so the overlap is at
+            # most the discs' lens (5 % margin: sphere vs tangent plane < 1 % below 5 deg)
+            lens = _lens_area(self.radii[i], self.radii[j], dist)
+            maybe = lens * 1.05 >= self.min_overlap * np.minimum(self.areas[i], self.areas[j])
+        out = np.zeros(len(pairs), dtype=bool)
+        for lo in range(0, len(pairs), _PAIR_CHUNK):
+            m = np.flatnonzero(maybe[lo : lo + _PAIR_CHUNK]) + lo
+            if len(m):
+                frac = _overlap_chunk(self.vfp[i[m]], self.vfp[j[m]], skip_below=self.min_overlap)
+                out[m] = frac > self.min_overlap
+        return out
+
+
+def _knn_pairs(vec: np.ndarray, reach: float, k: int = 12) -> np.ndarray:
+    """Local pairs of each frame with its k nearest neighbours within ``reach`` radians."""
     n = len(vec)
-    radius = center_fraction * diag if center_fraction is not None else reach_deg
-    pairs = candidate_pairs(vec, radius)
-    pairs = pairs[codes[pairs[:, 0]] == codes[pairs[:, 1]]]  # never mix mount modes
-    if center_fraction is not None or len(pairs) == 0:
-        return _components(n, pairs), pairs
-    assert fp is not None
-    vfp = _unit_vectors(fp)
-    dist = _angle(vec[pairs[:, 0]], vec[pairs[:, 1]])
-    pairs, dist = _prune_by_discs(pairs, dist, vfp, vec, min_overlap)
-    pairs = pairs[np.argsort(dist, kind="stable")]
-    comp = np.arange(n)
-    found: list[np.ndarray] = []
-    chunk = max(1024, min(_PAIR_CHUNK, 2 * n))  # small first chunks prune the most
-    n_tested = 0
-    for lo in range(0, len(pairs), chunk):
-        p = pairs[lo : lo + chunk]
-        p = p[comp[p[:, 0]] != comp[p[:, 1]]]
-        if len(p) == 0:
+    k = min(k, n - 1)
+    if k < 1:
+        return np.empty((0, 2), dtype=np.int64)
+    dist, nb = cKDTree(vec).query(vec, k=k + 1, distance_upper_bound=_chord(reach) * (1 + 1e-12))
+    rows = np.repeat(np.arange(n)[:, None], k + 1, axis=1)
+    ok = np.isfinite(dist) & (nb != rows)
+    pairs = np.sort(np.column_stack([rows[ok], nb[ok]]), axis=1).astype(np.int64)
+    return np.unique(pairs, axis=0)
+
+
+def _cross_pairs(ma: np.ndarray, mb: np.ndarray, vec: np.ndarray, chord: float,
+                 trees: dict[int, cKDTree], a: int, b: int) -> np.ndarray:
+    """Local pairs between two components closer than ``chord``, nearest first."""
+    if len(ma) * len(mb) <= 256:
+        cross = np.stack(np.meshgrid(ma, mb, indexing="ij"), axis=-1).reshape(-1, 2)
+    else:
+        for c, m in ((a, ma), (b, mb)):
+            if c not in trees:
+                trees[c] = cKDTree(vec[m])
+        hits = trees[a].query_ball_tree(trees[b], chord)
+        cross = np.array([(ma[i], mb[j]) for i, js in enumerate(hits) for j in js],
+                         dtype=np.int64).reshape(-1, 2)
+    d = np.linalg.norm(vec[cross[:, 0]] - vec[cross[:, 1]], axis=1)
+    cross, d = cross[d <= chord], d[d <= chord]
+    return cross[np.argsort(d, kind="stable")]
+
+
+def _link_subset(members: np.ndarray, linker: _Linker, reach: float) -> list[np.ndarray]:
+    """Links among ``members`` whose components equal those of the full overlap graph.
+
+    1. Each frame is tested against its k nearest neighbours: inside a dense cloud
+       of dithered subs this connects almost everything at O(N k) cost.
+    2. Then only pairs between *different* components are searched, component pair
+       by component pair (nearest first), stopping at the first link.
+    Every pair that could link is either tested or joins frames already connected,
+    so the components are exact without enumerating the O(k^2) pairs of a panel.
+    """
+    vec = linker.vec[members]
+    knn = _knn_pairs(vec, reach)
+    local = knn[linker.test(members[knn])] if len(knn) else knn
+    comp = _components(len(members), local)
+    found = [members[local]]
+    n_comp = int(comp.max()) + 1
+    if n_comp == 1:
+        return found
+    cmembers = np.split(np.argsort(comp, kind="stable"), np.cumsum(np.bincount(comp))[:-1])
+    cvec = np.array([vec[m].sum(axis=0) for m in cmembers])
+    cvec /= np.linalg.norm(cvec, axis=1, keepdims=True)
+    caps = np.array([_angle(vec[m], cvec[c]).max() for c, m in enumerate(cmembers)])
+    cpairs = candidate_pairs(cvec, math.degrees(2 * caps.max() + reach))
+    cdist = _angle(cvec[cpairs[:, 0]], cvec[cpairs[:, 1]])
+    keep = cdist <= caps[cpairs[:, 0]] + caps[cpairs[:, 1]] + reach
+    cpairs = cpairs[keep][np.argsort(cdist[keep], kind="stable")]
+    parent = np.arange(n_comp)
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = int(parent[x])
+        return x
+
+    trees: dict[int, cKDTree] = {}
+    chord = _chord(reach) * (1 + 1e-12)
+    for a, b in cpairs.tolist():
+        ra, rb = find(a), find(b)
+        if ra == rb:
             continue
-        n_tested += len(p)
-        linked = p[_overlap_chunk(vfp[p[:, 0]], vfp[p[:, 1]], skip_below=min_overlap) > min_overlap]
-        if len(linked):
-            found.append(linked)
-            comp = _components(n, np.concatenate(found))
-    logger.debug("overlap tests: %d of %d candidate pairs", n_tested, len(pairs))
-    links = np.concatenate(found) if found else np.empty((0, 2), dtype=np.int64)
-    return comp, links
+        cross = _cross_pairs(cmembers[a], cmembers[b], vec, chord, trees, a, b)
+        for lo in range(0, len(cross), 4096):  # nearest first; stop at the first link
+            part = members[cross[lo : lo + 4096]]
+            ok = linker.test(part)
+            if ok.any():
+                found.append(part[ok][:1])
+                parent[ra] = rb
+                break
+    return found
 
 
-def _prune_by_discs(
-    pairs: np.ndarray, dist: np.ndarray, vfp: np.ndarray, vec: np.ndarray, min_overlap: float
+def _find_links(
+    fp: np.ndarray | None, vec: np.ndarray, diag: float, min_overlap: float,
+    center_fraction: float | None, codes: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Drop pairs that cannot overlap enough: each footprint lies in a disc
-    around its centre, so the overlap is at most the lens of the two discs."""
-    radii = _angle(vfp, vec[:, None, :]).max(axis=1)
-    if radii.max() > math.radians(5.0):  # wide fields: gnomonic areas too distorted
-        return pairs, dist
-    own = np.abs(_shoelace(_project(vfp, vec)))  # tangent-plane area, radians^2
-    i, j = pairs[:, 0], pairs[:, 1]
-    lens = _lens_area(radii[i], radii[j], dist)
-    # 5 % margin: sphere vs tangent-plane lengths differ by < 1 % below 5 degrees
-    keep = lens * 1.05 >= min_overlap * np.minimum(own[i], own[j])
-    return pairs[keep], dist[keep]
+    """Return the component label of every frame and the links that were found."""
+    n = len(vec)
+    linker = _Linker(fp, vec, min_overlap,
+                     None if center_fraction is None else center_fraction * diag)
+    reach = linker.reach()
+    found: list[np.ndarray] = []
+    for code in np.unique(codes):  # frames of different mount modes never link
+        found.extend(_link_subset(np.flatnonzero(codes == code), linker, reach))
+    links = np.concatenate(found) if found else np.empty((0, 2), dtype=np.int64)
+    return _components(n, links), links
 
 
 def _components(n: int, links: np.ndarray) -> np.ndarray:
@@ -601,15 +699,12 @@ def cluster_frames(
     if n == 0:
         return Clustering(np.empty(0, dtype=np.int64), [], [], [], 0)
     vec = _unit_vectors(ctr)
-    reach = 0.0
-    if fp is not None:
-        vfp = _unit_vectors(fp)
-        radii = np.rad2deg(_angle(vfp, vec[:, None, :])).max(axis=1)
-        reach = 2.0 * float(radii.max())  # two footprints overlap only within r_i + r_j
-        diag = float(fov) if fov is not None else float(np.median(_diagonals_deg(vfp)))
-    else:
+    if fov is not None:
         diag = float(fov)
-    comp, links = _find_links(fp, vec, diag, reach, min_overlap, center_fraction, codes)
+    else:
+        assert fp is not None
+        diag = float(np.median(_diagonals_deg(_unit_vectors(fp))))
+    comp, links = _find_links(fp, vec, diag, min_overlap, center_fraction, codes)
     order = np.argsort(comp, kind="stable")
     bounds = np.flatnonzero(np.diff(comp[order])) + 1
     components = np.split(order, bounds)

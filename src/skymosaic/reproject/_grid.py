@@ -155,10 +155,10 @@ def grid_from_header(path: str | os.PathLike) -> OutputGrid:
         wcs = WCS(header)
     if not wcs.has_celestial:
         raise ValueError(f"output header {path} has no celestial WCS")
-    try:
-        shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
-    except KeyError as err:
-        raise ValueError(f"output header {path} lacks {err.args[0]} (the output size)") from err
+    missing = [key for key in ("NAXIS1", "NAXIS2") if key not in header]
+    if missing:
+        raise ValueError(f"output header {path} lacks {' and '.join(missing)} (the output size)")
+    shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
     if min(shape) < 1:
         raise ValueError(f"output header {path} gives an empty shape {shape}")
     return OutputGrid(wcs=wcs.celestial, shape=shape)

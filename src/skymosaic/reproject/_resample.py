@@ -40,15 +40,12 @@ def _invalid_support(invalid: np.ndarray, xmap: np.ndarray, ymap: np.ndarray, ke
         out = cv2.remap(src, xmap, ymap, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=1.0)
         return out > 0.5
     r = KERNEL_RADIUS[kernel]
-    if r > 1 and invalid.any():
+    if r > 1:
+        # Grow the invalid pixels *and the outside of the frame* (borderValue=1) by r - 1,
+        # so that a cell within r - 1 pixels of the edge is rejected too (the outer taps
+        # of bicubic/Lanczos would read the border fill there).
         size = 2 * r - 1
-        src = cv2.dilate(src, np.ones((size, size), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0)
-    # Outside the frame counts as invalid: pad by the radius so that a cell within r - 1
-    # pixels of the edge is rejected too.
-    pad = r - 1
-    if pad:
-        src = cv2.copyMakeBorder(src, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=1.0)
-        xmap, ymap = xmap + np.float32(pad), ymap + np.float32(pad)
+        src = cv2.dilate(src, np.ones((size, size), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=1.0)
     out = cv2.remap(src, xmap, ymap, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=1.0)
     return out > 1e-6
 

@@ -278,8 +278,8 @@ def seam_score(
     removes stars, galaxies and nebula); per channel, ``r`` is smoothed with a NaN-aware
     Gaussian of sigma ``smooth`` px (pixels whose kernel support is less than 98% valid
     become NaN, so the mosaic's outer edge does not count) and its central-difference
-    gradient magnitude ``g`` is taken (NaN next to missing data). ``g`` is clipped at its ``clip_percentile`` over all
-    valid pixels (limits star-residual spikes). The score is
+    gradient magnitude ``g`` is taken (NaN next to missing data). ``g`` is clipped at its
+    ``clip_percentile`` over all valid pixels (limits star-residual spikes). The score is
     ``mean(g[border]) / mean(g[~border])`` over valid pixels, channels pooled.
     ~1 means no seams; a step of a few noise sigmas along the borders gives >> 1.
 
@@ -335,8 +335,10 @@ def _star_candidates(wcs: WCS, shape, truth: TruthSky, *, channel: int, r_out_px
     h, w = shape
     sxi, seta = truth.star_xi_eta
     flux = truth.star_flux[:, min(channel, truth.channels - 1)]
-    cx, cy = np.array([0, w - 1, 0, w - 1, (w - 1) / 2]), np.array([0, 0, h - 1, h - 1, (h - 1) / 2])
-    fxi, feta = _tan_project(*wcs.pixel_to_world_values(cx, cy), *truth.center)
+    cx = np.array([0, w - 1, 0, w - 1, (w - 1) / 2])
+    cy = np.array([0, 0, h - 1, h - 1, (h - 1) / 2])
+    fra, fdec = wcs.pixel_to_world_values(cx, cy)
+    fxi, feta = _tan_project(fra, fdec, *truth.center)
     pad = 60.0
     near = ((sxi > fxi.min() - pad) & (sxi < fxi.max() + pad)
             & (seta > feta.min() - pad) & (seta < feta.max() + pad)
@@ -424,8 +426,8 @@ def star_flux_scatter(
     t = _as_chw(truth_image, "truth_image")
     t_ch = t[min(channel, t.shape[0] - 1)]
     img = m[channel]
-    f_m, bad = _aperture(img, x, y, r_ap, r_in, r_out)
-    f_t, _ = _aperture(t_ch, x, y, r_ap, r_in, r_out)
+    f_m, bad = _aperture(img, x, y, radii=(r_ap, r_in, r_out))
+    f_t, _ = _aperture(t_ch, x, y, radii=(r_ap, r_in, r_out))
     ok = ~bad & (f_t > 0) & np.isfinite(f_m)
     ratio = (f_m / np.where(f_t > 0, f_t, 1.0))[ok][:max_stars]
     if ratio.size < min_stars:
@@ -436,8 +438,12 @@ def star_flux_scatter(
     return _MAD_TO_SIGMA * float(np.median(np.abs(ratio / s - 1.0)))
 
 
-def _aperture(img: np.ndarray, x, y, r_ap: float, r_in: float, r_out: float):
-    """sep circular aperture sums with annulus background; returns (flux, has_masked)."""
+def _aperture(img: np.ndarray, x, y, *, radii: tuple[float, float, float]):
+    """sep circular aperture sums with annulus background; returns (flux, has_masked).
+
+    ``radii`` is ``(aperture, annulus_inner, annulus_outer)`` in pixels.
+    """
+    r_ap, r_in, r_out = radii
     invalid = ~np.isfinite(img)
     data = np.ascontiguousarray(np.where(invalid, 0.0, img), dtype=np.float64)
     flux, _, flags = sep.sum_circle(data, x, y, r_ap, mask=invalid, bkgann=(r_in, r_out),

@@ -350,7 +350,7 @@ class TruthSky:
         radius = max(2, math.ceil(_BOX_FWHM * self.fwhm_arcsec / min_scale))
         keep = (x > -radius) & (x < w - 1 + radius) & (y > -radius) & (y < h - 1 + radius)
         fwhm_px = self.fwhm_arcsec / min_scale
-        oversample = 3 if fwhm_px >= 2.0 else 5
+        oversample = 5 if fwhm_px < 2.0 else (3 if fwhm_px < 4.0 else 1)  # well sampled: 1
         box = 2 * radius + 1
         chunk = max(1, _STAR_CHUNK_ELEMENTS // (box * oversample) ** 2)
         sel = np.flatnonzero(keep)
@@ -510,9 +510,9 @@ def make_truth_sky(
         raise ValueError(f"flux_range must be (low, high) with 0 < low < high, got {flux_range!r}")
     if nebula_amplitude < 0:
         raise ValueError(f"nebula_amplitude must be >= 0, got {nebula_amplitude!r}")
-    for name, val in (("n_stars", n_stars), ("n_galaxies", n_galaxies)):
-        if val is not None and val < 0:
-            raise ValueError(f"{name} must be >= 0, got {val!r}")
+    for name, count in (("n_stars", n_stars), ("n_galaxies", n_galaxies)):
+        if count is not None and count < 0:
+            raise ValueError(f"{name} must be >= 0, got {count!r}")
     rng = np.random.default_rng(seed)
     area = size_deg[0] * size_deg[1]
     n_stars = round(_STAR_DENSITY_PER_DEG2 * area) if n_stars is None else int(n_stars)
@@ -541,9 +541,9 @@ def make_truth_sky(
     galaxy_colour = _colours(rng, n_gal, channels, spread=0.25)
 
     coeffs, grid = _nebula_field(rng, half_w, half_h, nebula_scale_arcsec, nebula_amplitude)
-    neb_colour = (
-        np.array([[1.0], [0.5]]) if channels == 1 else np.array([[1.0, 0.35, 0.3], [0.2, 0.45, 0.5]])
-    )
+    neb_colour = np.array([[1.0], [0.5]])  # mono: two components, the second fainter
+    if channels == 3:
+        neb_colour = np.array([[1.0, 0.35, 0.3], [0.2, 0.45, 0.5]])  # H-alpha red, OIII teal
     if nebula_amplitude == 0:
         coeffs, neb_colour = coeffs[:0], neb_colour[:0]
     for arr in (star_ra, star_dec, star_flux, galaxies, galaxy_colour, coeffs, neb_colour):

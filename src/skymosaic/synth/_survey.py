@@ -172,7 +172,7 @@ def _validate_survey_args(**kw) -> None:
         lo, hi = kw[name]
         if lo > hi:
             raise ValueError(f"{name} must be (low, high) with low <= high, got {kw[name]!r}")
-    if not 0 < kw["gain_range"][0]:
+    if not kw["gain_range"][0] > 0:
         raise ValueError(f"gain_range must be positive, got {kw['gain_range']!r}")
     if not 0.0 <= kw["satellite_prob"] <= 1.0:
         raise ValueError(f"satellite_prob must be in [0, 1], got {kw['satellite_prob']!r}")
@@ -289,7 +289,13 @@ def make_survey(
         )
         truth = make_truth_sky(center=center, size_deg=size, pixel_scale_arcsec=pixel_scale_arcsec,
                                channels=channels, fwhm_arcsec=fwhm_arcsec, seed=seed)
-    frames = []
+    spec = _FrameSpec(
+        shape=(h, w), pixel_scale_arcsec=pixel_scale_arcsec, channels=channels,
+        gain_range=gain_range, offset_range=offset_range, noise_sigma=noise_sigma,
+        sky_level=sky_level, sky_gradient=sky_gradient, nan_corners=nan_corners,
+        hot_pixels=hot_pixels, satellite_prob=satellite_prob, sip=sip,
+    )
+    frames: list[SynthFrame] = []
     for iy in range(n_y):
         for ix in range(n_x):
             for k in range(frames_per_pointing):
@@ -297,57 +303,73 @@ def make_survey(
                 eta = (iy - (n_y - 1) / 2.0) * step_y
                 jx, jy = rng.normal(0.0, jitter_px, 2) * pixel_scale_arcsec
                 ra, dec = _tan_deproject(xi + jx, eta + jy, *center)
-                frames.append(_make_frame(
-                    rng, truth, center=(float(ra), float(dec)), shape=(h, w),
-                    pixel_scale_arcsec=pixel_scale_arcsec, channels=channels,
+                frame = _observe(
+                    truth, spec, rng, center=(float(ra), float(dec)),
                     rotation=float(rng.uniform(-rotation_deg, rotation_deg)),
-                    gain_range=gain_range, offset_range=offset_range, noise_sigma=noise_sigma,
-                    sky_level=sky_level, sky_gradient=sky_gradient, nan_corners=nan_corners,
-                    hot_pixels=hot_pixels, satellite_prob=satellite_prob, sip=sip,
                     name=f"r{iy:02d}c{ix:02d}e{k:02d}", pointing=(iy, ix), exposure=k,
-                    index=len(frames),
-                ))
+                )
+                frame.header = _frame_header(frame, channels=channels, index=len(frames))
+                frames.append(frame)
     logger.info("synthetic survey: %d frames of %s, %d channel(s)", len(frames), frame_shape,
                 channels)
     return Survey(frames=frames, truth=truth, center=(float(center[0]), float(center[1])),
                   pixel_scale_arcsec=float(pixel_scale_arcsec))
 
 
-def _make_frame(rng: np.random.Generator, truth: TruthSky, *, center, shape, pixel_scale_arcsec,
-                channels, rotation, gain_range, offset_range, noise_sigma, sky_level,
-                sky_gradient, nan_corners, hot_pixels, satellite_prob, sip, name, pointing,
-                exposure, index) -> SynthFrame:
-    h, w = shape
-    wcs = celestial_wcs(shape, center=center, pixel_scale_arcsec=pixel_scale_arcsec,
+@dataclass(frozen=True)
+class _FrameSpec:
+    """What every frame of a survey shares (the instrument and the injection settings)."""
+
+    shape: tuple[int, int]
+    pixel_scale_arcsec: float
+    channels: int
+    gain_range: tuple[float, float]
+    offset_range: tuple[float, float]
+    noise_sigma: float
+    sky_level: float
+    sky_gradient: float
+    nan_corners: bool
+    hot_pixels: int
+    satellite_prob: float
+    sip: bool
+
+
+def _observe(truth: TruthSky, spec: _FrameSpec, rng: np.random.Generator, *,
+             center: tuple[float, float], rotation: float, name: str,
+             pointing: tuple[int, int], exposure: int) -> SynthFrame:
+    """One frame following the frame model (module docstring); header left empty."""
+    h, w = spec.shape
+    wcs = celestial_wcs(spec.shape, center=center, pixel_scale_arcsec=spec.pixel_scale_arcsec,
                         rotation_deg=rotation)
-    if sip:
-        wcs = _add_sip(wcs, shape, rng)
-    gain = rng.uniform(*gain_range, channels).astype(np.float32)
-    offset = rng.uniform(*offset_range, channels).astype(np.float32)
+    if spec.sip:
+        wcs = _add_sip(wcs, spec.shape, rng)
+    gain = rng.uniform(spec.gain_range[0], spec.gain_range[1], spec.channels).astype(np.float32)
+    offset = rng.uniform(spec.offset_range[0], spec.offset_range[1], spec.channels).astype(
+        np.float32)
     phi = rng.uniform(0.0, 2.0 * math.pi)
-    g = sky_level * sky_gradient / w
+    g = spec.sky_level * spec.sky_gradient / w
     frame = SynthFrame(
-        data=np.empty((channels, h, w), np.float32), wcs=wcs, gain=gain, offset=offset,
-        header=fits.Header(), name=name, sky_level=float(sky_level),
+        data=np.empty((spec.channels, h, w), np.float32), wcs=wcs, gain=gain, offset=offset,
+        header=fits.Header(), name=name, sky_level=float(spec.sky_level),
         sky_gradient=(g * math.cos(phi), g * math.sin(phi)), pointing=pointing,
         exposure=exposure, rotation_deg=rotation,
     )
     sky = frame.sky_model()
-    truth_img = truth.render(wcs, shape, channels=channels)
-    for c in range(channels):
+    truth_img = truth.render(wcs, spec.shape, channels=spec.channels)
+    for c in range(spec.channels):
         frame.data[c] = gain[c] * (truth_img[c] + sky) + offset[c]
-    frame.data += rng.normal(0.0, noise_sigma, frame.data.shape).astype(np.float32)
-    if hot_pixels:
-        yx = np.column_stack([rng.integers(0, h, hot_pixels), rng.integers(0, w, hot_pixels)])
+    frame.data += rng.normal(0.0, spec.noise_sigma, frame.data.shape).astype(np.float32)
+    if spec.hot_pixels:
+        n_hot = spec.hot_pixels
+        yx = np.column_stack([rng.integers(0, h, n_hot), rng.integers(0, w, n_hot)])
         level = gain[:, None] * sky[yx[:, 0], yx[:, 1]][None, :] + offset[:, None]
-        frame.data[:, yx[:, 0], yx[:, 1]] = level + rng.uniform(2000, 20000, hot_pixels)
+        frame.data[:, yx[:, 0], yx[:, 1]] = level + rng.uniform(2000, 20000, n_hot)
         frame.hot_pixels = yx
-    if rng.uniform() < satellite_prob:
+    if rng.uniform() < spec.satellite_prob:
         frame.trail = _add_trail(frame.data, rng, gain)
         frame.has_trail = True
-    if nan_corners and abs(rotation) > 0.1:
+    if spec.nan_corners and abs(rotation) > 0.1:
         frame.nan_corners = _blank_corners(frame.data, rng, rotation)
-    frame.header = _frame_header(frame, channels=channels, index=index)
     return frame
 
 
@@ -388,9 +410,9 @@ def _add_sip(wcs: WCS, shape: tuple[int, int], rng: np.random.Generator) -> WCS:
     hdr["CTYPE2"] = hdr["CTYPE2"] + "-SIP"
     r = 0.5 * math.hypot(h, w)
     terms = [(2, 0), (1, 1), (0, 2), (3, 0), (2, 1), (1, 2), (0, 3)]
-    u, v = np.meshgrid(np.linspace(-w / 2, w / 2, 21), np.linspace(-h / 2, h / 2, 21))
-    u, v = u.ravel(), v.ravel()
-    coeffs = {}
+    gu, gv = np.meshgrid(np.linspace(-w / 2, w / 2, 21), np.linspace(-h / 2, h / 2, 21))
+    u, v = gu.ravel(), gv.ravel()
+    coeffs: dict[str, dict[tuple[int, int], float]] = {}
     for axis in "AB":
         raw = {t: rng.normal() / r ** (sum(t)) for t in terms}
         corner = max(abs(sum(c * (sx * w / 2) ** p * (sy * h / 2) ** q

@@ -1,0 +1,130 @@
+"""Classic mode between discovery and the coadd: quality selection, clustering, stacking.
+
+`select_by_quality` rejects outlier frames relative to their session; `group_frames`
+clusters the rest by sky position; `stack_groups` turns every group of at least
+``stack.min_frames`` frames into a master tile and passes smaller groups on frame by frame.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from skymosaic.assemble._coadd import CoaddOptions
+from skymosaic.config import Config
+from skymosaic.io._frames import FrameInfo
+from skymosaic.plan.cluster import Clustering, cluster_frames
+from skymosaic.stack._combine import StackSettings
+from skymosaic.stack.master import MasterTile, TileInputs, build_master_tile
+from skymosaic.stack.quality import FrameQuality, QualitySettings, select_frames
+
+__all__ = ["StackedGroups", "group_frames", "select_by_quality", "session_key", "stack_groups", "stack_settings"]
+
+logger = logging.getLogger(__name__)
+
+
+def session_key(info: FrameInfo) -> str:
+    """Frames are judged against others of the same target, filter and instrument."""
+    return "|".join(str(v or "") for v in (info.object, info.filter, info.instrument, info.kind))
+
+
+def select_by_quality(
+    frames: Sequence[FrameInfo], qualities: dict[str, FrameQuality], config: Config
+) -> tuple[list[FrameInfo], dict[str, str]]:
+    """Keep the frames whose quality is not a clear outlier of their session.
+
+    Returns the kept frames and ``{path: reason}`` for the rejected ones.
+    """
+    measured = [f for f in frames if str(f.path) in qualities]
+    if not measured:
+        return list(frames), {}
+    q = config.quality
+    settings = QualitySettings(
+        max_background_mad=q.max_background_mad, max_noise_mad=q.max_noise_mad,
+        min_star_fraction=q.min_star_fraction, max_fwhm_mad=q.max_fwhm_mad,
+        max_elongation_mad=q.max_elongation_mad, max_star_mad=q.max_star_mad, mad_floor=q.mad_floor,
+    )
+    names = [str(f.path) for f in measured]
+    selection = select_frames(
+        [qualities[n] for n in names], names, sessions=[session_key(f) for f in measured], settings=settings
+    )
+    rejected = {n: f"quality: {selection.reasons[n]}" for n, ok in zip(names, selection.accepted, strict=True) if not ok}
+    kept = [f for f in frames if str(f.path) not in rejected]
+    return kept, rejected
+
+
+def group_frames(frames: Sequence[FrameInfo], config: Config) -> Clustering:
+    """Cluster frames by footprint overlap (see `skymosaic.plan.cluster_frames`)."""
+    footprints = np.stack([f.footprint for f in frames])
+    sizes = [4.0 * f.channels * f.height * f.width for f in frames]
+    max_bytes = config.cluster.max_group_mb * 2**20 if config.cluster.max_group_mb else None
+    return cluster_frames(
+        footprints, min_overlap=config.cluster.min_overlap, max_frames=config.cluster.max_frames,
+        max_bytes=max_bytes, frame_bytes=sizes, mounts=[f.mount for f in frames],
+        names=[f.name for f in frames],
+    )
+
+
+def stack_settings(config: Config) -> StackSettings:
+    """The stacking engine's settings from the configuration."""
+    s = config.stack
+    return StackSettings(
+        normalization=s.normalization, weighting=tuple(s.weighting), rejection=s.rejection,
+        kappa_low=s.kappa_low, kappa_high=s.kappa_high, max_iter=s.max_iter, n_low=s.n_low,
+        n_high=s.n_high, combine=s.combine, memory_budget_bytes=max(config.memory_budget_bytes // 4, 16 * 2**20),
+    )
+
+
+@dataclass
+class StackedGroups:
+    """Master tiles built, and frames passed on individually (groups too small to stack)."""
+
+    tiles: list[MasterTile] = field(default_factory=list)
+    singles: list[FrameInfo] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def stack_groups(
+    frames: Sequence[FrameInfo],
+    clustering: Clustering,
+    *,
+    config: Config,
+    options: CoaddOptions,
+    pixel_scale_arcsec: float,
+    tiles_dir: Path,
+    scratch_dir: Path,
+    noise: dict[str, Sequence[float]],
+    fwhm: dict[str, float],
+    progress: Callable[[int], None] | None = None,
+) -> StackedGroups:
+    """Stack every group with at least ``stack.min_frames`` frames into a master tile."""
+    out = StackedGroups()
+    settings = stack_settings(config)
+    for index, members in enumerate(clustering.groups):
+        group = [frames[k] for k in members]
+        if len(group) < config.stack.min_frames:
+            out.singles.extend(group)
+            if progress is not None:
+                progress(len(group))
+            continue
+        tile_id = f"tile_{index:04d}"
+        inputs = TileInputs(
+            tile_id, group, noise=[noise.get(str(f.path)) for f in group],
+            fwhm=[fwhm.get(str(f.path)) for f in group],
+        )
+        try:
+            out.tiles.append(build_master_tile(
+                inputs, settings=settings, options=options, pixel_scale_arcsec=pixel_scale_arcsec,
+                out_dir=tiles_dir, scratch_dir=scratch_dir, valid_min=config.input.valid_min,
+                progress=progress,
+            ))
+        except (ValueError, OSError) as err:
+            logger.warning("tile %s (%d frames) could not be stacked: %s; its frames are coadded "
+                           "individually", tile_id, len(group), err)
+            out.failed[tile_id] = str(err)
+            out.singles.extend(group)
+    return out

@@ -1,0 +1,212 @@
+"""Master tiles: every frame of a group resampled onto one tile grid, then stacked.
+
+Frames are resampled one at a time (in a thread pool) into a memory-mapped cube
+``(N, C, H, W)`` in a scratch folder, so memory holds one frame's temporaries per thread
+whatever N is; `skymosaic.stack.stack_cube` then reads the cube in chunks of rows. Field
+rotation between sessions is handled by the WCS: no pixel-space alignment is needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from skymosaic._version import __version__
+from skymosaic.assemble._coadd import CoaddOptions, resample_source, source_bbox
+from skymosaic.assemble._sources import FileSource
+from skymosaic.io._frames import FrameInfo, frame_footprint
+from skymosaic.io._writer import write_mosaic
+from skymosaic.reproject._grid import OutputGrid, optimal_grid
+from skymosaic.stack._combine import StackSettings, stack_cube
+
+__all__ = ["MasterTile", "TileInputs", "build_master_tile", "tile_fingerprint"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TileInputs:
+    """The frames of one group and what is known of them (all lists of length N)."""
+
+    tile_id: str
+    frames: list[FrameInfo]
+    noise: list[Sequence[float] | None] = field(default_factory=list)
+    fwhm: list[float | None] = field(default_factory=list)
+
+
+@dataclass
+class MasterTile:
+    """A stacked tile on disk (data + WEIGHT + COVERAGE extensions) and its summary."""
+
+    tile_id: str
+    path: Path
+    frames: list[str]
+    exposure_sum: float
+    shape: tuple[int, int, int]
+    summary: dict
+    reused: bool = False
+
+    def to_dict(self) -> dict:
+        return {
+            "tile_id": self.tile_id, "path": str(self.path), "n_frames": len(self.frames),
+            "frames": self.frames, "exposure_sum": self.exposure_sum, "shape": list(self.shape),
+            "reused": self.reused, "stack": self.summary,
+        }
+
+
+def tile_fingerprint(inputs: TileInputs, settings: StackSettings, options: CoaddOptions, scale: float) -> str:
+    """A digest of everything a master tile depends on (frames, their sizes, settings)."""
+    parts = {
+        "frames": [[str(f.path), os.path.getsize(f.path), os.path.getmtime(f.path)] for f in inputs.frames],
+        "settings": {k: v for k, v in settings.to_dict().items() if k not in ("memory_budget_bytes", "chunk_rows")},
+        "kernel": options.kernel, "tolerance": options.map_tolerance, "scale": round(scale, 9),
+        "version": __version__,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _tile_grid(frames: Sequence[FrameInfo], scale: float) -> OutputGrid:
+    footprints = [frame_footprint(f.wcs, f.shape[1:], samples=9) for f in frames]
+    return optimal_grid(footprints, pixel_scale_arcsec=scale, rotation="north")
+
+
+def _existing(path: Path, fingerprint: str) -> MasterTile | None:
+    if not path.is_file():
+        return None
+    try:
+        with fits.open(path) as hdul:
+            header = hdul[0].header
+            if header.get("TILEFP") != fingerprint:
+                return None
+            summary = json.loads(hdul["STACKINF"].data.tobytes().decode()) if "STACKINF" in hdul else {}
+            shape = (1,) + hdul[0].data.shape if hdul[0].data.ndim == 2 else hdul[0].data.shape
+    except (OSError, ValueError, KeyError):
+        return None  # a half-written or foreign file: rebuild it
+    return MasterTile(
+        tile_id=str(header.get("TILEID", path.stem)), path=path, frames=summary.get("frames", []),
+        exposure_sum=float(header.get("EXPTIME", 0.0)), shape=tuple(shape), summary=summary, reused=True,
+    )
+
+
+def build_master_tile(
+    inputs: TileInputs,
+    *,
+    settings: StackSettings,
+    options: CoaddOptions,
+    pixel_scale_arcsec: float,
+    out_dir: str | os.PathLike,
+    scratch_dir: str | os.PathLike,
+    valid_min: float | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> MasterTile:
+    """Resample the frames of one group onto a common tile grid and stack them.
+
+    The tile is written to ``out_dir/<tile_id>.fits`` (science, WEIGHT = sum of frame
+    weights per pixel, COVERAGE = frames used per pixel, a STACKINF table with the stack
+    summary). If that file exists with the same fingerprint (same frames, settings and
+    version), it is reused as is.
+
+    Raises
+    ------
+    ValueError
+        If the group is empty.
+    """
+    if not inputs.frames:
+        raise ValueError(f"tile {inputs.tile_id}: no frame to stack")
+    out_path = Path(out_dir) / f"{inputs.tile_id}.fits"
+    fingerprint = tile_fingerprint(inputs, settings, options, pixel_scale_arcsec)
+    existing = _existing(out_path, fingerprint)
+    if existing is not None:
+        logger.info("tile %s: reusing %s", inputs.tile_id, out_path.name)
+        return existing
+    grid = _tile_grid(inputs.frames, pixel_scale_arcsec)
+    n, c = len(inputs.frames), inputs.frames[0].channels
+    h, w = grid.shape
+    scratch = Path(scratch_dir)
+    scratch.mkdir(parents=True, exist_ok=True)
+    cube_path, pw_path = scratch / f"{inputs.tile_id}_cube.npy", scratch / f"{inputs.tile_id}_pw.npy"
+    cube = np.lib.format.open_memmap(cube_path, mode="w+", dtype=np.float32, shape=(n, c, h, w))
+    pixel_weights = np.lib.format.open_memmap(pw_path, mode="w+", dtype=np.float32, shape=(n, h, w))
+    try:
+        _fill_cube(inputs, grid, cube, pixel_weights, options, valid_min, progress)
+        noise = _figure_array(inputs.noise, n, c)
+        fwhm = _figure_array(inputs.fwhm, n, None)
+        exposure = np.array([f.exposure if f.exposure else np.nan for f in inputs.frames], float)
+        result = stack_cube(
+            cube, settings=settings,
+            exposure=exposure if np.all(exposure > 0) else None,
+            noise=noise, fwhm=fwhm, pixel_weights=pixel_weights,
+        )
+    finally:
+        del cube, pixel_weights
+        for p in (cube_path, pw_path):
+            p.unlink(missing_ok=True)
+    names = [f.name for f in inputs.frames]
+    summary = {"frames": names, **result.to_dict()}
+    exposure_sum = float(np.nansum(exposure))
+    _write_tile(out_path, result, grid, inputs, fingerprint, exposure_sum, summary, settings)
+    logger.info("tile %s: stacked %d frames into %dx%d px", inputs.tile_id, n, w, h)
+    return MasterTile(inputs.tile_id, out_path, names, exposure_sum, (c, h, w), summary)
+
+
+def _figure_array(values: list, n: int, channels: int | None) -> np.ndarray | None:
+    if len(values) != n or any(v is None for v in values):
+        return None
+    arr = np.asarray(values, dtype=float)
+    if channels is not None:
+        arr = arr.reshape(n, -1)
+        if arr.shape[1] != channels:
+            return None
+    if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+        return None
+    return arr
+
+
+def _fill_cube(inputs: TileInputs, grid: OutputGrid, cube: np.ndarray, pixel_weights: np.ndarray,
+               options: CoaddOptions, valid_min: float | None, progress) -> None:
+    cube[...] = np.nan
+    pixel_weights[...] = 0.0
+
+    def one(k: int):
+        source = FileSource.from_info(inputs.frames[k], valid_min=valid_min)
+        bbox = source_bbox(source, grid)
+        return k, None if bbox is None else resample_source(source, grid, bbox, options)
+
+    with ThreadPoolExecutor(max_workers=options.n_threads) as pool:
+        for k, result in pool.map(one, range(len(inputs.frames))):
+            if progress is not None:
+                progress(1)
+            if result is None:
+                logger.warning("tile %s: %s has no pixel on the tile grid", inputs.tile_id,
+                               inputs.frames[k].name)
+                continue
+            (y0, y1, x0, x1), data, weight = result
+            cube[k, :, y0:y1, x0:x1] = data
+            pixel_weights[k, y0:y1, x0:x1] = (weight > 0).astype(np.float32)
+
+
+def _write_tile(path: Path, result, grid: OutputGrid, inputs: TileInputs, fingerprint: str,
+                exposure_sum: float, summary: dict, settings: StackSettings) -> None:
+    history = [f"skymosaic {__version__}: master tile of {len(inputs.frames)} frame(s)"]
+    history += [f"frame {f.name}" for f in inputs.frames[:200]]
+    history.append(f"stack {json.dumps(settings.to_dict(), sort_keys=True)}")
+    cards = {
+        "TILEID": (inputs.tile_id, "master tile name"),
+        "TILEFP": (fingerprint, "fingerprint of frames and settings"),
+        "NCOMBINE": (len(inputs.frames), "frames stacked"),
+        "EXPTIME": (exposure_sum, "[s] sum of frame exposures"),
+        "FILTER": inputs.frames[0].filter or "",
+    }
+    write_mosaic(path, result.data, grid.wcs, weight=result.weight, coverage=result.n_frames_map,
+                 history=history, cards=cards,
+                 extra_hdus=[fits.ImageHDU(np.frombuffer(json.dumps(summary, default=str).encode(), np.uint8),
+                                           name="STACKINF")])

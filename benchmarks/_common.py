@@ -6,12 +6,15 @@ mark never goes down), so a benchmark runs each measured tool in a worker subpro
 * the parent calls `run_worker` with the worker's command line; it polls the resident
   memory of the worker's process tree every ``poll_interval`` seconds (psutil) and parses
   the JSON document that the worker prints with `emit_result`;
-* the worker calls `rss_now` / `peak_rss` around its work (``ru_maxrss``, the kernel's
-  exact high-water mark) and reports them in that document.
+* the worker calls `rss_now` / `peak_rss` around its work (the kernel's exact high-water
+  mark of the process's address space) and reports them in that document.
 
-``ru_maxrss`` counts every resident page, file-backed ones (memory-mapped files) included;
-the polled ``RssAnon`` peak counts only anonymous memory, which is what a memory budget
-bounds. Both are reported.
+`peak_rss` reads ``VmHWM`` from ``/proc/self/status``, not ``ru_maxrss``: on Linux
+``ru_maxrss`` survives ``exec``, so a worker started by a parent that holds 300 MB reports
+at least 300 MB however little it uses itself (``VmHWM`` belongs to the new address space
+only). Both count every resident page, shared libraries and memory-mapped files included;
+the polled ``RssAnon`` peak counts only anonymous memory (what a memory budget bounds) but
+can miss spikes shorter than the polling interval. Both are reported.
 """
 
 from __future__ import annotations
@@ -54,7 +57,17 @@ RESULT_MARKER = "@@BENCH-RESULT@@ "
 
 
 def peak_rss() -> int:
-    """This process's peak resident set size so far, in bytes (``ru_maxrss``)."""
+    """This process's peak resident set size so far, in bytes.
+
+    ``VmHWM`` where ``/proc`` exists (see the module docstring for why not ``ru_maxrss``),
+    else ``ru_maxrss``.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(kib) * (1 if sys.platform == "darwin" else 1024)
 
@@ -80,7 +93,7 @@ class RssPoller:
     """Poll the RSS (and anonymous RSS) of a process and its children in a thread.
 
     Use as a context manager; ``peak_rss`` and ``peak_anon`` are in bytes. Polling can
-    miss a spike shorter than ``interval``: prefer ``ru_maxrss`` for the exact peak.
+    miss a spike shorter than ``interval``: prefer `peak_rss` in the process for the exact peak.
     """
 
     def __init__(self, pid: int | None = None, *, interval: float = 0.02) -> None:
@@ -127,9 +140,9 @@ class RssPoller:
 
 
 def emit_result(result: dict[str, Any]) -> None:
-    """Print a worker's result (plus its ``ru_maxrss`` peak) as one marked JSON line."""
+    """Print a worker's result (plus its `peak_rss` as ``peak_rss``) as one marked JSON line."""
     doc = dict(result)
-    doc.setdefault("ru_maxrss", peak_rss())
+    doc.setdefault("peak_rss", peak_rss())
     sys.stdout.write(RESULT_MARKER + json.dumps(doc) + "\n")
     sys.stdout.flush()
 

@@ -80,8 +80,10 @@ def star_field(shape: tuple[int, int, int], *, n_stars: int, seed: int) -> np.nd
     sig, r = 1.3, 6
     yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
     for y0, x0, flux in zip(
-        rng.integers(r, h - r, n_stars), rng.integers(r, w - r, n_stars),
-        rng.pareto(1.5, n_stars) * 300 + 100, strict=True,
+        rng.integers(r, h - r, n_stars),
+        rng.integers(r, w - r, n_stars),
+        rng.pareto(1.5, n_stars) * 300 + 100,
+        strict=True,
     ):
         img[y0 - r : y0 + r + 1, x0 - r : x0 + r + 1] += (
             flux / (2 * np.pi * sig**2) * np.exp(-(yy**2 + xx**2) / (2 * sig**2))
@@ -109,14 +111,18 @@ def write_cube(path: Path, n: int, shape: tuple[int, int, int], seed: int) -> np
 
 
 def run_ours(cube, settings: StackSettings, label: str) -> dict:
-    n, c, h, w = cube.shape
+    n, _, h, w = cube.shape
     with PeakAnonRSS() as mem:
         t0 = time.perf_counter()
         res = stack_cube(cube, settings=settings)
         dt = time.perf_counter() - t0
     return {
-        "engine": label, "frames": n, "seconds": dt, "mpix_s": n * h * w / 1e6 / dt,
-        "peak_anon_mb": (mem.peak - mem.start) / 2**20, "result": res.data,
+        "engine": label,
+        "frames": n,
+        "seconds": dt,
+        "mpix_s": n * h * w / 1e6 / dt,
+        "peak_anon_mb": (mem.peak - mem.start) / 2**20,
+        "result": res.data,
         "chunk_rows": res.chunk_rows,
     }
 
@@ -137,19 +143,23 @@ def run_ccdproc(cube: np.ndarray) -> dict:
             out[ch] = comb.average_combine().data
         dt = time.perf_counter() - t0
     return {
-        "engine": "ccdproc Combiner sigma_clip+average", "frames": n, "seconds": dt,
-        "mpix_s": n * h * w / 1e6 / dt, "peak_anon_mb": (mem.peak - mem.start) / 2**20,
-        "result": out, "chunk_rows": h,
+        "engine": "ccdproc Combiner sigma_clip+average",
+        "frames": n,
+        "seconds": dt,
+        "mpix_s": n * h * w / 1e6 / dt,
+        "peak_anon_mb": (mem.peak - mem.start) / 2**20,
+        "result": out,
+        "chunk_rows": h,
     }
 
 
 def print_table(rows: list[dict]) -> None:
     head = f"{'engine':44s} {'frames':>6s} {'rows/chunk':>10s} {'seconds':>8s} "
     head += f"{'Mpix/s':>8s} {'peak anon MB':>12s}"
-    print(head)  # noqa: T201 (benchmark output)
-    print("-" * len(head))  # noqa: T201
+    print(head)
+    print("-" * len(head))
     for r in rows:
-        print(  # noqa: T201
+        print(
             f"{r['engine']:44s} {r['frames']:6d} {r['chunk_rows']:10d} {r['seconds']:8.2f} "
             f"{r['mpix_s']:8.1f} {r['peak_anon_mb']:12.0f}"
         )
@@ -179,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
         cube = write_cube(Path(tmp) / "cube.f32", n, shape, args.seed)
         gen = time.perf_counter() - t0
         size_gb = cube.nbytes / 1e9
-        print(  # noqa: T201
+        print(
             f"cube {n}x{'x'.join(map(str, shape))} float32 = {size_gb:.2f} GB memmap "
             f"(generated in {gen:.1f} s); budget {args.budget_mb:.0f} MB -> "
             f"{chunk_rows_for(n, *shape, settings)} rows/chunk"
@@ -189,23 +199,31 @@ def main(argv: list[str] | None = None) -> None:
         if m:
             sub = np.array(cube[:m])
             plain = dict(normalization="none", memory_budget_bytes=budget)
-            ours_k = run_ours(sub, StackSettings(rejection="kappa_sigma", **plain),
-                              "skymosaic kappa_sigma (in memory, no norm)")
-            ours_w = run_ours(sub, StackSettings(rejection=args.rejection, **plain),
-                              f"skymosaic {args.rejection} (in memory, no norm)")
+            ours_k = run_ours(
+                sub,
+                StackSettings(rejection="kappa_sigma", **plain),
+                "skymosaic kappa_sigma (in memory, no norm)",
+            )
+            ours_w = run_ours(
+                sub,
+                StackSettings(rejection=args.rejection, **plain),
+                f"skymosaic {args.rejection} (in memory, no norm)",
+            )
             ref = run_ccdproc(sub)
             rows += [ours_k, ours_w, ref]
-        print_table(rows)  # noqa: T201
+        print_table(rows)
         if m:
             diff = np.nanmax(np.abs(ours_k["result"] - ref["result"]))
-            print(  # noqa: T201
-                f"\nspeed-up vs ccdproc on {m} frames: kappa_sigma x{ref['seconds'] / ours_k['seconds']:.1f}, "
-                f"{args.rejection} x{ref['seconds'] / ours_w['seconds']:.1f}; "
-                f"memory ratio (ccdproc/ours kappa) {ref['peak_anon_mb'] / max(ours_k['peak_anon_mb'], 1):.1f}; "
+            speed_k = ref["seconds"] / ours_k["seconds"]
+            speed_w = ref["seconds"] / ours_w["seconds"]
+            mem = ref["peak_anon_mb"] / max(ours_k["peak_anon_mb"], 1)
+            print(
+                f"\nspeed ratio ccdproc_time/our_time on {m} frames: kappa_sigma x{speed_k:.2f}, "
+                f"{args.rejection} x{speed_w:.2f}; peak anon memory ratio ccdproc/ours {mem:.2f}; "
                 f"max |kappa_sigma - ccdproc| = {diff:.3g} ADU (noise 2 ADU per frame)"
             )
         hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"process ru_maxrss (includes mapped file pages): {hwm:.0f} MB")  # noqa: T201
+        print(f"process ru_maxrss (includes mapped file pages): {hwm:.0f} MB")
         del cube
 
 

@@ -16,6 +16,7 @@ from skymosaic.photometry import (
     PairRelation,
     PhotometryOptions,
     Relation,
+    _engine,
     apply_background_match,
     apply_gains_offsets,
     bbox_candidate_pairs,
@@ -29,7 +30,6 @@ from skymosaic.photometry import (
     solve_gains_offsets,
     valid_mask,
 )
-from skymosaic.photometry import _engine
 
 SIGMA = 1.0
 
@@ -43,7 +43,7 @@ def _sky(channels, h, w, rng, *, sky=50.0, star_density=1 / 120):
     truth = np.empty((channels, h, w))
     for c in range(channels):
         img = sky * (1 + 0.2 * c) + 5 * xx / w + 3 * yy / h
-        for y, x, f in zip(sy, sx, flux * (1 + 0.3 * c)):
+        for y, x, f in zip(sy, sx, flux * (1 + 0.3 * c), strict=True):
             y0, y1 = int(max(y - 6, 0)), int(min(y + 7, h))
             x0, x1 = int(max(x - 6, 0)), int(min(x + 7, w))
             r2 = (yy[y0:y1, x0:x1] - y) ** 2 + (xx[y0:y1, x0:x1] - x) ** 2
@@ -89,9 +89,18 @@ def gauge_errors(g_est, b_est, g_true, b_true, tiles=None, channel=0):
 
 
 def _relation(i, j, a, c, x_ref, *, err=1e-3, channel=0):
-    rel = Relation(gain=a, offset=c, gain_err=err * a, offset_err=err, n_used=1000,
-                   residual_rms=1.0, status="ok", x_ref=x_ref, y_ref=a * x_ref + c,
-                   level_err=err)
+    rel = Relation(
+        gain=a,
+        offset=c,
+        gain_err=err * a,
+        offset_err=err,
+        n_used=1000,
+        residual_rms=1.0,
+        status="ok",
+        x_ref=x_ref,
+        y_ref=a * x_ref + c,
+        level_err=err,
+    )
     return PairRelation(i, j, channel, rel, 1000)
 
 
@@ -223,8 +232,12 @@ def test_overlap_graph_matches_brute_force_seeded():
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 30), st.integers(0, 30), st.integers(0, 12),
-                          st.integers(0, 12)), max_size=25))
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 30), st.integers(0, 30), st.integers(0, 12), st.integers(0, 12)),
+        max_size=25,
+    )
+)
 def test_overlap_graph_matches_brute_force_hypothesis(raw):
     boxes = np.array([(y, y + h, x, x + w) for y, x, h, w in raw], dtype=np.int64).reshape(-1, 4)
     assert [tuple(p) for p in bbox_candidate_pairs(boxes).tolist()] == _brute_force(boxes)
@@ -260,8 +273,9 @@ def test_recovers_known_gains_and_offsets(n, channels):
     assert rep.status == "ok" and rep.n_relations_failed == 0
     assert rep.gains.shape == (n * n, channels)
     for c in range(channels):
-        gain_err, off_err, level_err = gauge_errors(rep.gains[:, c], rep.offsets[:, c],
-                                                    g[:, c], b[:, c], tiles, c)
+        gain_err, off_err, level_err = gauge_errors(
+            rep.gains[:, c], rep.offsets[:, c], g[:, c], b[:, c], tiles, c
+        )
         assert gain_err < 0.005
         assert off_err < 0.2 * SIGMA
         assert level_err < 0.2 * SIGMA
@@ -297,7 +311,7 @@ def test_scale_and_shift_invariance():
     np.testing.assert_allclose(rsh.offsets[:, 0], expected, atol=0.05)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.floats(-1e3, 1e3))
 def test_solve_invariant_to_global_offset(seed, s):
     rng = np.random.default_rng(seed)
@@ -309,21 +323,24 @@ def test_solve_invariant_to_global_offset(seed, s):
 
     def relations(shift):
         out = []
-        for (i, j), lev in zip(edges, levels):
+        for (i, j), lev in zip(edges, levels, strict=True):
             a, c = g[i] / g[j], (b[i] - b[j]) / g[j]
             c_s = c + shift * (1 - a)  # T' = T + shift in every tile
             out.append(_relation(i, j, a, c_s, lev + shift))
         return out
 
-    for prior, tol in ((0.0, 1e-6), (1e-3, 1e-3)):  # the prior breaks exactness slightly
-        base = solve_gains_offsets(n, relations(0.0), prior_weight=prior)
-        moved = solve_gains_offsets(n, relations(s), prior_weight=prior)
-        np.testing.assert_allclose(moved.gains, base.gains, rtol=tol)
-        expected = base.offsets - s * (base.gains - base.gains.mean())
-        np.testing.assert_allclose(moved.offsets, expected, atol=tol * (1 + abs(s)))
+    base = solve_gains_offsets(n, relations(0.0), prior_weight=0.0)
+    moved = solve_gains_offsets(n, relations(s), prior_weight=0.0)
+    np.testing.assert_allclose(moved.gains, base.gains, rtol=1e-9)
+    expected = base.offsets - s * (base.gains - base.gains.mean())
+    np.testing.assert_allclose(moved.offsets, expected, atol=1e-6 * (1 + abs(s)))
+    # the weak prior (toward b = 0) is not translation-equivariant; gains stay put
+    base = solve_gains_offsets(n, relations(0.0))
+    moved = solve_gains_offsets(n, relations(s))
+    np.testing.assert_allclose(moved.gains, base.gains, rtol=1e-3)
     base = solve_gains_offsets(n, relations(0.0))
     gain_err, off_err = gauge_errors(base.gains, base.offsets, g, b)
-    assert gain_err < 1e-3 and off_err < 0.1  # the weak prior only
+    assert gain_err < 1e-3 and off_err < 0.5  # the weak prior only (levels up to 500)
     exact = solve_gains_offsets(n, relations(0.0), prior_weight=0.0)
     gain_err, off_err = gauge_errors(exact.gains, exact.offsets, g, b)
     assert gain_err < 1e-9 and off_err < 1e-6
@@ -373,7 +390,7 @@ def test_degenerate_cases_fall_back_without_exceptions(caplog):
 
 
 def test_constant_sky_overlaps_are_offset_only():
-    tiles, _, b = make_mosaic(3, 1, seed=11, stars=False)
+    tiles, _, _ = make_mosaic(3, 1, seed=11, stars=False)
     _, rep = normalize_tiles(tiles, config=NO_BG)
     assert rep.n_relations_offset_only > 0 and rep.n_relations_failed == 0
     assert all(p["status"] in ("ok", "offset_only") for p in rep.pairs)
@@ -402,7 +419,7 @@ def test_engine_falls_back_on_internal_error(monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="skymosaic.photometry"):
         out, rep = normalize_tiles(tiles)
     assert rep.status == "fallback" and "synthetic failure" in rep.warnings[0]
-    assert all(o is t for o, t in zip(out, tiles))
+    assert all(o is t for o, t in zip(out, tiles, strict=True))
     assert caplog.text.count("tiles left unchanged") == 1
     json.dumps(rep.to_dict())
 

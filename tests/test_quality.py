@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from astropy.io import fits
 
 from skymosaic.stack.quality import (
     FWHM_PER_SIGMA,
@@ -217,8 +218,9 @@ def test_select_rejects_bad_frames_with_figures() -> None:
 def test_select_on_measured_frames() -> None:
     """End to end: measured synthetic frames, one cloudy, one soft, one empty."""
     rng = np.random.default_rng(12)
-    frames = [star_field(rng, n_stars=144, sigma_x=2.0 * rng.uniform(0.97, 1.03))
-              for _ in range(10)]
+    frames = [
+        star_field(rng, n_stars=144, sigma_x=2.0 * rng.uniform(0.97, 1.03)) for _ in range(10)
+    ]
     frames[2] = star_field(rng, n_stars=72)
     frames[5] = star_field(rng, n_stars=144, sigma_x=4.0)
     frames[8] = rng.normal(100.0, 5.0, (384, 384)).astype(np.float32)
@@ -250,8 +252,11 @@ def test_uniform_session_mad_floor() -> None:
 
 
 def test_small_session_rejects_only_starless() -> None:
-    quals = [FrameQuality(1000.0, 30.0, 140, 3.0, 1.0), FrameQuality(5000.0, 90.0, 10, 9.0, 2.0),
-             FrameQuality(1000.0, 30.0, 0, math.nan, math.nan)]
+    quals = [
+        FrameQuality(1000.0, 30.0, 140, 3.0, 1.0),
+        FrameQuality(5000.0, 90.0, 10, 9.0, 2.0),
+        FrameQuality(1000.0, 30.0, 0, math.nan, math.nan),
+    ]
     sel = select_frames(quals[:2], ["a", "b"])
     assert sel.accepted == [True, True]
     sel = select_frames([quals[0], quals[2]], ["a", "c"])
@@ -318,8 +323,6 @@ def test_settings_object_and_to_dict() -> None:
 
 
 def _binned_luminance(path: Path) -> np.ndarray:
-    from astropy.io import fits
-
     raw = fits.getdata(path).astype(np.float32)
     # sum of the 2x2 GRBG cell: a half-resolution luminance with no demosaicing
     return raw[0::2, 0::2] + raw[0::2, 1::2] + raw[1::2, 0::2] + raw[1::2, 1::2]
@@ -341,7 +344,7 @@ def test_seestar_frames_accepted_per_target() -> None:
         assert q.noise > 0 and q.background > 0
     sel = select_frames(quals, names, sessions=targets)
     assert all(sel.accepted), sel.reasons
-    ngc = [q for q, t in zip(quals, targets) if t == "NGC7023"]
-    m94 = [q for q, t in zip(quals, targets) if t == "M94"]
+    ngc = [q for q, t in zip(quals, targets, strict=False) if t == "NGC7023"]
+    m94 = [q for q, t in zip(quals, targets, strict=False) if t == "M94"]
     # NGC 7023 (Milky Way field) shows far more stars than M94 (high latitude)
     assert min(q.n_stars for q in ngc) > 2 * max(q.n_stars for q in m94)

@@ -44,7 +44,8 @@ def star_field(h: int = H, w: int = W, *, n_stars: int = 40, seed: int = 0) -> n
         rng.pareto(1.5, n_stars) * 300 + 100,
         strict=True,
     ):
-        img += flux / (2 * np.pi * sig**2) * np.exp(-((yy - y0) ** 2 + (xx - x0) ** 2) / (2 * sig**2))
+        r2 = (yy - y0) ** 2 + (xx - x0) ** 2
+        img += flux / (2 * np.pi * sig**2) * np.exp(-r2 / (2 * sig**2))
     return img
 
 
@@ -146,7 +147,8 @@ def test_rejected_per_frame_exact():
 
     # min/max on strictly ordered frames: frame 0 is always lowest, frame 9 highest
     ramp = np.broadcast_to(np.arange(n, dtype=np.float32)[:, None, None, None], (n, 2, h, w))
-    res = stack_cube(np.ascontiguousarray(ramp), settings=plain(rejection="minmax", n_low=1, n_high=2))
+    mm_settings = plain(rejection="minmax", n_low=1, n_high=2)
+    res = stack_cube(np.ascontiguousarray(ramp), settings=mm_settings)
     expected = np.zeros(n, dtype=np.int64)
     expected[[0, 8, 9]] = 2 * h * w  # two channels
     np.testing.assert_array_equal(res.rejected_per_frame, expected)
@@ -160,8 +162,13 @@ def test_kappa_sigma_matches_astropy_sigma_clip():
     x[0, 0, :5] = np.nan
     ours = reject_kappa_sigma(x, kappa_low=2.5, kappa_high=3.0, max_iter=5)
     ref = sigma_clip(
-        np.ma.masked_invalid(x), sigma_lower=2.5, sigma_upper=3.0, maxiters=5, axis=0,
-        cenfunc="median", stdfunc="std",
+        np.ma.masked_invalid(x),
+        sigma_lower=2.5,
+        sigma_upper=3.0,
+        maxiters=5,
+        axis=0,
+        cenfunc="median",
+        stdfunc="std",
     )
     np.testing.assert_array_equal(ours, ref.mask & np.isfinite(x))
 
@@ -212,7 +219,8 @@ def _scaled_cube(gains, offsets, *, c: int = 1, sigma: float = 1.0, seed: int = 
     truth = star_field(seed=4, n_stars=60)
     rng = np.random.default_rng(seed)
     frames = [
-        g * truth[None] + b + rng.normal(0.0, sigma, (c, H, W)) for g, b in zip(gains, offsets, strict=True)
+        g * truth[None] + b + rng.normal(0.0, sigma, (c, H, W))
+        for g, b in zip(gains, offsets, strict=True)
     ]
     return np.stack(frames).astype(np.float32), truth
 
@@ -276,12 +284,16 @@ def test_noise_weight_is_inverse_variance():
     assert w[1, 0] / w[0, 0] == pytest.approx(0.25, rel=1e-12)
     assert w.mean() == pytest.approx(1.0)
     # noise is judged after normalisation: a frame scaled by 0.5 with twice the noise ties
-    w = frame_weights(2, 3, noise=[[1.0] * 3, [2.0] * 3], gains=[[1.0] * 3, [0.5] * 3], methods=["noise"])
+    w = frame_weights(
+        2, 3, noise=[[1.0] * 3, [2.0] * 3], gains=[[1.0] * 3, [0.5] * 3], methods=["noise"]
+    )
     np.testing.assert_allclose(w, 1.0)
 
 
 def test_exposure_and_fwhm_weights():
-    w = frame_weights(3, 1, exposure=[10, 20, 30], fwhm=[2.0, 2.0, 4.0], methods=("fwhm", "exposure"))
+    w = frame_weights(
+        3, 1, exposure=[10, 20, 30], fwhm=[2.0, 2.0, 4.0], methods=("fwhm", "exposure")
+    )
     raw = np.array([10 * 1.0, 20 * 1.0, 30 * 0.25])
     np.testing.assert_allclose(w[:, 0], raw / raw.mean())
 
@@ -335,8 +347,9 @@ def test_all_nan_pixel_gives_nan_and_zero_weight():
 def _messy_cube(n: int = 12, c: int = 3, h: int = 37, w: int = 53, seed: int = 9):
     rng = np.random.default_rng(seed)
     truth = star_field(h, w, n_stars=12, seed=seed)
-    cube = (truth[None, None] * rng.uniform(0.9, 1.1, (n, c, 1, 1))
-            + rng.normal(0, 2, (n, c, h, w))).astype(np.float32)
+    cube = (
+        truth[None, None] * rng.uniform(0.9, 1.1, (n, c, 1, 1)) + rng.normal(0, 2, (n, c, h, w))
+    ).astype(np.float32)
     cube[rng.random(cube.shape) < 0.01] += 800.0
     cube[2, :, :, :20] = np.nan
     cube[5, :, 30:, :] = np.nan
@@ -357,8 +370,12 @@ def _assert_same(a, b):
 )
 def test_chunked_equals_unchunked(rejection, combine):
     cube, pw, noise, fwhm = _messy_cube()
-    base = {"normalization": "linear", "rejection": rejection, "combine": combine,
-            "weighting": ("noise", "fwhm")}
+    base = {
+        "normalization": "linear",
+        "rejection": rejection,
+        "combine": combine,
+        "weighting": ("noise", "fwhm"),
+    }
     kw = {"noise": noise, "fwhm": fwhm, "pixel_weights": pw}
     whole = stack_cube(cube, settings=StackSettings(chunk_rows=37, **base), **kw)
     assert whole.chunk_rows == 37
@@ -389,7 +406,9 @@ def test_input_never_modified_and_progress_reported():
     cube, _, _, _ = _messy_cube()
     before = cube.copy()
     calls = []
-    stack_cube(cube, settings=StackSettings(chunk_rows=10), progress=lambda d, t: calls.append((d, t)))
+    stack_cube(
+        cube, settings=StackSettings(chunk_rows=10), progress=lambda d, t: calls.append((d, t))
+    )
     assert np.array_equal(cube, before, equal_nan=True)
     assert calls == [(10, 37), (20, 37), (30, 37), (37, 37)]
 
@@ -444,15 +463,15 @@ def test_bad_inputs_raise():
         stack_cube(cube, settings=StackSettings(reference=5))
     with pytest.raises(ValueError, match="noise=None"):
         stack_cube(cube, settings=StackSettings(weighting="noise"))
-    with pytest.raises(ValueError, match="pixel_weights.*got \\(3, 64\\)"):
+    with pytest.raises(ValueError, match=r"pixel_weights.*got \(3, 64\)"):
         stack_cube(cube, pixel_weights=np.ones((3, 64)))
-    with pytest.raises(ValueError, match="noise must be finite and > 0, got -1.0"):
+    with pytest.raises(ValueError, match=r"noise must be finite and > 0, got -1\.0"):
         stack_cube(cube, settings=plain(weighting="noise"), noise=[1.0, -1.0, 1.0])
     with pytest.raises(ValueError, match="dtype"):
         stack_cube(cube.astype(np.complex64))
-    with pytest.raises(ValueError, match="method.*'median'"):
+    with pytest.raises(ValueError, match=r"method.*'median'"):
         estimate_normalization(cube, method="median")
-    with pytest.raises(ValueError, match="rejection method.*'foo'"):
+    with pytest.raises(ValueError, match=r"rejection method.*'foo'"):
         reject(cube, method="foo")
 
 

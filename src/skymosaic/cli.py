@@ -217,26 +217,29 @@ def version() -> None:
     Console().print(__version__)
 
 
+#: click's error base class: click's own, or the copy that recent typer releases vendor.
+_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (see the module docstring)."""
     try:
-        app(args=argv, standalone_mode=False)
+        # without standalone mode click *returns* the code of a `typer.Exit` (it does not raise)
+        code = app(args=argv, standalone_mode=False)
     except typer.Exit as exc:
         return exc.exit_code
     except SystemExit as exc:  # click's own usage errors
         return int(exc.code or 0)
+    except _CLICK_ERROR as exc:  # bad usage: missing option, bad value, unknown command
+        exc.show()
+        return EXIT_USAGE
+    except typer.Abort:
+        return EXIT_USAGE
     except Exception as exc:  # noqa: BLE001 - last resort: report, never a bare traceback
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            return EXIT_USAGE
-        if isinstance(exc, click.exceptions.Abort):
-            return EXIT_USAGE
         logging.getLogger("skymosaic").exception("internal error")
         console.print(f"[bold red]internal error:[/] {exc}")
         return EXIT_INTERNAL
-    return EXIT_OK
+    return code if isinstance(code, int) else EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

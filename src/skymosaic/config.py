@@ -141,6 +141,31 @@ class StackConfig(_Section):
     combine: Literal["mean", "median"] = Field(default="mean", description="weighted mean or median")
 
 
+class PhotometryConfig(_Section):
+    """Phase 5 photometric normalisation of the tiles/frames before the coadd."""
+
+    enabled: bool = Field(default=True, description="solve a gain and offset per input and channel")
+    gauge: Literal["mean"] | int = Field(
+        default="mean", description="'mean' (mean log-gain 0, mean offset 0) or a reference input index"
+    )
+    prior_weight: float = Field(default=1e-3, ge=0, description="weak prior toward gain 1, offset 0")
+    robust_iter: int = Field(default=3, ge=0, description="robust re-weighting iterations of the solve")
+    min_overlap_pixels: int = Field(default=100, ge=10, description="smallest overlap used for a pair")
+    max_samples: int = Field(default=20000, ge=100, description="pixels sampled per pair and channel")
+    background: bool = Field(default=True, description="SWarp-like background matching after the solve")
+    coverage_renorm: bool = Field(default=False, description="second pass: coverage-based gain per input")
+    coverage_sigma_px: float = Field(default=32.0, gt=0, description="blur of the coverage map, px")
+    coverage_clip: tuple[float, float] = Field(default=(0.8, 1.25), description="allowed coverage gains")
+    diagnostics: bool = Field(default=True, description="write photometry_diagnostics.png")
+
+    @field_validator("coverage_clip")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not (0 < v[0] <= 1 <= v[1]):
+            raise ValueError(f"must satisfy 0 < low <= 1 <= high, got {v}")
+        return v
+
+
 def _default_budget_mb() -> float:
     return round(0.25 * psutil.virtual_memory().total / 2**20)
 
@@ -172,6 +197,7 @@ class Config(_Section):
     quality: QualityConfig = Field(default_factory=QualityConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     stack: StackConfig = Field(default_factory=StackConfig)
+    photometry: PhotometryConfig = Field(default_factory=PhotometryConfig)
     run: RunConfig = Field(default_factory=RunConfig)
 
     @property
@@ -179,12 +205,27 @@ class Config(_Section):
         return int(self.run.memory_budget_mb * 2**20)
 
 
+def _known_keys(loc: tuple) -> list[str]:
+    """The keys allowed next to the one at ``loc`` (the fields of its parent section)."""
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        sub = field.annotation if field is not None else None
+        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
+            return []
+        model = sub
+    return list(model.model_fields)
+
+
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = [f"invalid configuration ({source}):"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
-            lines.append(f"  unknown key '{key}' (value {e['input']!r})")
+            loc = tuple(e["loc"])
+            where = f"keys in [{'.'.join(map(str, loc[:-1]))}]" if len(loc) > 1 else "sections"
+            known = ", ".join(_known_keys(loc))
+            lines.append(f"  unknown key '{key}' (value {e['input']!r}); allowed {where}: {known}")
             continue
         allowed = ""
         ctx = e.get("ctx") or {}

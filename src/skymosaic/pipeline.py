@@ -23,6 +23,7 @@ import numpy as np
 from skymosaic._stats import FrameStats, frame_stats
 from skymosaic._version import __version__
 from skymosaic.assemble import CoaddOptions, FileSource, coadd
+from skymosaic.assemble._phase5 import MatchResult, match_sources, renormalise_coverage
 from skymosaic.config import Config, config_digest, dump_toml
 from skymosaic.io import (
     FrameError,
@@ -32,7 +33,9 @@ from skymosaic.io import (
     load_frame,
     scan_frame,
 )
+from skymosaic.io._diagnostics import write_photometry_diagnostics
 from skymosaic.io._writer import atomic_path, write_json, write_mosaic, write_preview
+from skymosaic.photometry import PhotometryOptions
 from skymosaic.reproject import OutputGrid, grid_from_header, optimal_grid
 from skymosaic.stack.classic import StackedGroups, group_frames, select_by_quality, stack_groups
 from skymosaic.stack.quality import FrameQuality, measure_quality
@@ -267,8 +270,19 @@ def run_pipeline(
             )
             stacked = _stack_phase(run, catalog, grid, opts) if config.stack.enabled else None
             sources, weights = _coadd_sources(catalog, stacked, config)
+            match = _photometry_phase(run, sources, grid, opts)
             with run.phase("coadd"):
                 result = _run_coadd(sources, grid, opts, progress)
+            if config.photometry.enabled and config.photometry.coverage_renorm and len(sources) > 1:
+                with run.phase("coverage_renorm"):
+                    factors = renormalise_coverage(
+                        sources, grid, result.weight, options=opts,
+                        sigma_px=config.photometry.coverage_sigma_px, clip=config.photometry.coverage_clip,
+                    )
+                    run.report["coverage_renorm"] = dict(zip([s.name for s in sources], factors.tolist(), strict=True))
+                    result = _run_coadd(sources, grid, opts, progress)
+            if match is not None and config.photometry.diagnostics:
+                _write_diagnostics(out, sources, grid, match, result)
             for name, reason in result.rejected.items():
                 path = next((str(f.path) for f in catalog.frames if f.name == name), name)
                 catalog.rejected[path] = reason
@@ -334,6 +348,55 @@ def _stack_phase(run: _Run, catalog: Catalog, grid: OutputGrid, opts: CoaddOptio
     run.progress.end("stack")
     run.report["clusters"] = clustering.to_dict()
     return stacked
+
+
+def _photometry_phase(run: _Run, sources, grid: OutputGrid, opts: CoaddOptions) -> MatchResult | None:
+    """Solve per-input gains/offsets; any failure falls back to the plain coadd (one warning)."""
+    cfg = run.config.photometry
+    if not cfg.enabled or len(sources) < 2:
+        return None
+    valid_min = run.config.input.valid_min
+    options = PhotometryOptions(
+        gauge=cfg.gauge, prior_weight=cfg.prior_weight, robust_iter=cfg.robust_iter,
+        min_overlap_pixels=cfg.min_overlap_pixels, max_samples=cfg.max_samples,
+        background=cfg.background, eps=valid_min if valid_min is not None and np.isfinite(valid_min) else None,
+    )
+    try:
+        with run.phase("photometry"):
+            match = match_sources(sources, grid, options=opts, photometry=options)
+    except (FrameError, ValueError, ArithmeticError, MemoryError) as err:
+        logger.warning("photometric matching failed (%s: %s); plain coadd without corrections",
+                       type(err).__name__, err)
+        for s in sources:
+            s.gain = s.offset = None
+        run.report["photometry"] = {"status": f"fallback: {err}"}
+        return None
+    rep = match.report
+    run.report["photometry"] = {
+        "status": rep.status, "binning": match.binning, "n_inputs": len(sources),
+        "n_overlaps": rep.n_overlaps, "relations_ok": rep.n_relations_ok,
+        "relations_offset_only": rep.n_relations_offset_only, "relations_failed": rep.n_relations_failed,
+        "gain_range": [float(match.gains.min()), float(match.gains.max())],
+        "offset_range": [float(match.offsets.min()), float(match.offsets.max())],
+        "inputs": {s.name: {"gain": match.gains[k].tolist(), "offset": match.offsets[k].tolist()}
+                   for k, s in enumerate(sources)},
+        "pairs": rep.pairs, "warnings": rep.warnings, "timings_s": rep.timings,
+    }
+    logger.info("photometry: %d inputs, %d overlaps, regressions ok/offset-only/failed %d/%d/%d, "
+                "gains %.4f..%.4f", len(sources), rep.n_overlaps, rep.n_relations_ok,
+                rep.n_relations_offset_only, rep.n_relations_failed, match.gains.min(), match.gains.max())
+    return match
+
+
+def _write_diagnostics(out: Path, sources, grid: OutputGrid, match: MatchResult, result) -> None:
+    from skymosaic.assemble import source_bbox
+
+    placed = [source_bbox(s, grid) for s in sources]
+    index = [k for k, b in enumerate(placed) if b is not None]
+    pairs = [(index[p["i"]], index[p["j"]], p.get("robust_weight", 1.0))
+             for p in match.report.pairs if p["channel"] == 0]
+    write_photometry_diagnostics(out / "photometry_diagnostics.png", result.weight, placed,
+                                 match.gains, pairs)
 
 
 def _coadd_sources(catalog: Catalog, stacked: StackedGroups | None, config: Config):

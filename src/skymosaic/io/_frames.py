@@ -175,7 +175,7 @@ def discover_inputs(inputs: Sequence[str | os.PathLike], *, recursive: bool = Tr
                 logger.warning("pattern %r matched no file", text)
         else:
             raise FileNotFoundError(f"input {text!r} does not exist")
-    return list(found)
+    return sorted(found)  # the same frame order (and mosaic) whatever the order of the inputs
 
 
 def _strip_fits_suffix(name: str) -> str:

@@ -156,7 +156,7 @@ class BackgroundMatch:
     scale: float = 1.0
 
     def correction(self, k: int, tile: PlacedTile) -> np.ndarray:
-        """The float32 ``(C, h, w)`` (or ``(C, 1, 1)`` without planes) array to add to tile ``k``."""
+        """Float32 array to add to tile ``k``: (C, h, w), or (C, 1, 1) without planes."""
         off = self.offsets[k][:, None, None]
         if self.slopes is None:
             return off.astype(np.float32)
@@ -164,8 +164,9 @@ class BackgroundMatch:
         xs = (np.arange(w) + tile.x0 - self.origin[1]) / self.scale
         ys = (np.arange(h) + tile.y0 - self.origin[0]) / self.scale
         sx, sy = self.slopes[k, :, 0], self.slopes[k, :, 1]
-        return (off + sx[:, None, None] * xs[None, None, :]
-                + sy[:, None, None] * ys[None, :, None]).astype(np.float32)
+        return (
+            off + sx[:, None, None] * xs[None, None, :] + sy[:, None, None] * ys[None, :, None]
+        ).astype(np.float32)
 
 
 def _pair_difference(tiles, ov: Overlap, masks, c: int, plane: bool, origin, scale, sigma):
@@ -252,16 +253,26 @@ def match_backgrounds(
         overlaps = find_overlaps(tiles, min_pixels=min_pixels, masks=masks)
     boxes = np.array([t.bbox for t in tiles], dtype=np.float64).reshape(-1, 4)
     origin = (float(boxes[:, 0].min()), float(boxes[:, 2].min())) if n else (0.0, 0.0)
-    scale = float(max(boxes[:, 1].max() - origin[0], boxes[:, 3].max() - origin[1], 1.0)) if n else 1.0
-    levels = np.array([estimate_background(t.data, mask=~m).level for t, m in zip(tiles, masks)])
+    scale = (
+        float(max(boxes[:, 1].max() - origin[0], boxes[:, 3].max() - origin[1], 1.0)) if n else 1.0
+    )
+    levels = np.array(
+        [estimate_background(t.data, mask=~m).level for t, m in zip(tiles, masks, strict=True)]
+    )
     levels = levels.reshape(n, n_ch)
     coefs = np.zeros((n, n_ch, 3))
     for c in range(n_ch):
-        fits = [_pair_difference(tiles, ov, masks, c, plane, origin, scale, sigma) for ov in overlaps]
+        fits = [
+            _pair_difference(tiles, ov, masks, c, plane, origin, scale, sigma) for ov in overlaps
+        ]
         ok = [k for k, f in enumerate(fits) if f is not None and f[1][0] > 0]
         coefs[:, c, :] = _solve_planes(n, [overlaps[k] for k in ok], [fits[k] for k in ok], plane)
-    centre = np.array([[(b[2] + b[3]) / 2 - origin[1], (b[0] + b[1]) / 2 - origin[0]]
-                       for b in boxes]).reshape(n, 2) / scale
+    centre = (
+        np.array(
+            [[(b[2] + b[3]) / 2 - origin[1], (b[0] + b[1]) / 2 - origin[0]] for b in boxes]
+        ).reshape(n, 2)
+        / scale
+    )
     at_centre = coefs[..., 0].copy()
     if plane:
         at_centre += coefs[..., 1] * centre[:, None, 0] + coefs[..., 2] * centre[:, None, 1]
@@ -290,11 +301,13 @@ def _solve_planes(n: int, overlaps: list[Overlap], fits: list, plane: bool) -> n
     cen = np.array([f[2] for f in fits])
     if plane:
         for p in (1, 2):
-            out[:, p] = _solve_graph(n, _Edges(ii, jj, coef[:, p], wts[:, p]), ref=None,
-                                     prior_weight=0.0, robust_iter=3)[0]
+            out[:, p] = _solve_graph(
+                n, _Edges(ii, jj, coef[:, p], wts[:, p]), ref=None, prior_weight=0.0, robust_iter=3
+            )[0]
     rhs = coef[:, 0] - (out[ii, 1] - out[jj, 1]) * cen[:, 0] - (out[ii, 2] - out[jj, 2]) * cen[:, 1]
-    out[:, 0] = _solve_graph(n, _Edges(ii, jj, rhs, wts[:, 0]), ref=None,
-                             prior_weight=0.0, robust_iter=3)[0]
+    out[:, 0] = _solve_graph(
+        n, _Edges(ii, jj, rhs, wts[:, 0]), ref=None, prior_weight=0.0, robust_iter=3
+    )[0]
     return out
 
 

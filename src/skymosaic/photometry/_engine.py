@@ -165,7 +165,9 @@ def normalize_tiles(
     try:
         out = _run(tiles, cfg, report)
     except (ValueError, ArithmeticError, np.linalg.LinAlgError, RuntimeError, MemoryError) as err:
-        msg = f"photometric normalisation failed ({type(err).__name__}: {err}); tiles left unchanged"
+        msg = (
+            f"photometric normalisation failed ({type(err).__name__}: {err}); tiles left unchanged"
+        )
         logger.warning(msg)
         report.status = "fallback"
         report.warnings.append(msg)
@@ -175,22 +177,35 @@ def normalize_tiles(
     return out, report
 
 
-def _run(tiles: list[PlacedTile], cfg: PhotometryOptions, report: PhotometryReport) -> list[PlacedTile]:
+def _run(
+    tiles: list[PlacedTile], cfg: PhotometryOptions, report: PhotometryReport
+) -> list[PlacedTile]:
     n, n_ch = len(tiles), report.n_channels
     t0 = time.perf_counter()
     masks = [np.asarray(valid_mask(t.data, eps=cfg.eps)) for t in tiles]
     overlaps = find_overlaps(tiles, min_pixels=cfg.min_overlap_pixels, masks=masks)
     t1 = time.perf_counter()
     relations = pairwise_relations(
-        tiles, overlaps, max_samples=cfg.max_samples, seed=cfg.seed, masks=masks,
-        min_points=cfg.min_points, min_dynamic_range=cfg.min_dynamic_range,
+        tiles,
+        overlaps,
+        max_samples=cfg.max_samples,
+        seed=cfg.seed,
+        masks=masks,
+        min_points=cfg.min_points,
+        min_dynamic_range=cfg.min_dynamic_range,
     )
     t2 = time.perf_counter()
     gains, offsets = np.ones((n, n_ch)), np.zeros((n, n_ch))
     report.tile_status = [[] for _ in range(n)]
     for c in range(n_ch):
-        sol = solve_gains_offsets(n, relations, channel=c, gauge=cfg.gauge,
-                                  prior_weight=cfg.prior_weight, robust_iter=cfg.robust_iter)
+        sol = solve_gains_offsets(
+            n,
+            relations,
+            channel=c,
+            gauge=cfg.gauge,
+            prior_weight=cfg.prior_weight,
+            robust_iter=cfg.robust_iter,
+        )
         gains[:, c], offsets[:, c] = sol.gains, sol.offsets
         for k in range(n):
             report.tile_status[k].append(sol.status[k])
@@ -199,14 +214,25 @@ def _run(tiles: list[PlacedTile], cfg: PhotometryOptions, report: PhotometryRepo
             report.pairs.append(_pair_entry(relations[idx], sol, m))
     t3 = time.perf_counter()
     out = [
-        PlacedTile(np.asarray(apply_gains_offsets(t.data, gains[k], offsets[k]), dtype=np.float32),
-                   t.y0, t.x0, t.weight, t.tile_id, dict(t.meta))
+        PlacedTile(
+            np.asarray(apply_gains_offsets(t.data, gains[k], offsets[k]), dtype=np.float32),
+            t.y0,
+            t.x0,
+            t.weight,
+            t.tile_id,
+            dict(t.meta),
+        )
         for k, t in enumerate(tiles)
     ]
     if cfg.background:
         # After offsets, valid = original footprint (values may now be <= 0).
-        match = match_backgrounds(out, target=cfg.background_target, plane=cfg.background_plane,
-                                  overlaps=overlaps, masks=masks)
+        match = match_backgrounds(
+            out,
+            target=cfg.background_target,
+            plane=cfg.background_plane,
+            overlaps=overlaps,
+            masks=masks,
+        )
         out = apply_background_match(out, match)
         report.background_offsets = match.offsets
     t4 = time.perf_counter()
@@ -216,20 +242,36 @@ def _run(tiles: list[PlacedTile], cfg: PhotometryOptions, report: PhotometryRepo
     report.n_relations_offset_only = status.count("offset_only")
     report.n_relations_failed = status.count("failed")
     report.gains, report.offsets = gains, offsets
-    report.timings = {"overlaps_s": t1 - t0, "relations_s": t2 - t1, "solve_s": t3 - t2,
-                      "background_s": t4 - t3}
-    logger.info("photometry: %d tiles, %d overlaps, relations ok/offset-only/failed = %d/%d/%d",
-                n, len(overlaps), report.n_relations_ok, report.n_relations_offset_only,
-                report.n_relations_failed)
+    report.timings = {
+        "overlaps_s": t1 - t0,
+        "relations_s": t2 - t1,
+        "solve_s": t3 - t2,
+        "background_s": t4 - t3,
+    }
+    logger.info(
+        "photometry: %d tiles, %d overlaps, relations ok/offset-only/failed = %d/%d/%d",
+        n,
+        len(overlaps),
+        report.n_relations_ok,
+        report.n_relations_offset_only,
+        report.n_relations_failed,
+    )
     return out
 
 
 def _pair_entry(pr, sol, m: int) -> dict[str, Any]:
     rel = pr.relation
     return {
-        "i": pr.i, "j": pr.j, "channel": pr.channel, "status": rel.status,
-        "reason": rel.reason, "gain": rel.gain, "offset": rel.offset, "gain_err": rel.gain_err,
-        "n_used": rel.n_used, "residual_rms": rel.residual_rms,
+        "i": pr.i,
+        "j": pr.j,
+        "channel": pr.channel,
+        "status": rel.status,
+        "reason": rel.reason,
+        "gain": rel.gain,
+        "offset": rel.offset,
+        "gain_err": rel.gain_err,
+        "n_used": rel.n_used,
+        "residual_rms": rel.residual_rms,
         "solve_gain_residual": float(sol.pair_gain_residual[m]),
         "solve_offset_residual": float(sol.pair_offset_residual[m]),
         "robust_weight": float(sol.pair_robust_weight[m]),

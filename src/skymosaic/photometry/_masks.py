@@ -11,6 +11,7 @@ A pixel is *valid* when it carries data in every channel. Two definitions apply:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from array_api_compat import array_namespace
@@ -47,7 +48,7 @@ def valid_mask(data: Any, *, eps: float | None = 1e-6) -> Any:
     """
     if getattr(data, "ndim", None) != 3:
         raise ValueError(f"data must be shaped (C, H, W), got shape {getattr(data, 'shape', None)}")
-    if eps is not None and not (isinstance(eps, (int, float)) and eps == eps and abs(eps) != float("inf")):
+    if eps is not None and not (isinstance(eps, (int, float)) and math.isfinite(eps)):
         raise ValueError(f"eps must be a finite number or None, got {eps!r}")
     xp = array_namespace(data)
     ok = xp.isfinite(data)

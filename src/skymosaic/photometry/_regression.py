@@ -181,8 +181,14 @@ def _robust_start(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tup
 
 
 def _offset_only(
-    x: np.ndarray, y: np.ndarray, clip_sigma: float, max_iter: int, reason: str,
-    sigma_x: float, sigma_y: float, dynamic_range: float,
+    x: np.ndarray,
+    y: np.ndarray,
+    clip_sigma: float,
+    max_iter: int,
+    reason: str,
+    sigma_x: float,
+    sigma_y: float,
+    dynamic_range: float,
 ) -> Relation:
     """Gain fixed to 1; robust offset = clipped median of ``y - x``."""
     d = y - x
@@ -200,16 +206,33 @@ def _offset_only(
     err = 1.2533 * s / np.sqrt(n) if s > 0 else 1e-12 * max(abs(med), 1.0)
     x_ref = float(np.median(x[keep]))
     return Relation(
-        gain=1.0, offset=med, gain_err=float("inf"), offset_err=float(err), n_used=n,
-        residual_rms=s, status="offset_only", reason=reason, x_ref=x_ref, y_ref=x_ref + med,
-        level_err=float(err), sigma_x=sigma_x, sigma_y=sigma_y, dynamic_range=dynamic_range,
+        gain=1.0,
+        offset=med,
+        gain_err=float("inf"),
+        offset_err=float(err),
+        n_used=n,
+        residual_rms=s,
+        status="offset_only",
+        reason=reason,
+        x_ref=x_ref,
+        y_ref=x_ref + med,
+        level_err=float(err),
+        sigma_x=sigma_x,
+        sigma_y=sigma_y,
+        dynamic_range=dynamic_range,
     )
 
 
 def _failed(reason: str, n_used: int) -> Relation:
     return Relation(
-        gain=1.0, offset=0.0, gain_err=float("inf"), offset_err=float("inf"), n_used=n_used,
-        residual_rms=float("nan"), status="failed", reason=reason,
+        gain=1.0,
+        offset=0.0,
+        gain_err=float("inf"),
+        offset_err=float("inf"),
+        n_used=n_used,
+        residual_rms=float("nan"),
+        status="failed",
+        reason=reason,
     )
 
 
@@ -319,10 +342,29 @@ def fit_linear_relation(
     if n < min_points:
         return _failed(f"{n} points after clipping < min_points={min_points}", n)
     if not np.isfinite(gain) or gain <= 0:
-        return _offset_only(xv, yv, clip_sigma, max_iter, "no positive correlation",
-                            sx or float("nan"), sy or float("nan"), 0.0)
-    return _finish(xv[keep], yv[keep], gain, offset, sx_eff, sy_eff, min_dynamic_range,
-                   clip_sigma, max_iter, xv, yv)
+        return _offset_only(
+            xv,
+            yv,
+            clip_sigma,
+            max_iter,
+            "no positive correlation",
+            sx or float("nan"),
+            sy or float("nan"),
+            0.0,
+        )
+    return _finish(
+        xv[keep],
+        yv[keep],
+        gain,
+        offset,
+        sx_eff,
+        sy_eff,
+        min_dynamic_range,
+        clip_sigma,
+        max_iter,
+        xv,
+        yv,
+    )
 
 
 def _deming_fit(
@@ -364,8 +406,17 @@ def _deming_fit(
 
 
 def _finish(
-    x: np.ndarray, y: np.ndarray, gain: float, offset: float, sx: float, sy: float,
-    min_dr: float, clip_sigma: float, max_iter: int, x_all: np.ndarray, y_all: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    gain: float,
+    offset: float,
+    sx: float,
+    sy: float,
+    min_dr: float,
+    clip_sigma: float,
+    max_iter: int,
+    x_all: np.ndarray,
+    y_all: np.ndarray,
 ) -> Relation:
     """Uncertainties (Fuller 1987, known noise ratio) and the dynamic-range decision."""
     n = x.size
@@ -375,8 +426,14 @@ def _finish(
     dr = float(np.sqrt(max(var_t, 0.0)) / sx) if sx > 0 else float("inf")
     if dr < min_dr or var_t <= 0:
         return _offset_only(
-            x_all, y_all, clip_sigma, max_iter,
-            f"dynamic range {dr:.3g} < min_dynamic_range={min_dr:g}", sx, sy, dr,
+            x_all,
+            y_all,
+            clip_sigma,
+            max_iter,
+            f"dynamic range {dr:.3g} < min_dynamic_range={min_dr:g}",
+            sx,
+            sy,
+            dr,
         )
     resid = y - gain * x - offset
     var_r = float(np.var(resid))
@@ -385,10 +442,19 @@ def _finish(
     var_gain = (var_r / var_t + (sx * sy) ** 2 / var_t**2) / n
     level_var = max(var_r / n, 1e-24)
     return Relation(
-        gain=gain, offset=offset, gain_err=float(np.sqrt(var_gain)),
-        offset_err=float(np.sqrt(level_var + mx * mx * var_gain)), n_used=int(n),
-        residual_rms=rms, status="ok", reason="", x_ref=mx, y_ref=float(y.mean()),
-        level_err=float(np.sqrt(level_var)), sigma_x=float(sx), sigma_y=float(sy),
+        gain=gain,
+        offset=offset,
+        gain_err=float(np.sqrt(var_gain)),
+        offset_err=float(np.sqrt(level_var + mx * mx * var_gain)),
+        n_used=int(n),
+        residual_rms=rms,
+        status="ok",
+        reason="",
+        x_ref=mx,
+        y_ref=float(y.mean()),
+        level_err=float(np.sqrt(level_var)),
+        sigma_x=float(sx),
+        sigma_y=float(sy),
         dynamic_range=dr,
     )
 
@@ -458,15 +524,18 @@ def pairwise_relations(
             pi = np.asarray(ti.data[c][si], dtype=np.float64)
             pj = np.asarray(tj.data[c][sj], dtype=np.float64)
             rel = fit_linear_relation(
-                pi.ravel()[flat], pj.ravel()[flat],
+                pi.ravel()[flat],
+                pj.ravel()[flat],
                 sigma_x=_finite_or_none(estimate_noise(pi, mask=both)),
                 sigma_y=_finite_or_none(estimate_noise(pj, mask=both)),
-                min_points=min_points, min_dynamic_range=min_dynamic_range,
+                min_points=min_points,
+                min_dynamic_range=min_dynamic_range,
                 clip_sigma=clip_sigma,
             )
             if rel.status != "ok":
-                logger.debug("pair (%d, %d) channel %d: %s (%s)", ov.i, ov.j, c,
-                             rel.status, rel.reason)
+                logger.debug(
+                    "pair (%d, %d) channel %d: %s (%s)", ov.i, ov.j, c, rel.status, rel.reason
+                )
             out.append(PairRelation(ov.i, ov.j, c, rel, int(np.count_nonzero(both))))
     return out
 

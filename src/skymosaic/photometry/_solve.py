@@ -117,7 +117,9 @@ def _normal_solve(nodes: np.ndarray, e: _Edges, w: np.ndarray, prior: float) -> 
     cols = np.concatenate([a, b, b, a])
     vals = np.concatenate([w, w, -w, -w])
     mat = sp.coo_matrix((vals, (rows, cols)), shape=(m, m)).tocsc()
-    rhs = np.bincount(a, weights=w * e.d, minlength=m) - np.bincount(b, weights=w * e.d, minlength=m)
+    rhs = np.bincount(a, weights=w * e.d, minlength=m) - np.bincount(
+        b, weights=w * e.d, minlength=m
+    )
     if prior > 0:
         return np.atleast_1d(spsolve(mat + prior * sp.identity(m, format="csc"), rhs))
     # No prior: pin the first node (the data fix differences only); the gauge shifts later.
@@ -231,11 +233,15 @@ def solve_gains_offsets(
     g_sel = np.flatnonzero(gw > 0)
     log_a = np.array([np.log(rels[k].relation.gain) for k in g_sel], dtype=np.float64)
     ge = _Edges(pi[g_sel], pj[g_sel], log_a, gw[g_sel])
-    u, g_res, g_fac = _solve_graph(n, ge, ref=ref, prior_weight=prior_weight, robust_iter=robust_iter)
+    u, g_res, g_fac = _solve_graph(
+        n, ge, ref=ref, prior_weight=prior_weight, robust_iter=robust_iter
+    )
     gains = np.exp(u)
     # Information on each tile's log-gain (diagonal approximation of the posterior; exact
     # effective resistance for a regular grid): var(u_i - u_j) ~ 1/W_i + 1/W_j.
-    info = np.bincount(ge.i, ge.w * g_fac, minlength=n) + np.bincount(ge.j, ge.w * g_fac, minlength=n)
+    info = np.bincount(ge.i, ge.w * g_fac, minlength=n) + np.bincount(
+        ge.j, ge.w * g_fac, minlength=n
+    )
     with np.errstate(divide="ignore"):
         var_u = np.where(info > 0, 1.0 / info, 0.0)
 
@@ -248,7 +254,9 @@ def solve_gains_offsets(
     # level, and the robust step must not mistake that for an inconsistent pair.
     var_d = gains[oj] ** 2 / lw[o_sel] + (gains[oi] * x_ref) ** 2 * (var_u[oi] + var_u[oj])
     oe = _Edges(oi, oj, d, 1.0 / var_d)
-    offsets, o_res, o_fac = _solve_graph(n, oe, ref=ref, prior_weight=prior_weight, robust_iter=robust_iter)
+    offsets, o_res, o_fac = _solve_graph(
+        n, oe, ref=ref, prior_weight=prior_weight, robust_iter=robust_iter
+    )
 
     return _assemble(n, idx, ge, oe, g_sel, o_sel, gains, offsets, g_res, g_fac, o_res, o_fac)
 
@@ -267,19 +275,31 @@ def _assemble(n, idx, ge, oe, g_sel, o_sel, gains, offsets, g_res, g_fac, o_res,
     has_gain[ge.i] = has_gain[ge.j] = True
     has_off = np.zeros(n, dtype=bool)
     has_off[oe.i] = has_off[oe.j] = True
-    status = ["ok" if g else ("offset_only" if o else "fallback") for g, o in zip(has_gain, has_off)]
+    status = [
+        "ok" if g else ("offset_only" if o else "fallback")
+        for g, o in zip(has_gain, has_off, strict=True)
+    ]
     warnings: list[str] = []
     lonely = np.flatnonzero(~has_off)
     if n > 1 and lonely.size:
-        msg = (f"{lonely.size} tile(s) without any usable relation keep gain 1, offset 0: "
-               f"{lonely[:20].tolist()}{' ...' if lonely.size > 20 else ''}")
+        msg = (
+            f"{lonely.size} tile(s) without any usable relation keep gain 1, offset 0: "
+            f"{lonely[:20].tolist()}{' ...' if lonely.size > 20 else ''}"
+        )
         logger.warning(msg)
         warnings.append(msg)
     return Solution(
-        gains=gains, offsets=offsets, status=status, component=_components(n, oe),
-        gain_component=_components(n, ge), pair_index=idx, pair_gain_residual=pair_g,
-        pair_offset_residual=pair_o, pair_robust_weight=pair_of,
-        pair_gain_robust_weight=pair_gf, warnings=warnings,
+        gains=gains,
+        offsets=offsets,
+        status=status,
+        component=_components(n, oe),
+        gain_component=_components(n, ge),
+        pair_index=idx,
+        pair_gain_residual=pair_g,
+        pair_offset_residual=pair_o,
+        pair_robust_weight=pair_of,
+        pair_gain_robust_weight=pair_gf,
+        warnings=warnings,
     )
 
 

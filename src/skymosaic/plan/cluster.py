@@ -14,13 +14,13 @@ clipping of convex quads).
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
@@ -332,8 +332,17 @@ def candidate_pairs(vectors: np.ndarray, max_angle_deg: float) -> np.ndarray:
 
 
 def _validate(
-    footprints: Any, centers: Any, fov_deg: Any, min_overlap: float, center_fraction: Any,
-    max_frames: Any, max_bytes: Any, frame_bytes: Any, mounts: Any, names: Any,
+    footprints: Any,
+    *,
+    centers: Any,
+    fov_deg: Any,
+    min_overlap: float,
+    center_fraction: Any,
+    max_frames: Any,
+    max_bytes: Any,
+    frame_bytes: Any,
+    mounts: Any,
+    names: Any,
 ) -> tuple[np.ndarray | None, np.ndarray, float | None, np.ndarray | None, list[str], np.ndarray]:
     """Check every argument; return footprints, centres, fov, bytes, names, mount codes."""
     fp = None
@@ -363,8 +372,9 @@ def _validate(
         raise ValueError(f"min_overlap must be in [0, 1); got {min_overlap!r}")
     if center_fraction is not None and not (0 < center_fraction <= 10):
         raise ValueError(f"center_fraction must be in (0, 10]; got {center_fraction!r}")
-    if max_frames is not None and (isinstance(max_frames, bool) or int(max_frames) != max_frames
-                                   or max_frames < 1):
+    if max_frames is not None and (
+        isinstance(max_frames, bool) or int(max_frames) != max_frames or max_frames < 1
+    ):
         raise ValueError(f"max_frames must be a positive integer; got {max_frames!r}")
     sizes = None
     if max_bytes is not None:
@@ -386,7 +396,9 @@ def _validate(
         for i, m in enumerate(mounts):
             key = None if m is None else str(m).upper()
             if key is not None and key not in _MOUNTS:
-                raise ValueError(f"mount of frame {names[i]!r} must be 'EQ', 'ALTZ' or None; got {m!r}")
+                raise ValueError(
+                    f"mount of frame {names[i]!r} must be 'EQ', 'ALTZ' or None; got {m!r}"
+                )
             codes[i] = 0 if key is None else 1 + _MOUNTS.index(key)
     return fp, ctr, fov_deg, sizes, [str(s) for s in names], codes
 
@@ -405,7 +417,10 @@ class _Linker:
     """Link test and pruning data for one call of :func:`cluster_frames`."""
 
     def __init__(
-        self, fp: np.ndarray | None, vec: np.ndarray, min_overlap: float,
+        self,
+        fp: np.ndarray | None,
+        vec: np.ndarray,
+        min_overlap: float,
         center_radius_deg: float | None,
     ) -> None:
         self.vec = vec
@@ -471,18 +486,49 @@ def _knn_pairs(vec: np.ndarray, reach: float, k: int = 12) -> np.ndarray:
     return np.unique(pairs, axis=0)
 
 
-def _cross_pairs(ma: np.ndarray, mb: np.ndarray, vec: np.ndarray, chord: float,
-                 trees: dict[int, cKDTree], a: int, b: int) -> np.ndarray:
-    """Local pairs between two components closer than ``chord``, nearest first."""
-    if len(ma) * len(mb) <= 256:
+def _hulls_may_link(linker: _Linker, ga: np.ndarray, gb: np.ndarray) -> bool:
+    """False when no pair of frames of components ``ga`` and ``gb`` can link.
+
+    Every pairwise intersection lies inside the intersection of the two
+    components' convex hulls (all corners, on one tangent plane), so when that
+    area is below ``min_overlap`` times the smallest footprint no pair can link
+    and the component pair is skipped without enumerating its frame pairs.
+    """
+    if linker.vfp is None or not linker.use_discs or linker.min_overlap <= 0:
+        return True
+    pa, pb = linker.vfp[ga].reshape(-1, 3), linker.vfp[gb].reshape(-1, 3)
+    center = pa.sum(axis=0) + pb.sum(axis=0)
+    center /= np.linalg.norm(center)
+    both = _project(np.concatenate([pa, pb])[None], center[None])[0]
+    scale = float(np.abs(both).max()) or 1.0  # float32 for OpenCV: work in units of the extent
+    both = (both / scale).astype(np.float32)
+    hull_a = cv2.convexHull(both[: len(pa)])
+    hull_b = cv2.convexHull(both[len(pa) :])
+    area, _ = cv2.intersectConvexConvex(hull_a, hull_b)
+    smallest = float(min(linker.areas[ga].min(), linker.areas[gb].min()))
+    return bool(area * scale**2 * 1.05 + 1e-12 * scale**2 >= linker.min_overlap * smallest)
+
+
+def _cross_pairs(
+    vec: np.ndarray, ma: np.ndarray, mb: np.ndarray, chord: float, near: int | None
+) -> np.ndarray:
+    """Local pairs between two components closer than ``chord``, nearest first.
+
+    With ``near``, only the ``near`` frames of each side closest to the other
+    side's centre are paired (a cheap first try); otherwise all close pairs,
+    found with a KD-tree (vectorised, no Python loop over pairs).
+    """
+    if near is not None:
+        ca, cb = vec[ma].sum(axis=0), vec[mb].sum(axis=0)
+        ma = ma[np.argsort(-(vec[ma] @ cb), kind="stable")[:near]]
+        mb = mb[np.argsort(-(vec[mb] @ ca), kind="stable")[:near]]
+    if near is not None or len(ma) * len(mb) <= 4096:
         cross = np.stack(np.meshgrid(ma, mb, indexing="ij"), axis=-1).reshape(-1, 2)
     else:
-        for c, m in ((a, ma), (b, mb)):
-            if c not in trees:
-                trees[c] = cKDTree(vec[m])
-        hits = trees[a].query_ball_tree(trees[b], chord)
-        cross = np.array([(ma[i], mb[j]) for i, js in enumerate(hits) for j in js],
-                         dtype=np.int64).reshape(-1, 2)
+        sdm = cKDTree(vec[ma]).sparse_distance_matrix(
+            cKDTree(vec[mb]), chord, output_type="ndarray"
+        )
+        cross = np.column_stack([ma[sdm["i"]], mb[sdm["j"]]]).astype(np.int64)
     d = np.linalg.norm(vec[cross[:, 0]] - vec[cross[:, 1]], axis=1)
     cross, d = cross[d <= chord], d[d <= chord]
     return cross[np.argsort(d, kind="stable")]
@@ -522,31 +568,54 @@ def _link_subset(members: np.ndarray, linker: _Linker, reach: float) -> list[np.
             x = int(parent[x])
         return x
 
-    trees: dict[int, cKDTree] = {}
     chord = _chord(reach) * (1 + 1e-12)
     for a, b in cpairs.tolist():
         ra, rb = find(a), find(b)
-        if ra == rb:
+        if ra == rb or not _hulls_may_link(linker, members[cmembers[a]], members[cmembers[b]]):
             continue
-        cross = _cross_pairs(cmembers[a], cmembers[b], vec, chord, trees, a, b)
-        for lo in range(0, len(cross), 4096):  # nearest first; stop at the first link
-            part = members[cross[lo : lo + 4096]]
-            ok = linker.test(part)
-            if ok.any():
-                found.append(part[ok][:1])
-                parent[ra] = rb
-                break
+        link = _first_link(linker, members, vec, cmembers[a], cmembers[b], chord=chord)
+        if link is not None:
+            found.append(link)
+            parent[ra] = rb
     return found
 
 
+def _first_link(
+    linker: _Linker,
+    members: np.ndarray,
+    vec: np.ndarray,
+    ma: np.ndarray,
+    mb: np.ndarray,
+    *,
+    chord: float,
+) -> np.ndarray | None:
+    """One linking pair (1, 2) of global indices between two components, or None."""
+    for near in (64, None):  # the facing frames first, then every close pair
+        cross = _cross_pairs(vec, ma, mb, chord, near)
+        for lo in range(0, len(cross), 8192):  # nearest first; stop at the first link
+            part = members[cross[lo : lo + 8192]]
+            ok = linker.test(part)
+            if ok.any():
+                return part[ok][:1]
+        if near is not None and len(ma) <= near and len(mb) <= near:
+            break  # the first try already covered every pair
+    return None
+
+
 def _find_links(
-    fp: np.ndarray | None, vec: np.ndarray, diag: float, min_overlap: float,
-    center_fraction: float | None, codes: np.ndarray,
+    fp: np.ndarray | None,
+    vec: np.ndarray,
+    *,
+    diag: float,
+    min_overlap: float,
+    center_fraction: float | None,
+    codes: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return the component label of every frame and the links that were found."""
     n = len(vec)
-    linker = _Linker(fp, vec, min_overlap,
-                     None if center_fraction is None else center_fraction * diag)
+    linker = _Linker(
+        fp, vec, min_overlap, None if center_fraction is None else center_fraction * diag
+    )
     reach = linker.reach()
     found: list[np.ndarray] = []
     for code in np.unique(codes):  # frames of different mount modes never link
@@ -561,8 +630,12 @@ def _components(n: int, links: np.ndarray) -> np.ndarray:
 
 
 def _split(
-    members: np.ndarray, vec: np.ndarray, max_frames: int | None,
-    max_bytes: float | None, sizes: np.ndarray | None,
+    members: np.ndarray,
+    vec: np.ndarray,
+    *,
+    max_frames: int | None,
+    max_bytes: float | None,
+    sizes: np.ndarray | None,
 ) -> list[np.ndarray]:
     """Recursive bisection along the principal axis of the centres."""
     n = len(members)
@@ -589,9 +662,11 @@ def _split(
         cut = round(n * left_parts / parts)
     cut = min(max(cut, 1), n - 1)
     left, right = np.sort(members[order[:cut]]), np.sort(members[order[cut:]])
-    return _split(left, vec, max_frames, max_bytes, sizes) + _split(
-        right, vec, max_frames, max_bytes, sizes
-    )
+    return [
+        part
+        for half in (left, right)
+        for part in _split(half, vec, max_frames=max_frames, max_bytes=max_bytes, sizes=sizes)
+    ]
 
 
 def _order_groups(groups: list[np.ndarray], vec: np.ndarray) -> list[list[int]]:
@@ -613,12 +688,13 @@ def _find_isolated(
     tree = cKDTree(vec)
     dist, _ = tree.query(vec[singletons], k=2)
     limit = _chord(math.radians(_ISOLATION_DIAGONALS * diag))
-    isolated = [i for i, d in zip(singletons, dist[:, 1]) if d > limit]
+    isolated = [i for i, d in zip(singletons, dist[:, 1], strict=False) if d > limit]
     for i in isolated:
         logger.warning(
             "isolated frame %s forms its own group; check its WCS "
             "(nearest frame %.3g deg away, field diagonal %.3g deg)",
-            names[i], math.degrees(2 * math.asin(min(dist[singletons.index(i), 1] / 2, 1.0))),
+            names[i],
+            math.degrees(2 * math.asin(min(dist[singletons.index(i), 1] / 2, 1.0))),
             diag,
         )
     return isolated
@@ -692,8 +768,16 @@ def cluster_frames(
     in exactly one part, none is duplicated.
     """
     fp, ctr, fov, sizes, name_list, codes = _validate(
-        footprints, centers, fov_deg, min_overlap, center_fraction, max_frames,
-        max_bytes, frame_bytes, mounts, names,
+        footprints,
+        centers=centers,
+        fov_deg=fov_deg,
+        min_overlap=min_overlap,
+        center_fraction=center_fraction,
+        max_frames=max_frames,
+        max_bytes=max_bytes,
+        frame_bytes=frame_bytes,
+        mounts=mounts,
+        names=names,
     )
     n = len(ctr)
     if n == 0:
@@ -704,7 +788,9 @@ def cluster_frames(
     else:
         assert fp is not None
         diag = float(np.median(_diagonals_deg(_unit_vectors(fp))))
-    comp, links = _find_links(fp, vec, diag, min_overlap, center_fraction, codes)
+    comp, links = _find_links(
+        fp, vec, diag=diag, min_overlap=min_overlap, center_fraction=center_fraction, codes=codes
+    )
     order = np.argsort(comp, kind="stable")
     bounds = np.flatnonzero(np.diff(comp[order])) + 1
     components = np.split(order, bounds)
@@ -712,13 +798,16 @@ def cluster_frames(
     isolated = _find_isolated(singletons, vec, diag, name_list)
     parts: list[np.ndarray] = []
     for members in components:
-        parts.extend(_split(members, vec, max_frames, max_bytes, sizes))
+        parts.extend(_split(members, vec, max_frames=max_frames, max_bytes=max_bytes, sizes=sizes))
     groups = _order_groups(parts, vec)
     labels = np.empty(n, dtype=np.int64)
     for k, g in enumerate(groups):
         labels[g] = k
     logger.info(
         "clustered %d frames into %d groups (%d links, %d isolated)",
-        n, len(groups), len(links), len(isolated),
+        n,
+        len(groups),
+        len(links),
+        len(isolated),
     )
-    return Clustering(labels, groups, isolated, name_list, int(len(links)))
+    return Clustering(labels, groups, isolated, name_list, len(links))

@@ -63,8 +63,11 @@ def _is_int(value: object) -> bool:
 
 
 def _is_pos_number(value: object) -> bool:
-    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and (
-        bool(np.isfinite(value)) and value > 0
+    return bool(
+        isinstance(value, (int, float, np.number))
+        and not isinstance(value, bool)
+        and np.isfinite(value)
+        and value > 0
     )
 
 
@@ -127,7 +130,8 @@ class StackSettings:
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-        if self.reference != "auto" and not (_is_int(self.reference) and self.reference >= 0):
+        ref = self.reference
+        if ref != "auto" and not (isinstance(ref, (int, np.integer)) and _is_int(ref) and ref >= 0):
             raise ValueError(f"reference must be 'auto' or an int >= 0, got {self.reference!r}")
         weighting = self.weighting
         if not isinstance(weighting, (str, Iterable)):
@@ -235,7 +239,8 @@ def chunk_rows_for(
     if rows == 1 and bytes_per_row > settings.memory_budget_bytes:
         logger.warning(
             "memory budget %d B is below one row (%d B): stacking row by row",
-            settings.memory_budget_bytes, bytes_per_row,
+            settings.memory_budget_bytes,
+            bytes_per_row,
         )
     return int(min(rows, height))
 
@@ -250,7 +255,7 @@ def _as_figure(name: str, value: object, shape: tuple[int, ...]) -> np.ndarray |
     return arr
 
 
-def _validate_inputs(cube, exposure, noise, fwhm, pixel_weights, progress, settings):
+def _validate_inputs(cube, *, exposure, noise, fwhm, pixel_weights, progress, settings):
     if not isinstance(settings, StackSettings):
         raise ValueError(f"settings must be a StackSettings, got {type(settings).__name__}")
     shape = getattr(cube, "shape", None)
@@ -259,7 +264,7 @@ def _validate_inputs(cube, exposure, noise, fwhm, pixel_weights, progress, setti
     if np.dtype(cube.dtype).kind not in "fiu":
         raise ValueError(f"cube must hold real numbers, got dtype {cube.dtype}")
     n, c, h, w = (int(s) for s in shape)
-    if settings.reference != "auto" and settings.reference >= n:
+    if isinstance(settings.reference, (int, np.integer)) and settings.reference >= n:
         raise ValueError(f"reference={settings.reference} is out of range for {n} frames")
     figures = (
         _as_figure("exposure", exposure, (n,)),
@@ -327,13 +332,20 @@ def stack_cube(
     """
     settings = StackSettings() if settings is None else settings
     (n, c, h, w), (exposure, noise, fwhm) = _validate_inputs(
-        cube, exposure, noise, fwhm, pixel_weights, progress, settings
+        cube,
+        exposure=exposure,
+        noise=noise,
+        fwhm=fwhm,
+        pixel_weights=pixel_weights,
+        progress=progress,
+        settings=settings,
     )
     t0 = time.perf_counter()
-    reference = None
+    reference: int | None = None
     if settings.normalization != "none":
-        reference = settings.reference
-        if reference == "auto":
+        if settings.reference != "auto":
+            reference = int(settings.reference)
+        else:
             reference = select_reference(
                 cube, noise=noise, fwhm=fwhm, sample_rows=settings.sample_rows, seed=settings.seed
             )
@@ -351,8 +363,15 @@ def stack_cube(
     rows = chunk_rows_for(n, c, h, w, settings)
     logger.info(
         "stacking %d frames of %dx%dx%d: %s normalisation, %s rejection, %s combine, "
-        "%d rows per chunk", n, c, h, w, settings.normalization, settings.rejection,
-        settings.combine, rows,
+        "%d rows per chunk",
+        n,
+        c,
+        h,
+        w,
+        settings.normalization,
+        settings.rejection,
+        settings.combine,
+        rows,
     )
     data = np.full((c, h, w), np.nan, dtype=np.float32)
     weight = np.zeros((h, w), dtype=np.float32)
@@ -361,7 +380,13 @@ def stack_cube(
     for r0 in range(0, h, rows):
         r1 = min(r0 + rows, h)
         out = _stack_chunk(
-            cube, pixel_weights, r0, r1, gains=gains, offsets=offsets, fweights=fweights,
+            cube,
+            pixel_weights,
+            r0,
+            r1,
+            gains=gains,
+            offsets=offsets,
+            fweights=fweights,
             settings=settings,
         )
         data[:, r0:r1], weight[r0:r1], nmap[r0:r1] = out[0], out[1], out[2]
@@ -371,12 +396,23 @@ def stack_cube(
     elapsed = time.perf_counter() - t0
     logger.info(
         "stacked in %.2f s: %d samples rejected, %.1f %% of pixels covered",
-        elapsed, int(rejected.sum()), 100.0 * np.count_nonzero(nmap) / nmap.size,
+        elapsed,
+        int(rejected.sum()),
+        100.0 * np.count_nonzero(nmap) / nmap.size,
     )
     return StackResult(
-        data=data, weight=weight, n_frames_map=nmap, rejected_per_frame=rejected.sum(axis=1),
-        rejected_per_channel=rejected, gains=gains, offsets=offsets, frame_weights=fweights,
-        reference=reference, settings=settings, chunk_rows=rows, elapsed_s=elapsed,
+        data=data,
+        weight=weight,
+        n_frames_map=nmap,
+        rejected_per_frame=rejected.sum(axis=1),
+        rejected_per_channel=rejected,
+        gains=gains,
+        offsets=offsets,
+        frame_weights=fweights,
+        reference=reference,
+        settings=settings,
+        chunk_rows=rows,
+        elapsed_s=elapsed,
     )
 
 
@@ -390,7 +426,7 @@ def _stack_chunk(
     offsets: np.ndarray,
     fweights: np.ndarray,
     settings: StackSettings,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray]:
     """Rows ``r0:r1`` -> (data (C,h,W), weight (h,W), n_frames (h,W), rejected (N,C))."""
     # A copy: normalisation works in place and must never touch the caller's cube.
     x = np.array(cube[:, :, r0:r1, :], dtype=np.float32, copy=True)
@@ -407,9 +443,13 @@ def _stack_chunk(
     rejected = np.zeros(fweights.shape, dtype=np.int64)
     if settings.rejection != "none":
         mask = reject(
-            x, method=settings.rejection, kappa_low=settings.kappa_low,
-            kappa_high=settings.kappa_high, max_iter=settings.max_iter,
-            n_low=settings.n_low, n_high=settings.n_high,
+            x,
+            method=settings.rejection,
+            kappa_low=settings.kappa_low,
+            kappa_high=settings.kappa_high,
+            max_iter=settings.max_iter,
+            n_low=settings.n_low,
+            n_high=settings.n_high,
         )
         rejected = count_rejected(mask)
         np.copyto(x, np.float32(np.nan), where=mask)
@@ -430,7 +470,7 @@ def _weighted_sums(
     independent of the chunk it was computed in.
     """
     xp = array_namespace(x)
-    n, c = x.shape[:2]
+    n = x.shape[0]
     num = xp.zeros(x.shape[1:], dtype=xp.float64) if want_mean else None
     den = xp.zeros(x.shape[1:], dtype=xp.float64)
     nmap = xp.zeros(x.shape[2:], dtype=xp.int32)

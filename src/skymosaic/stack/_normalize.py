@@ -138,7 +138,7 @@ def select_reference(
     return ref
 
 
-def _fit_channel(
+def _fit_channel(  # noqa: PLR0911 (one return per fallback)
     frame: np.ndarray,
     ref: np.ndarray,
     method: str,
@@ -233,16 +233,22 @@ def estimate_normalization(
         or not isinstance(reference, (int, np.integer))
         or not 0 <= reference < n
     ):
-        raise ValueError(f"reference must be 'auto' or a frame index in [0, {n}), got {reference!r}")
-    sig = None if noise is None else np.broadcast_to(
-        np.asarray(noise, dtype=np.float64).reshape(n, -1), (n, c)
+        raise ValueError(
+            f"reference must be 'auto' or a frame index in [0, {n}), got {reference!r}"
+        )
+    sig = (
+        None
+        if noise is None
+        else np.broadcast_to(np.asarray(noise, dtype=np.float64).reshape(n, -1), (n, c))
     )
     gains = np.ones((n, c))
     offsets = np.zeros((n, c))
     if method == "none":
         return gains, offsets
     if reference == "auto":
-        reference = select_reference(cube, noise=noise, fwhm=fwhm, sample_rows=sample_rows, seed=seed)
+        reference = select_reference(
+            cube, noise=noise, fwhm=fwhm, sample_rows=sample_rows, seed=seed
+        )
     ref = int(reference)
     rows = sample_row_indices(h, sample_rows, seed)
     ref_rows = _read_rows(cube, ref, rows)
@@ -258,6 +264,11 @@ def estimate_normalization(
             gains[k, ch], offsets[k, ch] = g, b
     logger.info(
         "%s normalisation onto frame %d: gains %.4g..%.4g, offsets %.4g..%.4g",
-        method, ref, gains.min(), gains.max(), offsets.min(), offsets.max(),
+        method,
+        ref,
+        gains.min(),
+        gains.max(),
+        offsets.min(),
+        offsets.max(),
     )
     return gains, offsets

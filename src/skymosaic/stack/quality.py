@@ -245,7 +245,12 @@ def measure_quality(
     fwhm, elong = _robust_shape(objects, fwhm_all, clean, max_stars)
     logger.debug(
         "quality: back=%.4g rms=%.4g stars=%d (clean %d) fwhm=%.3g elong=%.3g",
-        background, noise, n_stars, int(clean.sum()), fwhm, elong,
+        background,
+        noise,
+        n_stars,
+        int(clean.sum()),
+        fwhm,
+        elong,
     )
     return FrameQuality(background, noise, n_stars, fwhm, elong)
 
@@ -332,7 +337,10 @@ class QualitySettings:
 
     def __post_init__(self) -> None:
         for name in (
-            "max_background_mad", "max_noise_mad", "max_fwhm_mad", "max_elongation_mad",
+            "max_background_mad",
+            "max_noise_mad",
+            "max_fwhm_mad",
+            "max_elongation_mad",
             "max_star_mad",
         ):
             value = getattr(self, name)
@@ -342,7 +350,11 @@ class QualitySettings:
             raise ValueError(f"min_star_fraction must be in [0, 1); got {self.min_star_fraction!r}")
         if not (0.0 <= self.mad_floor < 1.0):
             raise ValueError(f"mad_floor must be in [0, 1); got {self.mad_floor!r}")
-        if isinstance(self.min_frames, bool) or not isinstance(self.min_frames, int) or self.min_frames < 1:
+        if (
+            isinstance(self.min_frames, bool)
+            or not isinstance(self.min_frames, int)
+            or self.min_frames < 1
+        ):
             raise ValueError(f"min_frames must be a positive integer; got {self.min_frames!r}")
 
 
@@ -432,9 +444,9 @@ def _judge_session(
         stats[attr] = {"median": med, "spread": spread}
         if not math.isfinite(med):
             continue
-        for i in np.flatnonzero(values > med + k * spread):
-            reasons[i].append(
-                f"{label} {fmt.format(values[i])} > median {fmt.format(med)} + "
+        for j in np.flatnonzero(values > med + k * spread).tolist():
+            reasons[j].append(
+                f"{label} {fmt.format(values[j])} > median {fmt.format(med)} + "
                 f"{k:g} MAD ({fmt.format(spread)}){hint}"
             )
     return reasons, stats
@@ -487,8 +499,10 @@ def select_frames(
     base = settings if settings is not None else QualitySettings()
     unknown = set(thresholds) - set(QualitySettings.__dataclass_fields__)
     if unknown:
-        raise TypeError(f"unknown threshold(s) {sorted(unknown)}; allowed: "
-                        f"{sorted(QualitySettings.__dataclass_fields__)}")
+        raise TypeError(
+            f"unknown threshold(s) {sorted(unknown)}; allowed: "
+            f"{sorted(QualitySettings.__dataclass_fields__)}"
+        )
     cfg = QualitySettings(**{**asdict(base), **thresholds})
     if len(qualities) != len(names):
         raise ValueError(f"got {len(qualities)} qualities but {len(names)} names")
@@ -505,7 +519,7 @@ def select_frames(
         members = [i for i, k in enumerate(keys) if k == key]
         why, stats = _judge_session([qualities[i] for i in members], cfg)
         all_stats[str(key)] = stats
-        for i, msgs in zip(members, why):
+        for i, msgs in zip(members, why, strict=False):
             if msgs:
                 accepted[i] = False
                 reasons[names[i]] = "; ".join(msgs)

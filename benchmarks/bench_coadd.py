@@ -59,7 +59,13 @@ import skymosaic
 from skymosaic.assemble import CoaddOptions, FileSource, _coadd, coadd
 from skymosaic.io import frame_footprint, scan_frame
 from skymosaic.reproject import optimal_grid
-from skymosaic.synth import coverage_fraction, make_survey, residual_rms, write_survey
+from skymosaic.synth import (
+    coverage_fraction,
+    frame_border_mask,
+    make_survey,
+    residual_rms,
+    write_survey,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -351,9 +357,13 @@ def _orchestrate(args: argparse.Namespace, workdir: Path) -> int:
     acc = _accuracy(mosaics, truth, args.noise_sigma)
     if "reproject" in mosaics:
         diff = np.abs(mosaics["skymosaic"] - mosaics["reproject"]) / args.noise_sigma
-        d = diff[np.isfinite(diff)]
-        agreement = (_robust_rms(d), math.sqrt(float(np.mean(d.astype(np.float64) ** 2))),
-                     float(np.percentile(d, 99.9)), float(d.max()))
+        # The tools differ in which frames count at a pixel next to a frame's valid-region
+        # edge (kernel-support rule); away from those edges only the resampling differs.
+        edges = frame_border_mask(survey.frames, grid.wcs, grid.shape, width=1)
+        agreement = []
+        for d in (diff[np.isfinite(diff)], diff[np.isfinite(diff) & ~edges[None]]):
+            agreement += [_robust_rms(d), math.sqrt(float(np.mean(d.astype(np.float64) ** 2))),
+                          float(np.percentile(d, 99.9)), float(d.max())]
     else:
         agreement = None
 
@@ -408,8 +418,9 @@ def _orchestrate(args: argparse.Namespace, workdir: Path) -> int:
               f"{m_ratio:.2f}x above baseline")
         print(f"accuracy ratio rms(reproject)/rms(skymosaic): {a_ratio:.4f} "
               "(>= 1: skymosaic at least as accurate)")
-        print("skymosaic - reproject over common pixels, in sigma: robust RMS {:.2e}, RMS {:.2e},"
-              " p99.9 {:.4f}, max {:.3f}".format(*agreement))
+        print("|skymosaic - reproject| / sigma over common pixels: robust RMS {:.2e}, RMS {:.2e},"
+              " p99.9 {:.2e}, max {:.3f}; beyond 1 px of any frame's valid-region edge: "
+              "robust RMS {:.2e}, RMS {:.2e}, p99.9 {:.2e}, max {:.3f}".format(*agreement))
         print(f"target (>= 10x faster, accuracy ratio >= 1): "
               f"{'MET' if t_ratio >= 10 and a_ratio >= 0.999 else 'NOT MET'}")
     if profile_text:

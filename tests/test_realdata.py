@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from skymosaic.assemble import CoaddOptions, FileSource, coadd
 from skymosaic.io import load_frame, scan_frame
@@ -59,13 +60,17 @@ def measure(img: np.ndarray, *, thresh: float = 5.0) -> Field:
     bkg = sep.Background(img, mask=mask, bw=64, bh=64)
     sub = img - bkg.back()
     cat = sep.extract(sub, thresh, err=bkg.globalrms, mask=mask, minarea=5)
-    dist = np.hypot(cat["x"][:, None] - cat["x"][None], cat["y"][:, None] - cat["y"][None])
-    np.fill_diagonal(dist, np.inf)
-    return Field(sub=sub, mask=mask, rms=float(bkg.globalrms), cat=cat, nearest=dist.min(axis=1))
+    xy = np.column_stack([cat["x"], cat["y"]])
+    nearest = cKDTree(xy).query(xy, k=2)[0][:, 1] if len(cat) > 1 else np.full(len(cat), np.inf)
+    return Field(sub=sub, mask=mask, rms=float(bkg.globalrms), cat=cat, nearest=nearest)
 
 
-def bright_isolated(f: Field, *, snr: float, isolation: float, saturation: float, edge: int) -> np.ndarray:
-    """Indices of unflagged, unsaturated, isolated point-like detections away from NaN/edges."""
+def bright_isolated(f: Field, *, snr: float, isolation: float, saturation: float, edge: int,
+                    min_b: float = 0.8) -> np.ndarray:
+    """Indices of unflagged, unsaturated, isolated star-like detections away from NaN/edges.
+
+    ``min_b`` (sep's minor-axis rms, px) drops hot pixels and cosmic rays, which are
+    narrower than any PSF (a Seestar hot pixel has b ~ 0.6 px, its stars b ~ 1.1 px)."""
     c = f.cat
     near_bad = ndimage.binary_dilation(f.mask, iterations=edge)
     h, w = f.sub.shape
@@ -74,7 +79,7 @@ def bright_isolated(f: Field, *, snr: float, isolation: float, saturation: float
     inside = (c["x"] > edge) & (c["x"] < w - 1 - edge) & (c["y"] > edge) & (c["y"] < h - 1 - edge)
     ok = (
         (c["flag"] == 0) & (c["peak"] > snr * f.rms) & (c["peak"] < saturation)
-        & (f.nearest > isolation) & inside & ~near_bad[yi, xi]
+        & (f.nearest > isolation) & (c["b"] > min_b) & inside & ~near_bad[yi, xi]
     )
     return np.flatnonzero(ok)
 
@@ -93,16 +98,24 @@ def half_flux_diameter(f: Field, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return 2.0 * r
 
 
+def hfd_ratio(a: Field, axy, b: Field, bxy) -> np.ndarray:
+    """Per-star half-flux-diameter ratio a/b (stars where either is undefined dropped)."""
+    ha, hb = half_flux_diameter(a, *axy), half_flux_diameter(b, *bxy)
+    ok = np.isfinite(ha) & np.isfinite(hb) & (hb > 0)
+    assert ok.mean() > 0.9
+    return ha[ok] / hb[ok]
+
+
 def peaks_near(img: np.ndarray, x: float, y: float, *, radius: int, level: float) -> int:
     """Number of local maxima above ``level`` within ``radius`` px of (x, y)."""
-    xi, yi = int(round(x)), int(round(y))
+    xi, yi = round(x), round(y)
     box = img[yi - radius : yi + radius + 1, xi - radius : xi + radius + 1]
     local_max = (box == ndimage.maximum_filter(box, size=3)) & (box > level)
     return int(local_max.sum())
 
 
 def local_peak(img: np.ndarray, x: float, y: float) -> float:
-    xi, yi = int(round(x)), int(round(y))
+    xi, yi = round(x), round(y)
     return float(img[yi - 1 : yi + 2, xi - 1 : xi + 2].max())
 
 
@@ -137,21 +150,26 @@ def test_m17_coadd_uses_every_tile(m17):
 
 
 def test_m17_coverage_has_no_holes(m17):
-    """Every output pixel that maps inside the valid data of some tile (the tile's finite
-    pixels, eroded by 1 px for the bilinear support) is covered; none beyond the data is."""
+    """Every output pixel that maps inside the valid data of some tile, eroded by 1 px
+    (3x3) for the bilinear support, is covered by it; and no pixel is covered by a tile
+    whose nearest input pixel is NaN or outside (nothing invented beyond the data)."""
     infos, grid, result = m17
     h, w = grid.shape
-    expected = np.zeros((h, w), np.uint16)
+    lower = np.zeros((h, w), np.uint16)
+    upper = np.zeros((h, w), np.uint16)
     for info in infos:
         valid = np.isfinite(load_frame(info)[0])
-        core = ndimage.binary_erosion(valid, iterations=1, border_value=0).astype(np.float32)
+        core = ndimage.binary_erosion(valid, structure=np.ones((3, 3)), border_value=0)
         pm = pixel_map(grid.wcs, info.wcs, (0, h, 0, w))
-        hit, fp = resample(core[None], pm.x, pm.y, kernel="nearest")
-        expected += (fp & (hit[0] > 0.5)).astype(np.uint16)
+        masks = np.stack([core, valid]).astype(np.float32)
+        hit, fp = resample(masks, pm.x, pm.y, kernel="nearest")
+        lower += (fp & (hit[0] > 0.5)).astype(np.uint16)
+        upper += (fp & (hit[1] > 0.5)).astype(np.uint16)
     cov = result.coverage
-    assert (expected > 0).sum() > 0.8 * h * w
-    assert np.all(cov[expected > 0] >= 1), "gap inside the union of the tiles"
-    assert np.all(cov >= expected)
+    assert (lower > 0).sum() > 0.8 * h * w
+    assert np.all(cov[lower > 0] >= 1), "gap inside the union of the tiles"
+    assert np.all(cov >= lower)
+    assert np.all(cov <= upper)
     filled = ndimage.binary_fill_holes(cov > 0)
     assert not (filled & (cov == 0)).any()
 
@@ -160,9 +178,10 @@ def test_m17_stars_single_sharp_and_registered(m17):
     infos, grid, result = m17
     mosaic = measure(result.data[0])
     offsets, ratios, overlap_offsets = [], [], []
-    multi_peaks = checked = 0
+    multi_peaks, tiles = [], []
     for info in infos:
         tile = measure(load_frame(info)[0])
+        tiles.append(tile)
         sel = bright_isolated(tile, snr=50.0, isolation=10.0, saturation=5000.0, edge=10)
         assert sel.size > 100
         tx, ty = centroids(tile, tile.cat["x"][sel], tile.cat["y"][sel])
@@ -170,13 +189,15 @@ def test_m17_stars_single_sharp_and_registered(m17):
         mx, my = centroids(mosaic, mx_pred, my_pred)
         off = np.hypot(mx - mx_pred, my - my_pred)
         offsets.append(off)
-        ratios.append(half_flux_diameter(mosaic, mx, my) / half_flux_diameter(tile, tx, ty))
+        ratios.append(hfd_ratio(mosaic, (mx, my), tile, (tx, ty)))
         cov = result.coverage[np.round(my_pred).astype(int), np.round(mx_pred).astype(int)]
         overlap_offsets.append(off[cov >= 2])
-        for k in range(sel.size):
-            level = 0.5 * tile.cat["peak"][sel[k]]
-            checked += 1
-            multi_peaks += peaks_near(mosaic.sub, mx[k], my[k], radius=5, level=level) != 1
+        for x, y, xt, yt in zip(mx, my, tx, ty, strict=True):
+            n_mos = peaks_near(mosaic.sub, x, y, radius=5, level=0.5 * local_peak(mosaic.sub, x, y))
+            n_tile = peaks_near(tile.sub, xt, yt, radius=5,
+                                level=0.5 * local_peak(tile.sub, xt, yt))
+            multi_peaks.append((n_mos, n_tile))
+    checked = len(multi_peaks)
     offsets = np.concatenate(offsets)
     overlap_offsets = np.concatenate(overlap_offsets)
     ratios = np.concatenate(ratios)
@@ -188,10 +209,16 @@ def test_m17_stars_single_sharp_and_registered(m17):
     assert np.percentile(overlap_offsets, 99) < 0.3
     # Sharpness: the half-flux diameter grows only by the bilinear resampling (~5%).
     assert 0.95 < np.median(ratios) < 1.12
-    # Single: one peak within 5 px, above half the star's peak (a doubled star has two).
-    assert multi_peaks <= 0.01 * checked
+    # Single: local maxima within 5 px above half the star's peak, mosaic vs tile. A
+    # misregistered overlap doubles a star (more peaks in the mosaic than in the tile);
+    # real close pairs have two in both (measured: 1417 (1, 1), 21 (2, 2), 4 (1, 2) where
+    # resampling merges a close pair, 1 (2, 1)).
+    more = sum(n_mos > n_tile for n_mos, n_tile in multi_peaks)
+    single = sum(n_tile == 1 for _, n_tile in multi_peaks)
+    assert single > 0.95 * checked
+    assert more <= 0.002 * checked
     # Catalogue level, as an astronomer would look at it: median sizes agree within 10%.
-    tile0 = measure(load_frame(infos[0])[0])
+    tile0 = tiles[0]
     s0 = bright_isolated(tile0, snr=20.0, isolation=10.0, saturation=5000.0, edge=10)
     sm = bright_isolated(mosaic, snr=20.0, isolation=10.0, saturation=5000.0, edge=10)
     hfd_tile = np.median(half_flux_diameter(tile0, tile0.cat["x"][s0], tile0.cat["y"][s0]))
@@ -209,7 +236,8 @@ def m94():
     if len(paths) < 3:
         pytest.skip(f"expected >= 3 M94 Seestar frames in {folder / 'raw'}, found {len(paths)}")
     infos = [scan_frame(p, wcs_dirs=[folder / "wcs"]) for p in paths]
-    grid = optimal_grid([i.footprint for i in infos], pixel_scale_arcsec=infos[0].pixel_scale_arcsec)
+    grid = optimal_grid([i.footprint for i in infos],
+                        pixel_scale_arcsec=infos[0].pixel_scale_arcsec)
     result = coadd([FileSource.from_info(i) for i in infos], grid, options=CoaddOptions(threads=2))
     return infos, grid, result
 
@@ -252,7 +280,7 @@ def test_m94_stars_round_sharp_and_registered(m94):
     # measured: median ~0.09 px, max ~0.3 px (astrometry.net solutions of each frame)
     assert np.median(off) < 0.2
     assert off.max() < 0.5
-    ratio = half_flux_diameter(mosaic, mx, my) / half_flux_diameter(ref, rx, ry)
+    ratio = hfd_ratio(mosaic, (mx, my), ref, (rx, ry))
     assert 0.9 < np.median(ratio) < 1.15  # measured ~1.07
     # single: one local maximum within 6 px above half the star's own mosaic peak
     singles = [

@@ -37,7 +37,7 @@ app = typer.Typer(
     no_args_is_help=True,
     help="skymosaic: seamless, photometrically consistent mosaics from overlapping FITS frames.",
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # never break paths in messages
 
 
 class RichProgress(Progress):

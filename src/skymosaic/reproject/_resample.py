@@ -45,7 +45,9 @@ def _invalid_support(invalid: np.ndarray, xmap: np.ndarray, ymap: np.ndarray, ke
         # so that a cell within r - 1 pixels of the edge is rejected too (the outer taps
         # of bicubic/Lanczos would read the border fill there).
         size = 2 * r - 1
-        src = cv2.dilate(src, np.ones((size, size), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=1.0)
+        src = cv2.dilate(
+            src, np.ones((size, size), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=1.0
+        )
     out = cv2.remap(src, xmap, ymap, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=1.0)
     return out > 1e-6
 

@@ -187,6 +187,31 @@ def inspect(
 
 
 @app.command()
+def plan(
+    inputs: Annotated[list[str], typer.Argument(help="FITS files, folders or glob patterns")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="the CSV to write")] = Path("stack_plan.csv"),
+    config_file: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML configuration")] = None,
+    min_overlap: Annotated[Optional[float], typer.Option(help="link frames overlapping more than this")] = None,
+    wcs_dir: Annotated[Optional[list[Path]], typer.Option(help="folder with .wcs sidecars")] = None,
+) -> None:
+    """Group frames by sky position and write an editable stack_plan.csv."""
+    from skymosaic.pipeline import plan_inputs
+
+    overrides = {"cluster.min_overlap": min_overlap,
+                 "input.wcs_dirs": [str(p) for p in wcs_dir] if wcs_dir else None}
+    try:
+        config = load_config(config_file, overrides)
+        _setup_logging(config.run.log_level)
+        path, catalog, groups = plan_inputs(inputs, out, config)
+    except ConfigError as err:
+        raise _fail(str(err), EXIT_USAGE) from err
+    except (NoUsableFramesError, FileNotFoundError) as err:
+        raise _fail(str(err), EXIT_USAGE) from err
+    Console().print(f"{sum(len(g) for g in groups)} frame(s) in {len(groups)} group(s) written to "
+                    f"[bold]{path}[/]; {len(catalog.rejected)} file(s) left out")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option("-o", "--out", help="output folder")] = Path("demo_out"),
     seed: Annotated[int, typer.Option(help="random seed of the synthetic survey")] = 1,

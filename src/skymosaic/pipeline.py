@@ -35,6 +35,7 @@ from skymosaic.io import (
 )
 from skymosaic.io._diagnostics import write_photometry_diagnostics
 from skymosaic.io._writer import atomic_path, write_json, write_mosaic, write_preview
+from skymosaic.io.stack_plan import PlanRow, write_stack_plan
 from skymosaic.photometry import PhotometryOptions
 from skymosaic.reproject import OutputGrid, grid_from_header, optimal_grid
 from skymosaic.stack.classic import StackedGroups, group_frames, select_by_quality, stack_groups
@@ -188,6 +189,42 @@ def frame_weight(info: FrameInfo, stats: FrameStats | None, weighting: str) -> f
         var = np.nanmean(np.square(stats.noise))
         return float(1.0 / var) if np.isfinite(var) and var > 0 else 1.0
     return 1.0
+
+
+def plan_inputs(
+    inputs: Sequence[str | os.PathLike], csv_path: str | os.PathLike, config: Config | None = None
+) -> tuple[Path, Catalog, list[list[str]]]:
+    """Write the classic-mode grouping of ``inputs`` as an editable ``stack_plan.csv``.
+
+    Headers only (no pixels are read): frames without a usable WCS are left out (and
+    logged); every other frame gets a row with its exposure, mount, filter, batch (the
+    night of DATE-OBS) and ``tile_id`` = its group. Returns the CSV path, the catalog and the
+    groups (frame names).
+
+    Raises
+    ------
+    NoUsableFramesError
+        When no frame has a usable WCS.
+    """
+    config = config or Config()
+    paths = discover_inputs(inputs, recursive=config.input.recursive)
+    catalog = build_catalog(paths, config, threads=config.run.threads or (os.cpu_count() or 1))
+    if not catalog.frames:
+        raise NoUsableFramesError(f"no frame with a usable WCS among {len(paths)} file(s)")
+    clustering = group_frames(catalog.frames, config)
+    rows = []
+    for index, members in enumerate(clustering.groups):
+        for k in members:
+            f = catalog.frames[k]
+            rows.append(PlanRow(
+                path=f.path, exposure=f.exposure, mount=f.mount, filter=f.filter,
+                batch_id=(f.date_obs or "")[:10] or None, order=len(rows), tile_id=f"tile_{index:04d}",
+                extra={}, row_number=len(rows) + 1,
+            ))
+    out = write_stack_plan(rows, csv_path)
+    groups = [[catalog.frames[k].name for k in members] for members in clustering.groups]
+    logger.info("wrote %d frame(s) in %d group(s) to %s", len(rows), len(groups), out)
+    return out, catalog, groups
 
 
 @contextmanager

@@ -4,9 +4,9 @@ Kernel definitions (one per name, shared by every backend):
 
 - ``nearest``: the input pixel whose centre is nearest.
 - ``bilinear`` and ``bicubic``: OpenCV's ``remap`` (bicubic is Keys' cubic convolution
-  with a = -0.75). OpenCV quantises the fractional sample position to 1/32 pixel
-  (``INTER_TAB_SIZE``), i.e. positions are exact to +-1/64 px; this is far below a
-  seeing disc and costs nothing in flux, and it buys a 20-50x speed-up over exact gathers.
+  with a = -0.75), 20-50x faster than exact gathers. OpenCV 4.x quantises the fractional
+  sample position to 1/32 pixel (``INTER_TAB_SIZE``, positions exact to +-1/64 px, far below
+  a seeing disc); OpenCV 5 interpolates float images at exact positions.
 - ``lanczos3``: separable ``sinc(t) sinc(t/3)`` on 6x6 samples, weights normalised to sum 1,
   evaluated exactly (no position quantisation) with NumPy gathers: slower, sharpest.
 

@@ -92,12 +92,14 @@ def source_bbox(source: ImageSource, grid: OutputGrid, *, margin: int = 2) -> tu
 
 
 def _plan_blocks(grid: OutputGrid, channels: int, sources: Sequence[ImageSource], opts: CoaddOptions) -> int:
-    """Rows per block so that accumulators + in-flight tasks fit in the memory budget."""
+    """Rows per block so that outputs + accumulators + in-flight tasks fit in the budget."""
     h, w = grid.shape
     largest = max((s.shape[0] * s.shape[1] * s.shape[2] for s in sources), default=0)
     tasks = (opts.n_threads + 1) * largest * 4 * _TASK_FACTOR
+    out_bytes = h * w * (4 * channels + 6)
+    in_memory = 0 if _output_on_disk(grid, channels, opts) else out_bytes
     per_row = w * (channels * _ACC_BYTES_PER_CHANNEL + _ACC_BYTES_PER_PIXEL)
-    room = opts.memory_budget - tasks
+    room = opts.memory_budget - tasks - in_memory
     rows = room // per_row if room > 0 else 0
     if rows < opts.min_block_rows:
         logger.warning(
@@ -106,6 +108,12 @@ def _plan_blocks(grid: OutputGrid, channels: int, sources: Sequence[ImageSource]
         )
         rows = opts.min_block_rows
     return int(min(h, rows))
+
+
+def _output_on_disk(grid: OutputGrid, channels: int, opts: CoaddOptions) -> bool:
+    """An output larger than half the budget is built in memory-mapped scratch files."""
+    h, w = grid.shape
+    return opts.scratch_dir is not None and h * w * (4 * channels + 6) > opts.memory_budget // 2
 
 
 def resample_source(
@@ -158,18 +166,24 @@ class _Block:
         self.cov = np.zeros((y1 - y0, width), np.uint16)
 
     def add(self, cut: tuple[int, int, int, int], img: np.ndarray, wt: np.ndarray) -> None:
+        """Accumulate ``img * wt`` in place (``img`` is consumed: no full-size temporaries)."""
         cy0, cy1, cx0, cx1 = cut
         sl = (slice(cy0 - self.y0, cy1 - self.y0), slice(cx0, cx1))
         good = wt > 0
-        self.acc[(slice(None), *sl)] += np.where(good, img * wt, 0.0)
+        np.multiply(img, wt, out=img)
+        img[:, ~good] = 0.0  # NaN where the source has no valid sample (weight 0 there)
+        self.acc[(slice(None), *sl)] += img
         self.wsum[sl] += wt
-        self.cov[sl] += good.astype(np.uint16)
+        self.cov[sl] += good
 
-    def finish(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def finish(self, data: np.ndarray, wsum: np.ndarray, cov: np.ndarray) -> None:
+        """Write the weighted mean (NaN where no weight), weights and coverage into the outputs."""
         has = self.wsum > 0
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(has, self.acc / np.where(has, self.wsum, 1.0), np.nan)
-        return mean.astype(np.float32), self.wsum.astype(np.float32), self.cov
+        data[...] = np.nan
+        for ch in range(self.acc.shape[0]):
+            np.divide(self.acc[ch], self.wsum, out=data[ch], where=has, casting="same_kind")
+        wsum[...] = self.wsum
+        cov[...] = self.cov
 
 
 def _blocks(height: int, rows: int) -> Iterator[tuple[int, int]]:
@@ -228,10 +242,9 @@ def coadd(
         s.name: "outside the output grid" for s, b in zip(sources, bboxes, strict=True) if b is None
     }
     block_rows = _plan_blocks(grid, n_ch, sources, opts)
-    out_bytes = h * w * (4 * n_ch + 6)
     # An output larger than half the budget lives in memory-mapped files in scratch_dir
     # (the caller owns that folder and removes it after writing the FITS).
-    scratch = opts.scratch_dir if out_bytes > opts.memory_budget // 2 else None
+    scratch = opts.scratch_dir if _output_on_disk(grid, n_ch, opts) else None
     data = _allocate((n_ch, h, w), np.float32, np.nan, scratch, "data")
     wsum_out = _allocate((h, w), np.float32, 0.0, scratch, "weight")
     cov_out = _allocate((h, w), np.uint16, 0, scratch, "coverage")
@@ -268,7 +281,7 @@ def coadd(
                 elif result is not None:
                     block.add(*result)
                     contributed.add(k)
-            data[:, y0:y1], wsum_out[y0:y1], cov_out[y0:y1] = block.finish()
+            block.finish(data[:, y0:y1], wsum_out[y0:y1], cov_out[y0:y1])
     used = [sources[k].name for k in sorted(contributed)]
     for k, s in enumerate(sources):
         if k not in contributed and s.name not in rejected:

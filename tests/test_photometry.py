@@ -165,7 +165,8 @@ def test_deming_measures_noise_on_images():
     y = 0.9 * t - 7 + rng.normal(0, 2.0, t.shape)
     rel = fit_linear_relation(x, y)
     assert rel.status == "ok"
-    assert abs(rel.sigma_x - 2.0) < 0.3 and abs(rel.sigma_y - 2.0) < 0.3
+    # 3-px differences (robust to resampling correlation) see a little crowding: +15% here.
+    assert abs(rel.sigma_x - 2.0) < 0.4 and abs(rel.sigma_y - 2.0) < 0.4
     assert abs(rel.gain - 0.9) < 3 * rel.gain_err + 1e-3
 
 

@@ -16,8 +16,9 @@ class FrameStats:
     """Valid fraction, robust background (median) and noise per channel of one frame.
 
     ``noise`` is estimated from the median absolute deviation of differences between
-    horizontally adjacent pixels, divided by sqrt(2): smooth structure (gradients, nebulae)
-    cancels in the difference, and the median ignores stars, so it measures pixel noise.
+    pixels 3 apart along rows, divided by sqrt(2): smooth structure (gradients, nebulae)
+    cancels in the difference, the median ignores stars, and at 3 px the correlation that
+    debayering or resampling put between neighbours is gone.
     """
 
     valid_fraction: float
@@ -46,7 +47,8 @@ def frame_stats(data: np.ndarray, *, max_samples: int = 1_000_000) -> FrameStats
         plane = sub[ch]
         values = plane[np.isfinite(plane)]
         bg.append(float(np.median(values)))
-        diff = (plane[:, 1:] - plane[:, :-1]).ravel()
+        lag = 3 if plane.shape[1] > 3 else 1
+        diff = (plane[:, lag:] - plane[:, :-lag]).ravel()
         diff = diff[np.isfinite(diff)]
         if diff.size < 16:
             noise.append(float("nan"))

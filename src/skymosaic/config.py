@@ -131,7 +131,7 @@ class StackConfig(_Section):
         default_factory=lambda: ["noise"], description="frame weights (product of these)"
     )
     rejection: Literal["none", "kappa_sigma", "winsorized", "linear_fit", "minmax"] = Field(
-        default="kappa_sigma", description="per-pixel outlier rejection"
+        default="winsorized", description="per-pixel outlier rejection"
     )
     kappa_low: float = Field(default=3.0, gt=0, description="low clipping threshold, sigma")
     kappa_high: float = Field(default=3.0, gt=0, description="high clipping threshold, sigma")

@@ -11,6 +11,7 @@ it while resampling: no corrected copy of any tile is ever held.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Sequence
@@ -89,10 +90,7 @@ def _uncorrected(source: ImageSource) -> ImageSource:
     """The source without any photometric correction (the solve starts from raw values)."""
     if source.gain is None and source.offset is None:
         return source
-    clone = type(source).__new__(type(source))
-    clone.__dict__.update(source.__dict__)
-    clone.gain, clone.offset = None, None
-    return clone
+    return dataclasses.replace(source, gain=None, offset=None)
 
 
 def match_sources(

@@ -26,7 +26,7 @@ from skymosaic.config import load_config
 from skymosaic.io import read_mosaic
 from skymosaic.photometry._regression import fit_linear_relation
 from skymosaic.pipeline import run_pipeline
-from skymosaic.synth import frame_border_mask, make_survey, seam_score, write_survey
+from skymosaic.synth import frame_border_mask, make_survey, make_truth_sky, seam_score, write_survey
 
 SKY = 100.0
 
@@ -99,12 +99,11 @@ def test_photometry_report_and_matched_sky_levels(survey_dir, matched):
     assert np.ptp(g_true * SKY + o_true) > 20.0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "every pair regression that phase 5 accepts ('ok') underestimates the gain ratio "
-    "g_j/g_i of the two frames by 2.4-4.3 % (fits 0.739, 0.792, 0.902, 1.032, 1.195, 1.133 "
-    "for true 0.759, 0.812, 0.943, 1.070, 1.242, 1.161; 1.3-3.9 x their gain_err), a "
-    "one-sided attenuation bias; cause: see test_pure_correlated_noise_has_no_gain"))
-def test_pair_gains_match_true_ratios(survey_dir, matched):
+def test_pair_gains_agree_with_true_ratios_within_their_errors(survey_dir, matched):
+    # These small frames hold few stars: the pair gains are loose (1-3 %), but their
+    # stated errors must be honest. Before the sky planes were removed from the pair fits
+    # (fit_overlap), gradients lined up with nebulosity biased every gain by 2-4 %, at
+    # 1.3-3.9 times the stated error.
     survey, paths, _ = survey_dir
     ph = matched[0].report["photometry"]
     order = list(ph["inputs"])  # pair indices i, j refer to the inputs in this order
@@ -113,7 +112,27 @@ def test_pair_gains_match_true_ratios(survey_dir, matched):
     assert len(ok) >= 3
     for q in ok:
         ratio = true_gain[order[q["j"]]] / true_gain[order[q["i"]]]
-        assert q["gain"] == pytest.approx(ratio, rel=0.02), (q["i"], q["j"], q["gain"], ratio)
+        pull = abs(np.log(q["gain"] / ratio)) / (q["gain_err"] / q["gain"])
+        assert pull < 3.5, (q["i"], q["j"], q["gain"], q["gain_err"], ratio)
+
+
+def test_star_rich_overlaps_give_gains_within_half_a_percent(tmp_path):
+    # The bar: relative gains within 0.5 % where overlaps contain stars (the sky
+    # gradients and offsets of the frame model are all present).
+    truth = make_truth_sky(center=(150.0, 2.0), size_deg=(0.3, 0.3), n_stars=2000, seed=5)
+    survey = make_survey(n_x=3, n_y=2, frame_shape=(96, 128), channels=1, frames_per_pointing=1,
+                         gain_range=(0.8, 1.25), offset_range=(0.0, 60.0), noise_sigma=5.0,
+                         sky_level=SKY, seed=1, truth=truth)
+    paths = write_survey(survey, tmp_path / "frames")
+    result = run_pipeline([paths[0].parent], tmp_path / "out", _config())
+    ph = result.report["photometry"]
+    order = list(ph["inputs"])
+    # a frame whose every overlap is offset-only (no stars) keeps the gauge's gain
+    linked = sorted({order[q[k]] for q in ph["pairs"] if q["status"] == "ok" for k in "ij"})
+    assert len(linked) >= 4
+    true = {p.name: f.gain[0] for p, f in zip(paths, survey.frames, strict=True)}
+    product = np.array([ph["inputs"][n]["gain"][0] * true[n] for n in linked])  # equal if exact
+    np.testing.assert_allclose(product / np.exp(np.mean(np.log(product))), 1.0, atol=0.005)
 
 
 def test_pure_correlated_noise_has_no_gain():

@@ -152,6 +152,11 @@ class PhotometryConfig(_Section):
     robust_iter: int = Field(default=3, ge=0, description="robust re-weighting iterations of the solve")
     min_overlap_pixels: int = Field(default=100, ge=10, description="smallest overlap used for a pair")
     max_samples: int = Field(default=20000, ge=100, description="pixels sampled per pair and channel")
+    gain_from: Literal["auto", "pixels", "stars"] = Field(
+        default="auto", description="pair gains from detrended pixels, star aperture fluxes, or auto "
+        "(pixels unless PSFs differ or the two disagree; docs/photometry.md)")
+    match_kernel: Literal["nearest", "bilinear", "bicubic", "lanczos3"] = Field(
+        default="lanczos3", description="resampling kernel of the inputs for the pair fits")
     background: bool = Field(default=True, description="SWarp-like background matching after the solve")
     coverage_renorm: bool = Field(default=False, description="second pass: coverage-based gain per input")
     coverage_sigma_px: float = Field(default=32.0, gt=0, description="blur of the coverage map, px")

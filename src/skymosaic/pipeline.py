@@ -397,10 +397,12 @@ def _photometry_phase(run: _Run, sources, grid: OutputGrid, opts: CoaddOptions) 
         gauge=cfg.gauge, prior_weight=cfg.prior_weight, robust_iter=cfg.robust_iter,
         min_overlap_pixels=cfg.min_overlap_pixels, max_samples=cfg.max_samples,
         background=cfg.background, eps=valid_min if valid_min is not None and np.isfinite(valid_min) else None,
+        gain_from=cfg.gain_from,
     )
     try:
         with run.phase("photometry"):
-            match = match_sources(sources, grid, options=opts, photometry=options)
+            match = match_sources(sources, grid, options=opts, photometry=options,
+                                  match_kernel=cfg.match_kernel)
     except (FrameError, ValueError, ArithmeticError, MemoryError) as err:
         logger.warning("photometric matching failed (%s: %s); plain coadd without corrections",
                        type(err).__name__, err)

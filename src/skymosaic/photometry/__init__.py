@@ -16,7 +16,9 @@ from skymosaic.photometry._regression import (
     PairRelation,
     Relation,
     estimate_noise,
+    detrend,
     fit_linear_relation,
+    fit_overlap,
     pairwise_relations,
 )
 from skymosaic.photometry._solve import Solution, apply_gains_offsets, solve_gains_offsets
@@ -37,7 +39,9 @@ __all__ = [
     "estimate_background",
     "estimate_noise",
     "find_overlaps",
+    "detrend",
     "fit_linear_relation",
+    "fit_overlap",
     "match_backgrounds",
     "normalize_tiles",
     "pairwise_relations",

@@ -51,6 +51,8 @@ class PhotometryOptions:
         Also remove relative sky tilts (planes) during background matching.
     background_target : "median" or float
         Final median sky level per channel.
+    gain_from : {"auto", "pixels", "stars"}
+        How pair gains are measured (see `skymosaic.photometry.fit_overlap`).
     seed : int
         Seed of the pixel sampling.
     """
@@ -66,6 +68,7 @@ class PhotometryOptions:
     background: bool = True
     background_plane: bool = False
     background_target: str | float = "median"
+    gain_from: str = "auto"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -81,6 +84,8 @@ class PhotometryOptions:
             raise ValueError(f"max_samples={self.max_samples} < min_points={self.min_points}")
         if not self.min_dynamic_range >= 0:
             raise ValueError(f"min_dynamic_range must be >= 0, got {self.min_dynamic_range!r}")
+        if self.gain_from not in ("auto", "pixels", "stars"):
+            raise ValueError(f"gain_from must be 'auto', 'pixels' or 'stars', got {self.gain_from!r}")
         bt = self.background_target
         if not (bt == "median" or (isinstance(bt, (int, float)) and math.isfinite(bt))):
             raise ValueError(f"background_target must be 'median' or a number, got {bt!r}")
@@ -193,6 +198,7 @@ def _run(
         masks=masks,
         min_points=cfg.min_points,
         min_dynamic_range=cfg.min_dynamic_range,
+        gain_from=cfg.gain_from,
     )
     t2 = time.perf_counter()
     gains, offsets = np.ones((n, n_ch)), np.zeros((n, n_ch))

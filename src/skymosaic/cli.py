@@ -26,6 +26,7 @@ from rich.table import Table
 
 from skymosaic._version import __version__
 from skymosaic.config import Config, ConfigError, load_config
+from skymosaic.io.stack_plan import StackPlanError
 from skymosaic.pipeline import NoUsableFramesError, Progress, RunResult, run_pipeline
 
 __all__ = ["app", "main"]
@@ -112,7 +113,7 @@ def _run_with_config(inputs: list[str], out: Path, config: Config) -> RunResult:
     try:
         with _bars() as bars:
             return run_pipeline(inputs, out, config, progress=RichProgress(bars))
-    except (NoUsableFramesError, FileNotFoundError) as err:
+    except (NoUsableFramesError, FileNotFoundError, StackPlanError) as err:
         raise _fail(str(err), EXIT_USAGE) from err
 
 
@@ -132,6 +133,9 @@ def run(
     threads: Annotated[Optional[int], typer.Option(help="worker threads (0 = all cores)")] = None,
     no_preview: Annotated[bool, typer.Option("--no-preview", help="skip the PNG preview")] = False,
     log_level: Annotated[Optional[str], typer.Option(help="DEBUG | INFO | WARNING | ERROR")] = None,
+    plan: Annotated[Optional[Path], typer.Option(
+        help="stack_plan.csv: grid/survey mode (default: one found in an input folder)")] = None,
+    no_plan: Annotated[bool, typer.Option("--no-plan", help="ignore a stack_plan.csv in the inputs")] = False,
 ) -> None:
     """Build a mosaic from INPUTS into OUT (mosaic.fits, preview, run.json, log)."""
     overrides = {
@@ -141,6 +145,7 @@ def run(
         "input.bayer_pattern": bayer_pattern.upper() if bayer_pattern else None,
         "run.memory_budget_mb": memory_budget, "run.threads": threads,
         "output.preview": False if no_preview else None, "run.log_level": log_level,
+        "grid.plan": str(plan) if plan else None, "grid.auto_plan": False if no_plan else None,
     }
     try:
         config = load_config(config_file, overrides)

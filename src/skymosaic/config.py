@@ -111,6 +111,21 @@ class QualityConfig(_Section):
     mad_floor: float = Field(default=0.02, ge=0, lt=1, description="MAD is at least this fraction of the median")
 
 
+class GridConfig(_Section):
+    """Grid/survey mode, driven by a stack_plan.csv (see docs/stack_plan.md)."""
+
+    plan: Path | None = Field(
+        default=None, description="stack_plan.csv (default: one found in an input folder)")
+    auto_plan: bool = Field(default=True, description="use a stack_plan.csv found in an input folder")
+    tile_factor: float = Field(default=1.0, gt=0, le=20, description="tile size / median frame size")
+    overlap: float = Field(default=0.3, ge=0, le=0.9, description="fraction of a tile shared with its neighbour")
+    min_frames: int = Field(default=1, ge=1, description="tiles with fewer frames are dropped")
+    blend: Literal["pyramid", "feather", "mean"] = Field(
+        default="pyramid", description="multi-resolution blending, feathering or weighted mean")
+    blend_levels: int | None = Field(default=None, ge=1, le=12, description="pyramid levels (default: from overlap)")
+    feather_sigma: float = Field(default=2.0, gt=0, description="smoothing of the feathering masks, px")
+
+
 class ClusterConfig(_Section):
     """Grouping of frames by sky position (classic mode)."""
 
@@ -152,7 +167,7 @@ class PhotometryConfig(_Section):
     robust_iter: int = Field(default=3, ge=0, description="robust re-weighting iterations of the solve")
     min_overlap_pixels: int = Field(default=100, ge=10, description="smallest overlap used for a pair")
     max_samples: int = Field(default=20000, ge=100, description="pixels sampled per pair and channel")
-    gain_from: Literal["auto", "pixels", "stars"] = Field(
+    gain_from: Literal["auto", "pixels", "stars", "none"] = Field(
         default="auto", description="pair gains from detrended pixels, star aperture fluxes, or auto "
         "(pixels unless PSFs differ or the two disagree; docs/photometry.md)")
     match_kernel: Literal["nearest", "bilinear", "bicubic", "lanczos3"] = Field(
@@ -196,6 +211,7 @@ class Config(_Section):
     """The whole configuration (see ``docs/configuration.md``)."""
 
     input: InputConfig = Field(default_factory=InputConfig)
+    grid: GridConfig = Field(default_factory=GridConfig)
     reproject: ReprojectConfig = Field(default_factory=ReprojectConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     coadd: CoaddConfig = Field(default_factory=CoaddConfig)

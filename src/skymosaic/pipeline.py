@@ -25,6 +25,8 @@ from skymosaic._version import __version__
 from skymosaic.assemble import CoaddOptions, FileSource, coadd
 from skymosaic.assemble._phase5 import MatchResult, match_sources, renormalise_coverage
 from skymosaic.config import Config, config_digest, dump_toml
+from skymosaic.grid import find_plan, run_grid
+from skymosaic.io.stack_plan import StackPlan, StackPlanError, read_stack_plan
 from skymosaic.io import (
     FrameError,
     FrameInfo,
@@ -280,7 +282,14 @@ def run_pipeline(
         tmp.write_text(dump_toml(config))
     with _log_to_file(out / "skymosaic.log"):
         with run.phase("discover"):
-            paths = discover_inputs(inputs, recursive=config.input.recursive)
+            plan_path = find_plan(inputs, config)
+            plan = _read_plan(run, plan_path) if plan_path is not None else None
+            if plan is not None:
+                paths = _unique_paths(row.path for row in plan.rows)
+                logger.info("[GRID] plan %s: %d frame(s), %d row(s) rejected", plan_path,
+                            len(paths), len(plan.rejected))
+            else:
+                paths = discover_inputs(inputs, recursive=config.input.recursive)
             logger.info("found %d candidate files", len(paths))
             catalog = build_catalog(paths, config, progress=progress, threads=run.threads)
         run.report["frames"] = {"found": len(paths), "rejected": catalog.rejected}
@@ -299,6 +308,11 @@ def run_pipeline(
                     grid.pixel_scale_arcsec)
         scratch = out / ".scratch"
         scratch.mkdir(exist_ok=True)
+        if plan is not None:
+            try:
+                return _grid_mode(run, catalog, plan, grid, scratch)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
         try:
             opts = CoaddOptions(
                 kernel=config.reproject.kernel, map_tolerance=config.reproject.map_tolerance_px,
@@ -336,6 +350,70 @@ def run_pipeline(
         run.finish()
         logger.info("mosaic written to %s", mosaic_path)
     return RunResult(out, mosaic_path, preview_path, run.report, tuple(result.data.shape))
+
+
+def _read_plan(run: _Run, path: Path) -> StackPlan:
+    """Read the stack plan; rejected rows are warned about (row number, column, reason)."""
+    run.report["mode"] = "grid"
+    try:
+        plan = read_stack_plan(path)
+    except (StackPlanError, OSError) as err:
+        run.report["plan"] = {"path": str(path), "error": str(err)}
+        run.finish("failed: bad plan")
+        raise
+    for bad in plan.rejected:
+        logger.warning("[GRID] %s row %d (%s): %s; row skipped", Path(path).name, bad.row_number,
+                       bad.path_text, bad.reason)
+    run.report["plan"] = {"path": str(path), "rows": len(plan.rows),
+                          "rejected": [bad._asdict() for bad in plan.rejected]}
+    return plan
+
+
+def _unique_paths(paths) -> list[Path]:
+    seen, out = set(), []
+    for p in paths:
+        key = str(Path(p).resolve())
+        if key not in seen:
+            seen.add(key)
+            out.append(Path(p))
+    return out
+
+
+def _grid_mode(run: _Run, catalog: Catalog, plan: StackPlan, canvas: OutputGrid, scratch: Path) -> RunResult:
+    """Grid/survey mode after the catalog and the canvas: tiles, stacks, assembly, products."""
+    config = run.config
+    opts = CoaddOptions(
+        kernel=config.reproject.kernel, map_tolerance=config.reproject.map_tolerance_px,
+        grid_step=config.reproject.grid_step_px, memory_budget=config.memory_budget_bytes,
+        threads=run.threads, scratch_dir=str(scratch),
+    )
+    products = run_grid(
+        plan=plan, frames=catalog.frames, canvas=canvas, config=config, options=opts, out=run.out,
+        scratch=scratch, noise={k: v.noise for k, v in catalog.stats.items()},
+        fwhm={k: q.fwhm for k, q in catalog.quality.items()}, threads=run.threads,
+        phase=run.phase, progress=run.progress,
+    )
+    if not products:
+        run.fail("no tile assembled", "grid mode assembled no tile")
+    first = products[0]
+    used = {name for p in products for name in p.report["frames"]}
+    run.report["grid"] = {p.filter or "": p.report for p in products}
+    run.report["frames"] = {
+        "found": len(catalog.frames) + len(catalog.rejected), "used": len(used),
+        "rejected": dict(catalog.rejected),
+        "list": [{**f.to_dict(), "used": f.name in used} for f in catalog.frames],
+    }
+    run.report["output"] = {**canvas.to_dict(), "channels": int(first.data_shape[0]),
+                            "coverage_fraction": first.report["coverage_fraction"],
+                            "max_depth": first.report["max_depth"]}
+    run.report["products"] = {
+        "mosaic": first.mosaic_path.name, "preview": first.preview_path.name if first.preview_path else None,
+        "mosaics": {p.filter or "": p.mosaic_path.name for p in products},
+        "log": "skymosaic.log", "config": "config.toml",
+    }
+    run.finish()
+    logger.info("[GRID] %d mosaic(s) written: %s", len(products), ", ".join(p.mosaic_path.name for p in products))
+    return RunResult(run.out, first.mosaic_path, first.preview_path, run.report, first.data_shape)
 
 
 class _Run:

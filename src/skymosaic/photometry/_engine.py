@@ -51,8 +51,9 @@ class PhotometryOptions:
         Also remove relative sky tilts (planes) during background matching.
     background_target : "median" or float
         Final median sky level per channel.
-    gain_from : {"auto", "pixels", "stars"}
-        How pair gains are measured (see `skymosaic.photometry.fit_overlap`).
+    gain_from : {"auto", "pixels", "stars", "none"}
+        How pair gains are measured (see `skymosaic.photometry.fit_overlap`); ``none``
+        solves offsets only.
     seed : int
         Seed of the pixel sampling.
     """
@@ -84,8 +85,8 @@ class PhotometryOptions:
             raise ValueError(f"max_samples={self.max_samples} < min_points={self.min_points}")
         if not self.min_dynamic_range >= 0:
             raise ValueError(f"min_dynamic_range must be >= 0, got {self.min_dynamic_range!r}")
-        if self.gain_from not in ("auto", "pixels", "stars"):
-            raise ValueError(f"gain_from must be 'auto', 'pixels' or 'stars', got {self.gain_from!r}")
+        if self.gain_from not in ("auto", "pixels", "stars", "none"):
+            raise ValueError(f"gain_from must be 'auto', 'pixels', 'stars' or 'none', got {self.gain_from!r}")
         bt = self.background_target
         if not (bt == "median" or (isinstance(bt, (int, float)) and math.isfinite(bt))):
             raise ValueError(f"background_target must be 'median' or a number, got {bt!r}")

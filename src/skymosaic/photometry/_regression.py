@@ -13,8 +13,8 @@ per-frame linear-fit normalisation; keep its signature stable.
 
 from __future__ import annotations
 
-import logging
 import dataclasses
+import logging
 from dataclasses import dataclass
 from typing import Literal
 
@@ -541,7 +541,7 @@ def subtract_background(image: np.ndarray, valid: np.ndarray, mesh: int) -> np.n
     bw, bh = max(2, min(int(mesh), w)), max(2, min(int(mesh), h))
     try:
         back = sep.Background(img, mask=np.ascontiguousarray(~valid), bw=bw, bh=bh, fw=3, fh=3).back()
-    except Exception as err:  # noqa: BLE001 - sep raises plain Exceptions; fall back to a level
+    except Exception as err:
         logger.debug("mesh background failed (%s): subtracting the median", err)
         back = np.median(img[valid]) if valid.any() else 0.0
     return np.where(valid, img - back, np.nan)
@@ -577,7 +577,7 @@ def _detect(hx: np.ndarray, hy: np.ndarray, valid: np.ndarray, sx: float, sy: fl
     try:
         objs = sep.extract(det, threshold * np.sqrt(2.0), mask=np.ascontiguousarray(~valid),
                            minarea=4, deblend_cont=0.005, clean=True)
-    except Exception as err:  # noqa: BLE001 - sep raises plain Exceptions (e.g. too many objects)
+    except Exception as err:
         logger.debug("source extraction failed (%s)", err)
         return np.empty(0, dtype=[("x", "f8"), ("y", "f8"), ("a", "f8"), ("b", "f8"), ("flux", "f8")])
     if len(objs) == 0:
@@ -682,7 +682,7 @@ def fit_overlap(
     y: np.ndarray,
     valid: np.ndarray,
     *,
-    gain_from: Literal["auto", "stars", "pixels"] = "auto",
+    gain_from: Literal["auto", "stars", "pixels", "none"] = "auto",
     detrend_order: int = 1,
     gain_mesh: int = 16,
     min_stars: int = 5,
@@ -727,8 +727,8 @@ def fit_overlap(
         The two images on the same pixels (``x`` is the reference).
     valid : ndarray of bool, shape (H, W)
         Pixels valid in both.
-    gain_from : {"auto", "stars", "pixels"}
-        How the gain is measured (above).
+    gain_from : {"auto", "stars", "pixels", "none"}
+        How the gain is measured (above); ``none``: offset-only relations.
     detrend_order : int
         Order of the polynomial surface removed before the pixel fit (-1: none).
     gain_mesh : int
@@ -764,6 +764,9 @@ def fit_overlap(
     rng = rng if rng is not None else np.random.default_rng(0)
     if flat.size > max_samples:
         flat = np.sort(rng.choice(flat, size=max_samples, replace=False))
+    if gain_from == "none":
+        return _offset_only(xa.ravel()[flat], ya.ravel()[flat], clip_sigma, max_iter,
+                            "gains disabled (offset-only)", float("nan"), float("nan"), 0.0)
     if detrend_order >= 0:
         dx, dy = detrend(xa, both, detrend_order), detrend(ya, both, detrend_order)
     else:

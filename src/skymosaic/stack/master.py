@@ -63,14 +63,17 @@ class MasterTile:
         }
 
 
-def tile_fingerprint(inputs: TileInputs, settings: StackSettings, options: CoaddOptions, scale: float) -> str:
-    """A digest of everything a master tile depends on (frames, their sizes, settings)."""
+def tile_fingerprint(inputs: TileInputs, settings: StackSettings, options: CoaddOptions, scale: float,
+                     grid: OutputGrid | None = None) -> str:
+    """A digest of everything a master tile depends on (frames, their sizes, settings, grid)."""
     parts = {
         "frames": [[str(f.path), os.path.getsize(f.path), os.path.getmtime(f.path)] for f in inputs.frames],
         "settings": {k: v for k, v in settings.to_dict().items() if k not in ("memory_budget_bytes", "chunk_rows")},
         "kernel": options.kernel, "tolerance": options.map_tolerance, "scale": round(scale, 9),
         "version": __version__,
     }
+    if grid is not None:  # only then, so that classic fingerprints stay as they were
+        parts["grid"] = [list(grid.shape), grid.wcs.to_header_string(relax=True)]
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
@@ -107,8 +110,13 @@ def build_master_tile(
     scratch_dir: str | os.PathLike,
     valid_min: float | None = None,
     progress: Callable[[int], None] | None = None,
+    grid: OutputGrid | None = None,
 ) -> MasterTile:
     """Resample the frames of one group onto a common tile grid and stack them.
+
+    The tile grid is the optimal north-up grid of the group's footprints, or ``grid``
+    when given (grid mode: a cutout of the global mosaic WCS, so the tile lands on the
+    mosaic's pixels without a second resampling).
 
     The tile is written to ``out_dir/<tile_id>.fits`` (science, WEIGHT = sum of frame
     weights per pixel, COVERAGE = frames used per pixel, a STACKINF table with the stack
@@ -123,12 +131,12 @@ def build_master_tile(
     if not inputs.frames:
         raise ValueError(f"tile {inputs.tile_id}: no frame to stack")
     out_path = Path(out_dir) / f"{inputs.tile_id}.fits"
-    fingerprint = tile_fingerprint(inputs, settings, options, pixel_scale_arcsec)
+    fingerprint = tile_fingerprint(inputs, settings, options, pixel_scale_arcsec, grid)
     existing = _existing(out_path, fingerprint)
     if existing is not None:
         logger.info("tile %s: reusing %s", inputs.tile_id, out_path.name)
         return existing
-    grid = _tile_grid(inputs.frames, pixel_scale_arcsec)
+    grid = grid if grid is not None else _tile_grid(inputs.frames, pixel_scale_arcsec)
     n, c = len(inputs.frames), inputs.frames[0].channels
     h, w = grid.shape
     scratch = Path(scratch_dir)

@@ -1,0 +1,230 @@
+"""Grid mode inside `skymosaic.pipeline.run_pipeline`: tiles -> stacks -> assemble -> write.
+
+Called once the frames of the plan are catalogued, verified and the global output grid
+(the canvas) is chosen. One mosaic per ``filter`` of the plan, all on the same canvas, so
+that the per-filter mosaics align pixel for pixel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from skymosaic._tiles import PlacedTile
+from skymosaic._version import __version__
+from skymosaic.assemble import CoaddOptions
+from skymosaic.config import Config, config_digest
+from skymosaic.grid._assemble import AssembleResult, assemble_tiles
+from skymosaic.grid._geometry import GridTile, make_tile_grid, tile_grid_of
+from skymosaic.io import FrameInfo, write_mosaic, write_preview
+from skymosaic.io.stack_plan import PlanRow, StackPlan
+from skymosaic.photometry import PhotometryOptions
+from skymosaic.reproject import OutputGrid
+from skymosaic.stack.classic import stack_settings
+from skymosaic.stack.master import MasterTile, TileInputs, build_master_tile
+
+__all__ = ["GridProducts", "find_plan", "run_grid"]
+
+logger = logging.getLogger(__name__)
+
+PLAN_NAME = "stack_plan.csv"
+
+
+@dataclasses.dataclass
+class GridProducts:
+    """What grid mode wrote for one filter."""
+
+    filter: str | None
+    mosaic_path: Path
+    preview_path: Path | None
+    data_shape: tuple[int, int, int]
+    report: dict
+
+
+def find_plan(inputs: Sequence[str | Path], config: Config) -> Path | None:
+    """The plan to use: ``grid.plan``, else a ``stack_plan.csv`` in an input folder."""
+    if config.grid.plan is not None:
+        return Path(config.grid.plan)
+    if not config.grid.auto_plan:
+        return None
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir() and (p / PLAN_NAME).is_file():
+            return p / PLAN_NAME
+        if p.is_file() and p.name.lower() == PLAN_NAME:
+            return p
+    return None
+
+
+def _photometry_options(config: Config) -> PhotometryOptions | None:
+    cfg = config.photometry
+    if not cfg.enabled:
+        return None
+    vmin = config.input.valid_min
+    return PhotometryOptions(
+        gauge=cfg.gauge, prior_weight=cfg.prior_weight, robust_iter=cfg.robust_iter,
+        min_overlap_pixels=cfg.min_overlap_pixels, max_samples=cfg.max_samples,
+        background=cfg.background, gain_from=cfg.gain_from,
+        eps=vmin if vmin is not None and np.isfinite(vmin) else None,
+    )
+
+
+def _load_tile(tile: MasterTile, grid_tile: GridTile) -> PlacedTile:
+    with fits.open(tile.path) as hdul:
+        data = np.asarray(hdul[0].data, dtype=np.float32)
+        data = data[None] if data.ndim == 2 else data
+        weight = np.asarray(hdul["WEIGHT"].data, np.float32) if "WEIGHT" in hdul else None
+    if weight is not None and weight.ndim == 3:
+        weight = weight[0]
+    y0, _, x0, _ = grid_tile.bbox
+    return PlacedTile(data, y0, x0, weight=weight, tile_id=grid_tile.tile_id)
+
+
+def _stack_tiles(
+    tiles: list[GridTile], frames: list[FrameInfo], canvas: OutputGrid, config: Config,
+    options: CoaddOptions, out: Path, scratch: Path, noise: dict, fwhm: dict, threads: int,
+    progress: Callable[[int], None] | None,
+) -> tuple[list[PlacedTile], dict[str, str]]:
+    """Stack every tile (in parallel across tiles, the memory budget shared among them)."""
+    workers = max(1, min(threads, len(tiles)))
+    settings = stack_settings(config)
+    settings = dataclasses.replace(settings, memory_budget_bytes=max(settings.memory_budget_bytes // workers,
+                                                                    16 * 2**20))
+    tile_opts = dataclasses.replace(options, threads=max(1, threads // workers),
+                                    memory_budget=max(options.memory_budget // workers, 16 * 2**20))
+
+    def one(t: GridTile):
+        members = [frames[k] for k in t.frames]
+        inputs = TileInputs(t.tile_id, members, noise=[noise.get(str(f.path)) for f in members],
+                            fwhm=[fwhm.get(str(f.path)) for f in members])
+        try:
+            mt = build_master_tile(
+                inputs, settings=settings, options=tile_opts,
+                pixel_scale_arcsec=canvas.pixel_scale_arcsec, out_dir=out / "tiles",
+                scratch_dir=scratch, valid_min=config.input.valid_min,
+                grid=tile_grid_of(canvas, t.bbox),
+            )
+            placed = _load_tile(mt, t)
+        except (ValueError, OSError, MemoryError) as err:
+            return t, None, str(err)
+        finally:
+            if progress is not None:
+                progress(1)
+        return t, placed, None
+
+    placed, failed = [], {}
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for t, tile, err in pool.map(one, tiles):
+            if tile is None:
+                logger.warning("[GRID] tile %s (%d frames) could not be stacked: %s; left out",
+                               t.tile_id, len(t.frames), err)
+                failed[t.tile_id] = err
+            elif not np.isfinite(tile.data).any():
+                logger.warning("[GRID] tile %s has no valid pixel after stacking; left out", t.tile_id)
+                failed[t.tile_id] = "no valid pixel"
+            else:
+                placed.append(tile)
+    return placed, failed
+
+
+def run_grid(
+    *, plan: StackPlan, frames: list[FrameInfo], canvas: OutputGrid, config: Config,
+    options: CoaddOptions, out: Path, scratch: Path, noise: dict, fwhm: dict, threads: int,
+    phase: Callable, progress=None,
+) -> list[GridProducts]:
+    """Grid mode for catalogued frames: one mosaic per filter of the plan.
+
+    ``phase`` is the run's phase-timing context manager factory; ``progress`` the run's
+    `Progress` (phases ``stack`` and ``assemble``).
+    """
+    rows: dict[str, PlanRow] = {}
+    for row in plan.rows:
+        rows[str(Path(row.path).resolve())] = row
+    by_filter: dict[str | None, list[FrameInfo]] = defaultdict(list)
+    for f in frames:
+        row = rows.get(str(Path(f.path).resolve()))
+        by_filter[row.filter if row is not None else None].append(f)
+    multi = len(by_filter) > 1
+    products = []
+    for filt in sorted(by_filter, key=lambda v: (v is None, v or "")):
+        members = by_filter[filt]
+        label = f" [{filt}]" if filt else ""
+        with phase("tiles"):
+            tiles = make_tile_grid(members, canvas, tile_factor=config.grid.tile_factor,
+                                   overlap=config.grid.overlap)
+            dropped = [t for t in tiles if len(t.frames) < config.grid.min_frames]
+            tiles = [t for t in tiles if len(t.frames) >= config.grid.min_frames]
+        th, tw = tiles[0].shape if tiles else (0, 0)
+        logger.info("[GRID]%s %d frames -> %d tiles of %dx%d px, overlap %.0f%% (%d dropped with "
+                    "fewer than %d frames)", label, len(members), len(tiles), tw, th,
+                    100 * config.grid.overlap, len(dropped), config.grid.min_frames)
+        if not tiles:
+            logger.warning("[GRID]%s no tile has enough frames; no mosaic for this filter", label)
+            continue
+        if progress is not None:
+            progress.start("stack", len(tiles))
+        with phase("stack"):
+            placed, failed = _stack_tiles(
+                tiles, members, canvas, config, options, out, scratch, noise, fwhm, threads,
+                (lambda n: progress.advance("stack", n)) if progress is not None else None)
+        if progress is not None:
+            progress.end("stack")
+        if not placed:
+            logger.warning("[GRID]%s every tile failed to stack; no mosaic for this filter", label)
+            continue
+        with phase("assemble"):
+            result = assemble_tiles(placed, canvas.shape, photometry=_photometry_options(config),
+                                    blend=config.grid.blend, levels=config.grid.blend_levels,
+                                    feather_sigma=config.grid.feather_sigma)
+        name = config.output.name + (f"_{_safe(filt)}" if multi and filt else "")
+        with phase("write"):
+            mosaic_path, preview_path = _write(out, name, config, canvas, result, placed, filt)
+        report = {
+            "filter": filt, "mosaic": mosaic_path.name,
+            "preview": preview_path.name if preview_path else None,
+            "tiles": [t.to_dict() for t in tiles], "tiles_failed": failed,
+            "frames": [f.name for f in members],
+            **{k: v for k, v in result.report.items()},
+            "tile_names": [t.tile_id for t in placed],
+            "coverage_fraction": float(np.isfinite(result.data).all(axis=0).mean()),
+            "max_depth": max(len(t.frames) for t in tiles),
+        }
+        products.append(GridProducts(filt, mosaic_path, preview_path, tuple(result.data.shape), report))
+    return products
+
+
+def _safe(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
+
+
+def _write(out: Path, name: str, config: Config, canvas: OutputGrid, result: AssembleResult,
+           placed: list[PlacedTile], filt: str | None) -> tuple[Path, Path | None]:
+    history = [
+        f"skymosaic {__version__}: grid mode, {len(placed)} tile(s), photometry "
+        f"{result.report.get('photometry_mode')}, blend {result.report.get('blend')}",
+        f"config digest {config_digest(config)}",
+    ] + [f"tile {t.tile_id}" for t in placed[:500]]
+    cards = {"NINPUTS": (len(placed), "grid tiles assembled"),
+             "CFGHASH": (config_digest(config), "skymosaic config digest"),
+             "SKYMODE": ("grid", "skymosaic mode")}
+    if filt:
+        cards["FILTER"] = (filt[:68], "filter of the plan rows")
+    coverage = np.zeros(canvas.shape, np.float32)
+    for t in placed:
+        h, w = t.data.shape[1:]
+        ok = np.all(np.isfinite(t.data), axis=0)
+        coverage[t.y0:t.y0 + h, t.x0:t.x0 + w] += ok
+    mosaic_path = write_mosaic(out / f"{name}.fits", result.data, canvas.wcs, weight=result.weight,
+                               coverage=coverage, history=history, cards=cards)
+    preview_path = None
+    if config.output.preview:
+        preview_path = write_preview(out / f"{name}_preview.png", result.data,
+                                     max_size=config.output.preview_max_size)
+    return mosaic_path, preview_path

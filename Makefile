@@ -1,14 +1,16 @@
 # skymosaic: two commands on a fresh clone (see README.md):
 #   make demo   install into .venv and mosaic a synthetic survey with a known truth
 #   make test   install with the test extras and run the test suite
+#   make solver install astrometry.net + index files for plate solving (apt; no-op if present)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 OUT    ?= demo_out
 PYTEST_ARGS ?=
+SOLVER_PACKAGES ?=
 
-.PHONY: demo test bench lint clean install install-test
+.PHONY: demo test bench lint clean install install-test solver
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +30,12 @@ install-test: $(VENV)/.installed-test
 demo: $(VENV)/.installed
 	$(BIN)/skymosaic demo -o $(OUT)
 
-test: $(VENV)/.installed-test
+# Plate solver for frames without WCS (scripts/install_solver.sh: apt-get, never fails the
+# build; SKYMOSAIC_NO_SOLVER=1 skips the install; tests needing a solver skip without one).
+solver:
+	@SOLVER_PACKAGES="$(SOLVER_PACKAGES)" bash scripts/install_solver.sh
+
+test: solver $(VENV)/.installed-test
 	$(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-test

@@ -242,6 +242,57 @@ def demo(
 
 
 @app.command()
+def doctor(
+    index_dir: Annotated[Optional[list[Path]], typer.Option(help="extra index folder")] = None,
+    config_file: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML")] = None,
+) -> None:
+    """Report the plate solvers and index files found (needed for frames without WCS)."""
+    from skymosaic.astrometry import doctor_report
+
+    try:
+        solve = load_config(config_file).solve
+    except ConfigError as err:
+        raise _fail(str(err), EXIT_USAGE) from err
+    report = doctor_report([*solve.index_dirs, *(index_dir or [])], solver=solve.solver,
+                           astap_database=solve.astap_database)
+    out = Console()
+    solvers = Table(title="plate solvers")
+    for col in ("program", "path", "version"):
+        solvers.add_column(col)
+    for s in report["solvers"]:
+        solvers.add_row(s["name"], s["path"] or "[red]not found[/]", s["version"] or "")
+    out.print(solvers)
+    chosen = report["chosen"]
+    out.print(f"solver a run would use (solve.solver = {solve.solver!r}): "
+              + (f"[bold]{chosen['name']}[/] ({chosen['executable']})" if chosen else
+                 "[red]none[/]: install one with `make solver` (see docs/astrometry.md)"))
+    if report["astap_database"]:
+        out.print(f"ASTAP star database: {report['astap_database']}")
+    folders = ", ".join(d["path"] + ("" if d["exists"] else " (missing)")
+                        for d in report["index_dirs"])
+    out.print(f"index folders searched: {folders}")
+    indexes = Table(title=f"{len(report['index_files'])} astrometry.net index file(s)")
+    for col in ("file", "id", "quad sizes (arcmin)", "healpix", "MB"):
+        indexes.add_column(col)
+    for i in report["index_files"]:
+        lo, hi = i["scale_arcmin"]
+        indexes.add_row(i["path"], str(i["index_id"] or ""),
+                        f"{lo:g} - {hi:g}" if lo and hi else "?",
+                        "all sky" if i["healpix"] is None else str(i["healpix"]),
+                        f"{i['size_mb']:.1f}")
+    out.print(indexes)
+    if report["field_range_arcmin"]:
+        lo, hi = report["field_range_arcmin"]
+        out.print(f"these indexes solve fields of roughly {lo / 60:.2f} to "
+                  f"{min(hi / 60, 180):.0f} deg across (astrometry.net needs quads of 10-100% "
+                  "of the field size)")
+    elif report["solvers"][0]["path"]:
+        out.print("[red]no index file found[/]: solve-field cannot solve anything; "
+                  "run `make solver`")
+    out.print(f"python3 on the solver's PATH: {report['python3_for_solver'] or 'not found'}")
+
+
+@app.command()
 def version() -> None:
     """Print the version."""
     Console().print(__version__)

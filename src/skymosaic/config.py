@@ -57,6 +57,46 @@ class InputConfig(_Section):
     )
 
 
+class SolveConfig(_Section):
+    """Plate solving of frames without a usable WCS (see docs/astrometry.md)."""
+
+    enabled: bool = Field(
+        default=True, description="plate-solve frames that have no usable celestial WCS"
+    )
+    solver: Literal["auto", "astrometry.net", "astap"] = Field(
+        default="auto", description="auto: ASTAP if it has a star database, else solve-field"
+    )
+    timeout_s: float = Field(
+        default=60.0, gt=0, le=3600, description="CPU limit per frame, s (killed after 2x + 30 s)"
+    )
+    downsample: int = Field(
+        default=2, ge=1, le=8, description="solver-side downsampling (2 suits Bayer frames)"
+    )
+    max_sources: int = Field(
+        default=100, ge=10, description="brightest sources tried (bounds the time of a failure)"
+    )
+    radius_deg: float = Field(
+        default=3.0, gt=0, le=180, description="search radius around the header RA/DEC, deg"
+    )
+    scale_tolerance: float = Field(
+        default=0.15, gt=0, lt=1, description="scale search range: header scale x (1 +- this)"
+    )
+    blind: bool = Field(
+        default=False, description="also solve frames without RA/DEC in the header (whole sky)"
+    )
+    workers: int = Field(default=0, ge=0, description="frames solved in parallel, 0 = run.threads")
+    validate_existing: bool = Field(
+        default=True, description="re-solve a WCS whose scale disagrees with FOCALLEN/XPIXSZ"
+    )
+    max_scale_ratio: float = Field(
+        default=1.5, gt=1, description="largest accepted ratio of WCS to optics pixel scale"
+    )
+    index_dirs: list[Path] = Field(
+        default_factory=list, description="extra folders of astrometry.net index files"
+    )
+    astap_database: Path | None = Field(default=None, description="ASTAP star database folder (-d)")
+
+
 class ReprojectConfig(_Section):
     """Resampling onto the output grid."""
 
@@ -211,6 +251,7 @@ class Config(_Section):
     """The whole configuration (see ``docs/configuration.md``)."""
 
     input: InputConfig = Field(default_factory=InputConfig)
+    solve: SolveConfig = Field(default_factory=SolveConfig)
     grid: GridConfig = Field(default_factory=GridConfig)
     reproject: ReprojectConfig = Field(default_factory=ReprojectConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)

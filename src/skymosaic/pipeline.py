@@ -24,6 +24,7 @@ from skymosaic._stats import FrameStats, frame_stats
 from skymosaic._version import __version__
 from skymosaic.assemble import CoaddOptions, FileSource, coadd
 from skymosaic.assemble._phase5 import MatchResult, match_sources, renormalise_coverage
+from skymosaic.astrometry import review_wcs, solve_missing_wcs
 from skymosaic.config import Config, config_digest, dump_toml
 from skymosaic.grid import find_plan, run_grid
 from skymosaic.io.stack_plan import StackPlan, StackPlanError, read_stack_plan
@@ -83,6 +84,7 @@ class Catalog:
     rejected: dict[str, str] = field(default_factory=dict)
     stats: dict[str, FrameStats] = field(default_factory=dict)
     quality: dict[str, FrameQuality] = field(default_factory=dict)
+    solve: dict = field(default_factory=dict)  # plate-solving report (run.json "solve")
 
     def reject(self, path: Path | str, reason: str) -> None:
         logger.warning("%s: %s; frame rejected", Path(path).name, reason)
@@ -101,29 +103,49 @@ class RunResult:
 
 
 def build_catalog(paths: Sequence[Path], config: Config, *, progress: Progress | None = None,
-                  threads: int = 1) -> Catalog:
-    """Phase 1: classify every file from its header; reject the unusable with a reason."""
+                  threads: int = 1, run_dir: Path | None = None) -> Catalog:
+    """Phase 1: classify every file from its header; reject the unusable with a reason.
+
+    Frames without a usable WCS (none, a broken one, or one whose scale contradicts the
+    optics) are plate-solved when ``config.solve.enabled`` and ``run_dir`` is given: the
+    solutions are cached in ``run_dir/wcs`` (docs/astrometry.md) and the solved frames join
+    the catalog; the others are rejected with the solver's reason.
+    """
     progress = progress or Progress()
     catalog = Catalog()
     progress.start("discover", len(paths))
+    solving = config.solve.enabled and run_dir is not None
 
     def scan(path: Path):
         try:
-            return path, scan_frame(path, wcs_dirs=config.input.wcs_dirs,
-                                    bayer_pattern=config.input.bayer_pattern), None
+            info = scan_frame(path, wcs_dirs=config.input.wcs_dirs,
+                              bayer_pattern=config.input.bayer_pattern,
+                              on_bad_wcs="drop" if solving else "raise")
         except FrameError as err:
             return path, None, str(err)
+        if solving:
+            review_wcs(info, check_scale=config.solve.validate_existing,
+                       max_scale_ratio=config.solve.max_scale_ratio)
+        return path, info, None
 
+    unsolved = []
     with ThreadPoolExecutor(max_workers=threads) as pool:
         for path, info, error in pool.map(scan, paths):
             progress.advance("discover")
             if error is not None:
                 catalog.reject(path, error)
             elif info.wcs is None:
-                catalog.reject(path, "no celestial WCS in the header and no .wcs sidecar")
+                unsolved.append(info)
             else:
                 catalog.frames.append(info)
     progress.end("discover")
+    solved, failed, catalog.solve = solve_missing_wcs(unsolved, run_dir, config.solve,
+                                                      threads=threads, progress=progress)
+    for path, reason in failed.items():
+        catalog.reject(path, reason)
+    if solved:
+        order = {str(p): k for k, p in enumerate(paths)}
+        catalog.frames = sorted(catalog.frames + solved, key=lambda f: order.get(str(f.path), 0))
     _reject_mixed_channels(catalog)
     return catalog
 
@@ -291,8 +313,11 @@ def run_pipeline(
             else:
                 paths = discover_inputs(inputs, recursive=config.input.recursive)
             logger.info("found %d candidate files", len(paths))
-            catalog = build_catalog(paths, config, progress=progress, threads=run.threads)
+            catalog = build_catalog(paths, config, progress=progress, threads=run.threads,
+                                    run_dir=out)
         run.report["frames"] = {"found": len(paths), "rejected": catalog.rejected}
+        if catalog.solve:
+            run.report["solve"] = catalog.solve
         with run.phase("verify"):
             verify_frames(catalog, config, progress=progress, threads=run.threads)
         if config.quality.enabled and catalog.frames:

@@ -333,6 +333,7 @@ def scan_frame(
     *,
     wcs_dirs: Iterable[Path] = (),
     bayer_pattern: str | None = None,
+    on_bad_wcs: str = "raise",
 ) -> FrameInfo:
     """Classify one frame from its header (no pixels are read).
 
@@ -345,12 +346,17 @@ def scan_frame(
         WCS.
     bayer_pattern : str, optional
         Force this Bayer pattern (for cameras that do not write ``BAYERPAT``).
+    on_bad_wcs : {"raise", "drop"}
+        What to do with a header or sidecar WCS that is unreadable or unusable (singular
+        matrix, not invertible over the frame): raise `FrameError`, or drop it (``info.wcs``
+        is None, the reason is in ``info.extra["bad_wcs"]``) so that it can be plate-solved.
 
     Raises
     ------
     FrameError
-        If the file cannot be read, has no image, has an unsupported shape, or its WCS is
-        unusable. A frame without any WCS is *not* an error here: ``info.wcs`` is None.
+        If the file cannot be read, has no image, has an unsupported shape, or (with
+        ``on_bad_wcs="raise"``) its WCS is unusable. A frame without any WCS is *not* an
+        error here: ``info.wcs`` is None.
     """
     path = Path(path)
     try:
@@ -379,21 +385,45 @@ def scan_frame(
     mount = _header_value(header, ("MOUNT", "EQMODE", "MOUNTMOD"), str)
     if mount is not None:
         info.mount = "ALTZ" if mount.upper().replace("-", "") in ("ALTZ", "ALTAZ", "0") else "EQ"
-    wcs = _celestial_wcs(header, layout)
+    if on_bad_wcs not in ("raise", "drop"):
+        raise ValueError(f"on_bad_wcs must be 'raise' or 'drop', got {on_bad_wcs!r}")
     source = "header"
+    wcs, scale = _usable_wcs(lambda: _celestial_wcs(header, layout), source, shape, on_bad_wcs,
+                             info)
     if wcs is None:
         sidecar = find_wcs_sidecar(path, search_dirs=wcs_dirs)
         if sidecar is not None:
-            try:
-                wcs = _celestial_wcs(fits.getheader(sidecar))
-            except (OSError, FrameError) as err:
-                raise FrameError(f"unreadable WCS sidecar {sidecar.name}: {err}") from err
             source = f"sidecar:{sidecar}"
+            wcs, scale = _usable_wcs(lambda: _sidecar_wcs(sidecar), source, shape, on_bad_wcs, info)
     if wcs is not None:
-        info.pixel_scale_arcsec = validate_wcs(wcs, shape[1:])
+        info.pixel_scale_arcsec = scale
         info.wcs, info.wcs_source = wcs, source
         info.footprint = frame_footprint(wcs, shape[1:], samples=2)
     return info
+
+
+def _sidecar_wcs(sidecar: Path) -> WCS | None:
+    try:
+        return _celestial_wcs(fits.getheader(sidecar))
+    except (OSError, FrameError) as err:
+        raise FrameError(f"unreadable WCS sidecar {sidecar.name}: {err}") from err
+
+
+def _usable_wcs(load, source: str, shape, on_bad_wcs: str, info: FrameInfo):
+    """``(wcs, scale)`` of one WCS candidate, ``(None, None)`` if absent (or bad and dropped).
+
+    With ``on_bad_wcs="drop"`` a WCS that fails `validate_wcs` is skipped and the reason
+    kept in ``info.extra["bad_wcs"]`` (plate solving replaces it).
+    """
+    try:
+        wcs = load()
+        return wcs, (None if wcs is None else validate_wcs(wcs, shape[1:]))
+    except FrameError as err:
+        if on_bad_wcs == "raise":
+            raise
+        reason = f"{source.split(':', 1)[0]} WCS unusable: {err}"
+        info.extra["bad_wcs"] = "; ".join(filter(None, [info.extra.get("bad_wcs"), reason]))
+        return None, None
 
 
 def _native_float32(a: np.ndarray) -> np.ndarray:

@@ -327,3 +327,23 @@ def test_unreadable_plan_is_a_usage_error(survey_frames, tmp_path):
 def test_grid_module_exports():
     assert {"assemble_tiles", "make_tile_grid", "run_grid", "find_plan"} <= set(grid_mod.__all__)
     assert isinstance(FrameInfo, type)
+
+
+def test_mounts_and_sessions_are_stacked_apart(survey_frames, tmp_path):
+    _, paths, _, _ = survey_frames
+    rows = ["file_path,mount,batch_id"]
+    for k, p in enumerate(paths):  # two frames per pointing: one EQ night 1, one ALTZ night 2
+        rows.append(f"{p},{'EQ' if k % 2 == 0 else 'ALTZ'},{'n1' if k % 2 == 0 else 'n2'}")
+    plan = tmp_path / "plan.csv"
+    plan.write_text("\n".join(rows) + "\n")
+    result = run_pipeline([paths[0].parent], tmp_path / "out", _config(**{"grid.plan": str(plan)}))
+    grid = result.report["grid"][""]
+    ids = grid["tile_names"]
+    assert any(i.endswith("_EQ_n1") for i in ids) and any(i.endswith("_ALTZ_n2") for i in ids)
+    boxes = {}
+    for t in grid["tiles"]:
+        boxes.setdefault(tuple(t["bbox"]), []).append(t["tile_id"])
+    assert any(len(v) == 2 for v in boxes.values())  # both sessions on the same box
+    assert grid["photometry_mode"] == "gain+offset"
+    data, _, _ = read_mosaic(result.mosaic_path)
+    assert np.isfinite(data).mean() > 0.8

@@ -159,6 +159,7 @@ def run_grid(
         with phase("tiles"):
             tiles = make_tile_grid(members, canvas, tile_factor=config.grid.tile_factor,
                                    overlap=config.grid.overlap)
+            tiles = _split_sessions(tiles, members, rows)
             dropped = [t for t in tiles if len(t.frames) < config.grid.min_frames]
             tiles = [t for t in tiles if len(t.frames) >= config.grid.min_frames]
         th, tw = tiles[0].shape if tiles else (0, 0)
@@ -198,6 +199,29 @@ def run_grid(
         }
         products.append(GridProducts(filt, mosaic_path, preview_path, tuple(result.data.shape), report))
     return products
+
+
+def _split_sessions(tiles: list[GridTile], frames: list[FrameInfo], rows: dict[str, PlanRow]) -> list[GridTile]:
+    """One stack per (mount, batch_id) of the plan in each tile.
+
+    Equatorial and Alt-Az frames (field rotation, different flats) and different sessions
+    (sky, transparency) are not stacked together: each becomes its own tile on the same
+    box, and the global photometric solve of `assemble_tiles` matches them, i.e. the
+    normalisation between sessions is done per session, with overlaps as evidence.
+    """
+    out = []
+    for t in tiles:
+        groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for k in t.frames:
+            row = rows.get(str(Path(frames[k].path).resolve()))
+            groups[(row.mount or "", row.batch_id or "") if row is not None else ("", "")].append(k)
+        if len(groups) == 1:
+            out.append(t)
+            continue
+        for (mount, batch), members in sorted(groups.items()):
+            suffix = "_".join(_safe(v) for v in (mount, batch) if v) or "unlabelled"
+            out.append(GridTile(f"{t.tile_id}_{suffix}", t.row, t.col, t.bbox, members))
+    return out
 
 
 def _safe(text: str) -> str:

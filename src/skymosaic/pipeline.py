@@ -339,11 +339,7 @@ def run_pipeline(
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
         try:
-            opts = CoaddOptions(
-                kernel=config.reproject.kernel, map_tolerance=config.reproject.map_tolerance_px,
-                grid_step=config.reproject.grid_step_px, memory_budget=config.memory_budget_bytes,
-                threads=run.threads, scratch_dir=str(scratch),
-            )
+            opts = _coadd_options(config, run.threads, scratch)
             stacked = _stack_phase(run, catalog, grid, opts) if config.stack.enabled else None
             sources, weights = _coadd_sources(catalog, stacked, config)
             match = _photometry_phase(run, sources, grid, opts)
@@ -377,8 +373,16 @@ def run_pipeline(
     return RunResult(out, mosaic_path, preview_path, run.report, tuple(result.data.shape))
 
 
+def _coadd_options(config: Config, threads: int, scratch: Path) -> CoaddOptions:
+    return CoaddOptions(
+        kernel=config.reproject.kernel, map_tolerance=config.reproject.map_tolerance_px,
+        grid_step=config.reproject.grid_step_px, memory_budget=config.memory_budget_bytes,
+        threads=threads, scratch_dir=str(scratch),
+    )
+
+
 def _read_plan(run: _Run, path: Path) -> StackPlan:
-    """Read the stack plan; rejected rows are warned about (row number, column, reason)."""
+    """Read the stack plan (the reader warns about each rejected row) into the report."""
     run.report["mode"] = "grid"
     try:
         plan = read_stack_plan(path)
@@ -386,9 +390,6 @@ def _read_plan(run: _Run, path: Path) -> StackPlan:
         run.report["plan"] = {"path": str(path), "error": str(err)}
         run.finish("failed: bad plan")
         raise
-    for bad in plan.rejected:
-        logger.warning("[GRID] %s row %d (%s): %s; row skipped", Path(path).name, bad.row_number,
-                       bad.path_text, bad.reason)
     run.report["plan"] = {"path": str(path), "rows": len(plan.rows),
                           "rejected": [bad._asdict() for bad in plan.rejected]}
     return plan
@@ -407,11 +408,7 @@ def _unique_paths(paths) -> list[Path]:
 def _grid_mode(run: _Run, catalog: Catalog, plan: StackPlan, canvas: OutputGrid, scratch: Path) -> RunResult:
     """Grid/survey mode after the catalog and the canvas: tiles, stacks, assembly, products."""
     config = run.config
-    opts = CoaddOptions(
-        kernel=config.reproject.kernel, map_tolerance=config.reproject.map_tolerance_px,
-        grid_step=config.reproject.grid_step_px, memory_budget=config.memory_budget_bytes,
-        threads=run.threads, scratch_dir=str(scratch),
-    )
+    opts = _coadd_options(config, run.threads, scratch)
     products = run_grid(
         plan=plan, frames=catalog.frames, canvas=canvas, config=config, options=opts, out=run.out,
         scratch=scratch, noise={k: v.noise for k, v in catalog.stats.items()},
@@ -495,13 +492,7 @@ def _photometry_phase(run: _Run, sources, grid: OutputGrid, opts: CoaddOptions) 
     cfg = run.config.photometry
     if not cfg.enabled or len(sources) < 2:
         return None
-    valid_min = run.config.input.valid_min
-    options = PhotometryOptions(
-        gauge=cfg.gauge, prior_weight=cfg.prior_weight, robust_iter=cfg.robust_iter,
-        min_overlap_pixels=cfg.min_overlap_pixels, max_samples=cfg.max_samples,
-        background=cfg.background, eps=valid_min if valid_min is not None and np.isfinite(valid_min) else None,
-        gain_from=cfg.gain_from,
-    )
+    options = PhotometryOptions.from_config(run.config)
     try:
         with run.phase("photometry"):
             match = match_sources(sources, grid, options=opts, photometry=options,

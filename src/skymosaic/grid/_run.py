@@ -63,19 +63,6 @@ def find_plan(inputs: Sequence[str | Path], config: Config) -> Path | None:
     return None
 
 
-def _photometry_options(config: Config) -> PhotometryOptions | None:
-    cfg = config.photometry
-    if not cfg.enabled:
-        return None
-    vmin = config.input.valid_min
-    return PhotometryOptions(
-        gauge=cfg.gauge, prior_weight=cfg.prior_weight, robust_iter=cfg.robust_iter,
-        min_overlap_pixels=cfg.min_overlap_pixels, max_samples=cfg.max_samples,
-        background=cfg.background, gain_from=cfg.gain_from,
-        eps=vmin if vmin is not None and np.isfinite(vmin) else None,
-    )
-
-
 def _load_tile(tile: MasterTile, grid_tile: GridTile) -> PlacedTile:
     with fits.open(tile.path) as hdul:
         data = np.asarray(hdul[0].data, dtype=np.float32)
@@ -181,7 +168,8 @@ def run_grid(
             logger.warning("[GRID]%s every tile failed to stack; no mosaic for this filter", label)
             continue
         with phase("assemble"):
-            result = assemble_tiles(placed, canvas.shape, photometry=_photometry_options(config),
+            photometry = PhotometryOptions.from_config(config) if config.photometry.enabled else None
+            result = assemble_tiles(placed, canvas.shape, photometry=photometry,
                                     blend=config.grid.blend, levels=config.grid.blend_levels,
                                     feather_sigma=config.grid.feather_sigma)
         name = config.output.name + (f"_{_safe(filt)}" if multi and filt else "")

@@ -72,6 +72,18 @@ class PhotometryOptions:
     gain_from: str = "auto"
     seed: int = 0
 
+    @classmethod
+    def from_config(cls, config) -> PhotometryOptions:
+        """The options of a `skymosaic.config.Config` (its ``[photometry]`` section and
+        ``input.valid_min`` as the valid-pixel epsilon)."""
+        cfg, vmin = config.photometry, config.input.valid_min
+        return cls(
+            gauge=cfg.gauge, prior_weight=cfg.prior_weight, robust_iter=cfg.robust_iter,
+            min_overlap_pixels=cfg.min_overlap_pixels, max_samples=cfg.max_samples,
+            background=cfg.background, gain_from=cfg.gain_from,
+            eps=vmin if vmin is not None and math.isfinite(vmin) else None,
+        )
+
     def __post_init__(self) -> None:
         if not (self.gauge == "mean" or (isinstance(self.gauge, int) and self.gauge >= 0)):
             raise ValueError(f"gauge must be 'mean' or a tile index >= 0, got {self.gauge!r}")

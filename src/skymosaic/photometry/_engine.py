@@ -54,6 +54,8 @@ class PhotometryOptions:
     gain_from : {"auto", "pixels", "stars", "none"}
         How pair gains are measured (see `skymosaic.photometry.fit_overlap`); ``none``
         solves offsets only.
+    threads : int
+        Pairs fitted in parallel (0 = all cores); the result does not depend on it.
     seed : int
         Seed of the pixel sampling.
     """
@@ -70,6 +72,7 @@ class PhotometryOptions:
     background_plane: bool = False
     background_target: str | float = "median"
     gain_from: str = "auto"
+    threads: int = 0
     seed: int = 0
 
     @classmethod
@@ -80,7 +83,7 @@ class PhotometryOptions:
         return cls(
             gauge=cfg.gauge, prior_weight=cfg.prior_weight, robust_iter=cfg.robust_iter,
             min_overlap_pixels=cfg.min_overlap_pixels, max_samples=cfg.max_samples,
-            background=cfg.background, gain_from=cfg.gain_from,
+            background=cfg.background, gain_from=cfg.gain_from, threads=config.run.threads,
             eps=vmin if vmin is not None and math.isfinite(vmin) else None,
         )
 
@@ -89,9 +92,9 @@ class PhotometryOptions:
             raise ValueError(f"gauge must be 'mean' or a tile index >= 0, got {self.gauge!r}")
         if not (math.isfinite(self.prior_weight) and self.prior_weight >= 0):
             raise ValueError(f"prior_weight must be finite and >= 0, got {self.prior_weight!r}")
-        for name in ("robust_iter", "min_overlap_pixels", "max_samples", "min_points"):
+        for name in ("robust_iter", "threads", "min_overlap_pixels", "max_samples", "min_points"):
             val = getattr(self, name)
-            if not isinstance(val, int) or val < (0 if name == "robust_iter" else 1):
+            if not isinstance(val, int) or val < (0 if name in ("robust_iter", "threads") else 1):
                 raise ValueError(f"{name} must be a positive integer, got {val!r}")
         if self.max_samples < self.min_points:
             raise ValueError(f"max_samples={self.max_samples} < min_points={self.min_points}")
@@ -212,6 +215,7 @@ def _run(
         min_points=cfg.min_points,
         min_dynamic_range=cfg.min_dynamic_range,
         gain_from=cfg.gain_from,
+        threads=cfg.threads,
     )
     t2 = time.perf_counter()
     gains, offsets = np.ones((n, n_ch)), np.zeros((n, n_ch))

@@ -14,15 +14,19 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
+    ProgressColumn,
+    Task,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
 from rich.progress import Progress as RichBars
 from rich.table import Table
+from rich.text import Text
 
 from skymosaic._version import __version__
 from skymosaic.config import Config, ConfigError, load_config
@@ -42,7 +46,11 @@ console = Console(stderr=True, soft_wrap=True)  # never break paths in messages
 
 
 class RichProgress(Progress):
-    """Progress bars with rate and ETA, one per phase."""
+    """Progress bars with rate and ETA, one per phase.
+
+    Items reused from an earlier run (`skip`) move the bar but not the rate: the bar's
+    clock restarts after them, so the ETA is measured on real work only.
+    """
 
     def __init__(self, bars: RichBars) -> None:
         self.bars = bars
@@ -54,6 +62,12 @@ class RichProgress(Progress):
     def advance(self, phase: str, n: int = 1) -> None:
         if phase in self.tasks:
             self.bars.advance(self.tasks[phase], n)
+
+    def skip(self, phase: str, n: int = 1) -> None:
+        if phase in self.tasks:
+            task = self.tasks[phase]
+            done = self.bars.tasks[task].completed + n
+            self.bars.reset(task, total=self.bars.tasks[task].total, completed=done)
 
     def end(self, phase: str) -> None:
         if phase in self.tasks:
@@ -71,12 +85,22 @@ def _setup_logging(level: str) -> None:
     logger.propagate = False
 
 
+class _RateColumn(ProgressColumn):
+    """Items per second over the last 30 s of work (frames, tasks or tiles of the phase)."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        if speed is None:
+            return Text("   -/s", style="progress.data.speed")
+        return Text(f"{speed:6.2f}/s" if speed < 100 else f"{speed:6.0f}/s", style="progress.data.speed")
+
+
 def _bars() -> RichBars:
     return RichBars(
-        TextColumn("{task.description:>9}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.description:>12}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
         TimeElapsedColumn(),
         TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False,
-        disable=not console.is_terminal,
+        disable=not console.is_terminal, speed_estimate_period=60.0,
     )
 
 
@@ -96,6 +120,9 @@ def _summary_table(result: RunResult) -> Table:
                             f"{output['pixel_scale_arcsec']:.3f}\"/px")
     table.add_row("coverage", f"{100 * output['coverage_fraction']:.1f}% of pixels, depth <= {output['max_depth']}")
     table.add_row("time", ", ".join(f"{k} {v:.2f}s" for k, v in rep["timings_s"].items()))
+    reused = rep.get("resume", {}).get("reused", {})
+    if reused:
+        table.add_row("reused", ", ".join(sorted(reused)) + " (from an earlier run; --fresh recomputes)")
     table.add_row("output", str(result.mosaic_path))
     if result.preview_path:
         table.add_row("preview", str(result.preview_path))
@@ -104,7 +131,7 @@ def _summary_table(result: RunResult) -> Table:
 
 
 def _fail(message: str, code: int) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {escape(message)}")  # messages may hold [brackets]
     return typer.Exit(code)
 
 
@@ -113,7 +140,9 @@ def _run_with_config(inputs: list[str], out: Path, config: Config) -> RunResult:
     try:
         with _bars() as bars:
             return run_pipeline(inputs, out, config, progress=RichProgress(bars))
-    except (NoUsableFramesError, FileNotFoundError, StackPlanError) as err:
+    except (NoUsableFramesError, FileNotFoundError, StackPlanError, ConfigError) as err:
+        # ConfigError here: a setting that only fails when the run starts (use_gpu = "on"
+        # without a GPU)
         raise _fail(str(err), EXIT_USAGE) from err
 
 
@@ -131,21 +160,34 @@ def run(
     bayer_pattern: Annotated[Optional[str], typer.Option(help="force RGGB/GRBG/GBRG/BGGR")] = None,
     memory_budget: Annotated[Optional[float], typer.Option(help="memory budget in MiB")] = None,
     threads: Annotated[Optional[int], typer.Option(help="worker threads (0 = all cores)")] = None,
+    gpu: Annotated[Optional[str], typer.Option(help="auto | on | off: CuPy GPU backend (docs/gpu.md)")] = None,
     no_preview: Annotated[bool, typer.Option("--no-preview", help="skip the PNG preview")] = False,
     log_level: Annotated[Optional[str], typer.Option(help="DEBUG | INFO | WARNING | ERROR")] = None,
     plan: Annotated[Optional[Path], typer.Option(
         help="stack_plan.csv: grid/survey mode (default: one found in an input folder)")] = None,
     no_plan: Annotated[bool, typer.Option("--no-plan", help="ignore a stack_plan.csv in the inputs")] = False,
+    fresh: Annotated[bool, typer.Option(
+        "--fresh", help="ignore the artifacts of an earlier run in OUT (default: resume)")] = False,
+    scheduler: Annotated[Optional[str], typer.Option(
+        help="Dask: 'local' (worker processes here) or tcp://HOST:PORT (docs/scale.md)")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="worker processes of --scheduler local")] = None,
 ) -> None:
-    """Build a mosaic from INPUTS into OUT (mosaic.fits, preview, run.json, log)."""
+    """Build a mosaic from INPUTS into OUT (mosaic.fits, preview, run.json, log).
+
+    Rerunning into the same OUT resumes: every artifact whose inputs and settings are
+    unchanged (frame checks, clustering, master tiles, photometry, coadd blocks, the
+    mosaic) is reused; see OUT/manifest.json and "resume" in run.json.
+    """
     overrides = {
         "reproject.kernel": kernel, "output.pixel_scale_arcsec": pixel_scale,
         "output.rotation": rotation, "output.wcs_header": str(output_header) if output_header else None,
         "coadd.weighting": weighting, "input.wcs_dirs": [str(p) for p in wcs_dir] if wcs_dir else None,
         "input.bayer_pattern": bayer_pattern.upper() if bayer_pattern else None,
         "run.memory_budget_mb": memory_budget, "run.threads": threads,
+        "run.use_gpu": gpu.lower() if gpu else None,
         "output.preview": False if no_preview else None, "run.log_level": log_level,
         "grid.plan": str(plan) if plan else None, "grid.auto_plan": False if no_plan else None,
+        "run.fresh": True if fresh else None, "run.scheduler": scheduler, "run.workers": workers,
     }
     try:
         config = load_config(config_file, overrides)

@@ -213,6 +213,8 @@ class PhotometryConfig(_Section):
     match_kernel: Literal["nearest", "bilinear", "bicubic", "lanczos3"] = Field(
         default="lanczos3", description="resampling kernel of the inputs for the pair fits")
     background: bool = Field(default=True, description="SWarp-like background matching after the solve")
+    background_plane: bool = Field(
+        default=False, description="also match a sky plane per input (Montage-style gradient matching)")
     coverage_renorm: bool = Field(default=False, description="second pass: coverage-based gain per input")
     coverage_sigma_px: float = Field(default=32.0, gt=0, description="blur of the coverage map, px")
     coverage_clip: tuple[float, float] = Field(default=(0.8, 1.25), description="allowed coverage gains")
@@ -237,14 +239,37 @@ class RunConfig(_Section):
         default_factory=_default_budget_mb, ge=64, description="memory budget in MiB (default 25% of RAM)"
     )
     threads: int = Field(default=0, ge=0, description="worker threads, 0 = all cores")
+    use_gpu: Literal["auto", "on", "off"] = Field(
+        default="auto", description="CuPy GPU backend: auto = when CuPy and a CUDA device are "
+        "present, on = required (error otherwise), off = CPU only (docs/gpu.md)",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="console log level (the log file is always INFO or finer)"
+    )
+    fresh: bool = Field(
+        default=False, description="ignore the run directory's manifest: recompute every artifact"
+    )
+    scheduler: str | None = Field(
+        default=None, description="Dask: 'local' (a local cluster of processes) or a scheduler "
+        "address 'tcp://host:port'; not set: threads in this process (docs/scale.md)",
+    )
+    workers: int = Field(default=0, ge=0, description="worker processes of scheduler 'local', 0 = all cores")
+    block_rows: int | None = Field(
+        default=None, ge=1, description="output rows per coadd block (a Dask task); not set: "
+        "planned from the memory budget",
     )
 
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, v: Any) -> Any:
         return v.upper() if isinstance(v, str) else v
+
+    @field_validator("scheduler")
+    @classmethod
+    def _address(cls, v: str | None) -> str | None:
+        if v is not None and v != "local" and "://" not in v:
+            raise ValueError(f"must be 'local' or a scheduler address such as 'tcp://host:8786', got {v!r}")
+        return v
 
 
 class Config(_Section):
@@ -394,10 +419,15 @@ def config_reference_markdown() -> str:
     return "\n".join(out)
 
 
+#: run settings that change how a run executes but not its products
+_NOT_DIGESTED = ("log_level", "fresh", "scheduler", "workers", "use_gpu")
+
+
 def config_digest(config: Config, *, sections: tuple[str, ...] | None = None) -> str:
     """A short SHA-256 of the (selected sections of the) configuration, for provenance."""
     data = config.model_dump(mode="json")
     if sections is not None:
         data = {k: data[k] for k in sections}
-    data.get("run", {}).pop("log_level", None)
+    for key in _NOT_DIGESTED:  # how the run executes, not what it computes
+        data.get("run", {}).pop(key, None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -9,6 +9,7 @@ happened in ``run.json`` and keeps a log file in the output folder.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import time
@@ -19,12 +20,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from astropy.wcs import WCS
 
+from skymosaic._dask import dask_client
+from skymosaic._memory import limit_heap_growth
+from skymosaic._manifest import MANIFEST_NAME, Manifest, crash_point, file_signature, fingerprint
 from skymosaic._stats import FrameStats, frame_stats
 from skymosaic._version import __version__
-from skymosaic.assemble import CoaddOptions, FileSource, coadd
-from skymosaic.assemble._phase5 import MatchResult, match_sources, renormalise_coverage
+from skymosaic.assemble import CoaddOptions, CoaddResult, FileSource, coadd
+from skymosaic.assemble._coadd import BlockStore, DiskMosaic
+from skymosaic.assemble._phase5 import match_sources, renormalise_coverage
 from skymosaic.astrometry import review_wcs, solve_missing_wcs
+from skymosaic.backend import Backend, select_backend
 from skymosaic.config import Config, config_digest, dump_toml
 from skymosaic.grid import find_plan, run_grid
 from skymosaic.io.stack_plan import StackPlan, StackPlanError, read_stack_plan
@@ -37,10 +44,12 @@ from skymosaic.io import (
     scan_frame,
 )
 from skymosaic.io._diagnostics import write_photometry_diagnostics
-from skymosaic.io._writer import atomic_path, write_json, write_mosaic, write_preview
+from skymosaic.io._stream import binned_plane, write_mosaic_from_disk, write_preview_from_disk
+from skymosaic.io._writer import atomic_path, write_json
 from skymosaic.io.stack_plan import PlanRow, write_stack_plan
 from skymosaic.photometry import PhotometryOptions
 from skymosaic.reproject import OutputGrid, grid_from_header, optimal_grid
+from skymosaic.stack.master import MasterTile
 from skymosaic.stack.classic import StackedGroups, group_frames, select_by_quality, stack_groups
 from skymosaic.stack.quality import FrameQuality, measure_quality
 
@@ -68,6 +77,13 @@ class Progress:
 
     def advance(self, phase: str, n: int = 1) -> None:  # noqa: B027
         pass
+
+    def skip(self, phase: str, n: int = 1) -> None:
+        """``n`` items were reused from an earlier run: done, but no measure of speed.
+
+        Bars that show a rate or an ETA should not count them (the default advances).
+        """
+        self.advance(phase, n)
 
     def end(self, phase: str) -> None:  # noqa: B027
         pass
@@ -288,6 +304,12 @@ def run_pipeline(
     coadd the tiles (and the frames of groups too small to stack) -> write. With
     ``stack.enabled = false`` every frame is coadded directly.
 
+    Resume: every artifact is recorded with the fingerprint of its inputs in
+    ``out_dir/manifest.json``; a rerun into the same folder reuses each one that still
+    matches (``run.fresh`` ignores them) and says which in ``run.json`` (``"resume"``).
+    With ``run.scheduler`` set, master tiles and coadd blocks run as Dask tasks
+    (docs/scale.md).
+
     Raises
     ------
     NoUsableFramesError
@@ -299,85 +321,185 @@ def run_pipeline(
     progress = progress or Progress()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    run = _Run(out, config, progress)
+    limit_heap_growth()  # freed blocks go back to the OS: the phases' memory plans hold
     with atomic_path(out / "config.toml", suffix=".toml") as tmp:
         tmp.write_text(dump_toml(config))
     with _log_to_file(out / "skymosaic.log"):
-        with run.phase("discover"):
-            plan_path = find_plan(inputs, config)
-            plan = _read_plan(run, plan_path) if plan_path is not None else None
-            if plan is not None:
-                paths = _unique_paths(row.path for row in plan.rows)
-                logger.info("[GRID] plan %s: %d frame(s), %d row(s) rejected", plan_path,
-                            len(paths), len(plan.rejected))
-            else:
-                paths = discover_inputs(inputs, recursive=config.input.recursive)
-            logger.info("found %d candidate files", len(paths))
-            catalog = build_catalog(paths, config, progress=progress, threads=run.threads,
-                                    run_dir=out)
-        run.report["frames"] = {"found": len(paths), "rejected": catalog.rejected}
-        if catalog.solve:
-            run.report["solve"] = catalog.solve
-        with run.phase("verify"):
-            verify_frames(catalog, config, progress=progress, threads=run.threads)
-        if config.quality.enabled and catalog.frames:
-            with run.phase("quality"):
-                catalog.frames, rejected = select_by_quality(catalog.frames, catalog.quality, config)
-                for path, reason in rejected.items():
-                    catalog.reject(path, reason)
-        if not catalog.frames:
-            run.fail("no usable frame", f"no usable frame among {len(paths)} file(s)")
-        with run.phase("grid"):
-            grid = choose_grid(catalog.frames, config)
-        logger.info("output grid %d x %d px at %.3f arcsec/px", grid.shape[1], grid.shape[0],
-                    grid.pixel_scale_arcsec)
-        scratch = out / ".scratch"
-        scratch.mkdir(exist_ok=True)
-        if plan is not None:
-            try:
-                return _grid_mode(run, catalog, plan, grid, scratch)
-            finally:
-                shutil.rmtree(scratch, ignore_errors=True)
+        run = _Run(out, config, progress, Manifest(out, fresh=config.run.fresh))
+        local = config.run.scheduler == "local"
+        with dask_client(config.run.scheduler, workers=config.run.workers,
+                         memory_limit_bytes=config.memory_budget_bytes if local else None) as client:
+            run.client = client
+            return _run_phases(run, inputs)
+
+
+def _run_phases(run: _Run, inputs: Sequence[str | os.PathLike]) -> RunResult:
+    """Every phase after the run directory is set up (see `run_pipeline`)."""
+    config, out = run.config, run.out
+    paths, plan, catalog = _catalog_phase(run, inputs)
+    if not catalog.frames:
+        run.fail("no usable frame", f"no usable frame among {len(paths)} file(s)")
+    with run.phase("grid"):
+        grid = _canonical_grid(choose_grid(catalog.frames, config))
+    logger.info("output grid %d x %d px at %.3f arcsec/px", grid.shape[1], grid.shape[0],
+                grid.pixel_scale_arcsec)
+    scratch = out / ".scratch"
+    scratch.mkdir(exist_ok=True)
+    if plan is not None:
         try:
-            opts = _coadd_options(config, run.threads, scratch)
-            stacked = _stack_phase(run, catalog, grid, opts) if config.stack.enabled else None
-            sources, weights = _coadd_sources(catalog, stacked, config)
-            match = _photometry_phase(run, sources, grid, opts)
-            with run.phase("coadd"):
-                result = _run_coadd(sources, grid, opts, progress)
-            if config.photometry.enabled and config.photometry.coverage_renorm and len(sources) > 1:
-                with run.phase("coverage_renorm"):
-                    factors = renormalise_coverage(
-                        sources, grid, result.weight, options=opts,
-                        sigma_px=config.photometry.coverage_sigma_px, clip=config.photometry.coverage_clip,
-                    )
-                    run.report["coverage_renorm"] = dict(zip([s.name for s in sources], factors.tolist(), strict=True))
-                    result = _run_coadd(sources, grid, opts, progress)
-            if match is not None and config.photometry.diagnostics:
-                _write_diagnostics(out, sources, grid, match, result)
-            for name, reason in result.rejected.items():
-                path = next((str(f.path) for f in catalog.frames if f.name == name), name)
-                catalog.rejected[path] = reason
-            if not result.used:
-                run.fail("no frame contributed", "no frame contributed any pixel to the output grid")
-            with run.phase("write"):
-                mosaic_path, preview_path = _write_products(out, config, grid, result, sources)
+            return _grid_mode(run, catalog, plan, grid, scratch)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        run.report.update(_summary(catalog, result, grid, sources, weights, stacked))
-        run.report["products"] = {"mosaic": mosaic_path.name,
-                                  "preview": preview_path.name if preview_path else None,
-                                  "log": "skymosaic.log", "config": "config.toml"}
-        run.finish()
-        logger.info("mosaic written to %s", mosaic_path)
-    return RunResult(out, mosaic_path, preview_path, run.report, tuple(result.data.shape))
+    try:
+        opts = _coadd_options(config, run.threads, scratch, run.backend)
+        stacked = _stack_phase(run, catalog, grid, opts) if config.stack.enabled else None
+        sources, weights, sources_fp = _coadd_sources(catalog, stacked, config)
+        correction = _photometry_phase(run, sources, grid, opts, sources_fp)
+        mosaic_fp = fingerprint("mosaic", sources_fp, correction, _grid_signature(grid),
+                                config.model_dump(mode="json", include={"reproject", "output"}),
+                                _renorm_settings(config), config_digest(config))
+        reused = run.manifest.lookup("mosaic", mosaic_fp)
+        if reused is not None:
+            logger.info("resume: %s is up to date; nothing to recompute", reused["path"])
+            run.manifest.reused["mosaic"] = True
+            summary = reused["meta"]
+        else:
+            summary = _assemble_classic(run, sources, grid, opts, sources_fp, correction, mosaic_fp)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    for name, reason in summary["rejected"].items():
+        path = next((str(f.path) for f in catalog.frames if f.name == name), name)
+        catalog.rejected[path] = reason
+    if not summary["used"]:
+        run.fail("no frame contributed", "no frame contributed any pixel to the output grid")
+    if "coverage_renorm" in summary:
+        run.report["coverage_renorm"] = summary["coverage_renorm"]
+    run.report.update(_summary(catalog, summary, grid, weights, stacked))
+    run.report["products"] = dict(summary["products"], log="skymosaic.log", config="config.toml")
+    run.finish()
+    mosaic_path = out / summary["products"]["mosaic"]
+    preview = summary["products"]["preview"]
+    logger.info("mosaic written to %s", mosaic_path)
+    return RunResult(out, mosaic_path, out / preview if preview else None, run.report,
+                     tuple(summary["shape"]))
 
 
-def _coadd_options(config: Config, threads: int, scratch: Path) -> CoaddOptions:
+def _catalog_phase(run: _Run, inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], StackPlan | None, Catalog]:
+    """Discover and classify the inputs (headers, plate-solve cache), then verify the pixels
+    and select by quality; the verification and quality figures, the expensive part, are
+    reused from the manifest when the frames and the settings they depend on are unchanged."""
+    config = run.config
+    with run.phase("discover"):
+        plan_path = find_plan(inputs, config)
+        plan = _read_plan(run, plan_path) if plan_path is not None else None
+        if plan is not None:
+            paths = _unique_paths(row.path for row in plan.rows)
+            logger.info("[GRID] plan %s: %d frame(s), %d row(s) rejected", plan_path,
+                        len(paths), len(plan.rejected))
+        else:
+            paths = discover_inputs(inputs, recursive=config.input.recursive)
+        logger.info("found %d candidate files", len(paths))
+        catalog = build_catalog(paths, config, progress=run.progress, threads=run.threads, run_dir=run.out)
+    run.report["frames"] = {"found": len(paths), "rejected": catalog.rejected}
+    if catalog.solve:
+        run.report["solve"] = catalog.solve
+    run.catalog_fp = fingerprint(
+        "catalog", [[file_signature(f.path), f.wcs_source, f.channels] for f in catalog.frames],
+        config.model_dump(mode="json", include={"input", "quality"}), "fwhm" in config.stack.weighting,
+    )
+    verified = run.manifest.load_pickle("catalog", run.catalog_fp)
+    if verified is not None:
+        logger.info("resume: pixel checks and quality of %d frame(s) reused", len(verified["stats"]))
+        catalog.stats, catalog.quality = verified["stats"], verified["quality"]
+        for path, reason in verified["rejected"].items():
+            catalog.reject(path, reason)
+        catalog.frames = [f for f in catalog.frames if str(f.path) not in verified["rejected"]]
+        return paths, plan, catalog
+    before = dict(catalog.rejected)
+    with run.phase("verify"):
+        verify_frames(catalog, config, progress=run.progress, threads=run.threads)
+    if config.quality.enabled and catalog.frames:
+        with run.phase("quality"):
+            catalog.frames, rejected = select_by_quality(catalog.frames, catalog.quality, config)
+            for path, reason in rejected.items():
+                catalog.reject(path, reason)
+    run.manifest.store_pickle("catalog", run.catalog_fp, {
+        "stats": catalog.stats, "quality": catalog.quality,
+        "rejected": {k: v for k, v in catalog.rejected.items() if k not in before},
+    })
+    return paths, plan, catalog
+
+
+def _canonical_grid(grid: OutputGrid) -> OutputGrid:
+    """The grid with its WCS rebuilt from its FITS header.
+
+    A WCS computed in memory carries more digits than its header; a Dask worker receives
+    the WCS through its header (pickling), and the written mosaic has only the header. Rebuilding
+    it here makes the threaded and the Dask engines (and a resumed run) map pixels through
+    the very same WCS, so they give identical mosaics.
+    """
+    return OutputGrid(wcs=WCS(grid.wcs.to_header(relax=True)), shape=grid.shape)
+
+
+def _grid_signature(grid: OutputGrid) -> list:
+    return [list(grid.shape), grid.wcs.to_header_string(relax=True)]
+
+
+def _renorm_settings(config: Config) -> dict:
+    p = config.photometry
+    return {"enabled": p.enabled and p.coverage_renorm, "sigma": p.coverage_sigma_px, "clip": list(p.coverage_clip)}
+
+
+def _assemble_classic(run: _Run, sources, grid: OutputGrid, opts: CoaddOptions, sources_fp: str,
+                      correction: dict, mosaic_fp: str) -> dict:
+    """Coadd (resumable by blocks), optional coverage renormalisation, diagnostics, write.
+
+    Returns the summary recorded with the mosaic in the manifest (what `_summary` and the
+    run report need), after which the coadd stores are deleted.
+    """
+    config, out = run.config, run.out
+    base_fp = fingerprint("coadd", sources_fp, correction, _grid_signature(grid),
+                          config.model_dump(mode="json", include={"reproject"}))
+    with run.phase("coadd"):
+        result = _run_coadd(run, "coadd", base_fp, sources, grid, opts)
+    stores = ["coadd"]
+    extra = {}
+    if config.photometry.enabled and config.photometry.coverage_renorm and len(sources) > 1:
+        with run.phase("coverage_renorm"):
+            factors = renormalise_coverage(
+                sources, grid, result.weight, options=opts,
+                sigma_px=config.photometry.coverage_sigma_px, clip=config.photometry.coverage_clip,
+            )
+            extra["coverage_renorm"] = dict(zip([s.name for s in sources], factors.tolist(), strict=True))
+            renorm_fp = fingerprint("coadd_renorm", base_fp, factors.tolist())
+            result = _run_coadd(run, "coadd_renorm", renorm_fp, sources, grid, opts)
+            stores.append("coadd_renorm")
+    if run.diagnostics is not None and config.photometry.diagnostics and result.used:
+        _write_diagnostics(out, sources, grid, run.diagnostics, result, opts.memory_budget)
+    products = {}
+    if result.used:
+        with run.phase("write"):
+            mosaic_path, preview_path = _write_products(out, config, grid, result)
+        products = {"mosaic": mosaic_path.name, "preview": preview_path.name if preview_path else None}
+    summary = {
+        "used": result.used, "rejected": result.rejected, "shape": list(result.data.shape),
+        "coverage_fraction": result.coverage_fraction, "max_depth": result.max_depth,
+        "blocks": result.n_blocks, "block_rows": result.block_rows, "products": products, **extra,
+    }
+    if result.used:
+        run.manifest.record("mosaic", mosaic_fp, path=out / products["mosaic"], meta=summary)
+    del result
+    for name in stores:
+        DiskMosaic(out / name).remove()
+    run.manifest.forget(stores)
+    return summary
+
+
+def _coadd_options(config: Config, threads: int, scratch: Path, backend: Backend | None = None) -> CoaddOptions:
     return CoaddOptions(
         kernel=config.reproject.kernel, map_tolerance=config.reproject.map_tolerance_px,
         grid_step=config.reproject.grid_step_px, memory_budget=config.memory_budget_bytes,
-        threads=threads, scratch_dir=str(scratch),
+        threads=threads, scratch_dir=str(scratch), backend=backend, block_rows=config.run.block_rows,
     )
 
 
@@ -408,7 +530,7 @@ def _unique_paths(paths) -> list[Path]:
 def _grid_mode(run: _Run, catalog: Catalog, plan: StackPlan, canvas: OutputGrid, scratch: Path) -> RunResult:
     """Grid/survey mode after the catalog and the canvas: tiles, stacks, assembly, products."""
     config = run.config
-    opts = _coadd_options(config, run.threads, scratch)
+    opts = _coadd_options(config, run.threads, scratch, run.backend)
     products = run_grid(
         plan=plan, frames=catalog.frames, canvas=canvas, config=config, options=opts, out=run.out,
         scratch=scratch, noise={k: v.noise for k, v in catalog.stats.items()},
@@ -439,11 +561,15 @@ def _grid_mode(run: _Run, catalog: Catalog, plan: StackPlan, canvas: OutputGrid,
 
 
 class _Run:
-    """Bookkeeping of one run: threads, phase timings, the report and its failure path."""
+    """Bookkeeping of one run: threads, phase timings, the report, resume and its failure path."""
 
-    def __init__(self, out: Path, config: Config, progress: Progress) -> None:
-        self.out, self.config, self.progress = out, config, progress
+    def __init__(self, out: Path, config: Config, progress: Progress, manifest: Manifest) -> None:
+        self.out, self.config, self.progress, self.manifest = out, config, progress, manifest
         self.threads = config.run.threads or (os.cpu_count() or 1)
+        self.backend = select_backend(config.run.use_gpu)  # use_gpu = "on" without a GPU fails here
+        self.client = None  # a dask.distributed Client when run.scheduler is set
+        self.catalog_fp = ""
+        self.diagnostics: dict | None = None  # what the photometry diagnostics plot needs
         self.timings: dict[str, float] = {}
         self.report: dict = {"skymosaic": __version__, "config_digest": config_digest(config),
                              "mode": "classic" if config.stack.enabled else "direct"}
@@ -459,6 +585,10 @@ class _Run:
     def finish(self, status: str = "ok") -> None:
         self.report["status"] = status
         self.report["timings_s"] = dict(self.timings)
+        self.report["resume"] = {"manifest": MANIFEST_NAME, "fresh": self.config.run.fresh,
+                                 "reused": dict(self.manifest.reused)}
+        self.report["scheduler"] = self.config.run.scheduler or "threads"
+        self.report["backend"] = self.backend.report()
         write_json(self.out / "run.json", self.report)
 
     def fail(self, status: str, message: str) -> None:
@@ -467,45 +597,91 @@ class _Run:
 
 
 def _stack_phase(run: _Run, catalog: Catalog, grid: OutputGrid, opts: CoaddOptions) -> StackedGroups:
-    """Cluster the frames by sky position and stack every group into a master tile."""
-    config = run.config
+    """Cluster the frames by sky position and stack every group into a master tile.
+
+    The clustering is reused when the catalog and the ``[cluster]`` settings are unchanged;
+    each master tile is reused when its own fingerprint (frames, stack settings) matches
+    (`skymosaic.stack.build_master_tile`) and recorded in the manifest as it is finished.
+    """
+    config, manifest = run.config, run.manifest
     with run.phase("cluster"):
-        clustering = group_frames(catalog.frames, config)
+        cluster_fp = fingerprint("clustering", run.catalog_fp, config.model_dump(mode="json", include={"cluster"}))
+        clustering = manifest.load_pickle("clustering", cluster_fp)
+        if clustering is None:
+            clustering = group_frames(catalog.frames, config)
+            manifest.store_pickle("clustering", cluster_fp, clustering)
     logger.info("%d frame(s) in %d group(s)", len(catalog.frames), len(clustering.groups))
     noise = {k: v.noise for k, v in catalog.stats.items()}
     fwhm = {k: q.fwhm for k, q in catalog.quality.items()}
+    reused: list[str] = []
+
+    def tile_done(tile: MasterTile) -> None:
+        manifest.record(f"tile/{tile.tile_id}", tile.fingerprint, path=tile.path,
+                        meta={"frames": len(tile.frames)})
+        if tile.reused:
+            reused.append(tile.tile_id)
+            run.progress.skip("stack", len(tile.frames))
+        else:
+            crash_point("stack")
+
     run.progress.start("stack", len(catalog.frames))
     with run.phase("stack"):
         stacked = stack_groups(
             catalog.frames, clustering, config=config, options=opts,
             pixel_scale_arcsec=grid.pixel_scale_arcsec, tiles_dir=run.out / "tiles",
             scratch_dir=run.out / ".scratch", noise=noise, fwhm=fwhm,
-            progress=lambda n: run.progress.advance("stack", n),
+            progress=lambda n: run.progress.advance("stack", n), tile_done=tile_done, client=run.client,
         )
     run.progress.end("stack")
+    current = {f"tile/{t.tile_id}" for t in stacked.tiles}
+    manifest.forget([k for k in manifest.artifacts if k.startswith("tile/") and k not in current])
+    if reused:
+        manifest.reused["tiles"] = sorted(reused)
     run.report["clusters"] = clustering.to_dict()
     return stacked
 
 
-def _photometry_phase(run: _Run, sources, grid: OutputGrid, opts: CoaddOptions) -> MatchResult | None:
-    """Solve per-input gains/offsets; any failure falls back to the plain coadd (one warning)."""
+def _photometry_phase(run: _Run, sources, grid: OutputGrid, opts: CoaddOptions, sources_fp: str) -> dict:
+    """Solve per-input gains/offsets (reused when nothing they depend on changed); any failure
+    falls back to the plain coadd (one warning). Returns the corrections set on the sources,
+    ``{name: [gain, offset]}`` (what the coadd's fingerprint depends on)."""
     cfg = run.config.photometry
     if not cfg.enabled or len(sources) < 2:
-        return None
+        return {}
+    fp = fingerprint("photometry", sources_fp, _grid_signature(grid), opts.memory_budget,
+                     run.config.model_dump(mode="json", include={"reproject", "photometry"},
+                                           exclude={"photometry": {"coverage_renorm", "coverage_sigma_px",
+                                                                   "coverage_clip", "diagnostics"}}))
+    state = run.manifest.lookup("photometry", fp)
+    if state is not None:
+        run.manifest.reused["photometry"] = True
+        logger.info("resume: photometric solution reused")
+        saved = state["meta"]
+    else:
+        with run.phase("photometry"):
+            saved = _solve_photometry(run, sources, grid, opts)
+        run.manifest.record("photometry", fp, meta=saved)
+    for s in sources:
+        gain, offset = saved["corrections"].get(s.name, (None, None))
+        s.gain = None if gain is None else np.asarray(gain)
+        s.offset = None if offset is None else np.asarray(offset)
+    run.report["photometry"] = saved["report"]
+    run.diagnostics = saved.get("diagnostics")
+    return saved["corrections"]
+
+
+def _solve_photometry(run: _Run, sources, grid: OutputGrid, opts: CoaddOptions) -> dict:
+    """The photometric solve: corrections, report and diagnostics data (JSON-ready)."""
+    cfg = run.config.photometry
     options = PhotometryOptions.from_config(run.config)
     try:
-        with run.phase("photometry"):
-            match = match_sources(sources, grid, options=opts, photometry=options,
-                                  match_kernel=cfg.match_kernel)
+        match = match_sources(sources, grid, options=opts, photometry=options, match_kernel=cfg.match_kernel)
     except (FrameError, ValueError, ArithmeticError, MemoryError) as err:
         logger.warning("photometric matching failed (%s: %s); plain coadd without corrections",
                        type(err).__name__, err)
-        for s in sources:
-            s.gain = s.offset = None
-        run.report["photometry"] = {"status": f"fallback: {err}"}
-        return None
+        return {"corrections": {}, "report": {"status": f"fallback: {err}"}}
     rep = match.report
-    run.report["photometry"] = {
+    report = {
         "status": rep.status, "binning": match.binning, "n_inputs": len(sources),
         "n_overlaps": rep.n_overlaps, "relations_ok": rep.n_relations_ok,
         "relations_offset_only": rep.n_relations_offset_only, "relations_failed": rep.n_relations_failed,
@@ -518,22 +694,35 @@ def _photometry_phase(run: _Run, sources, grid: OutputGrid, opts: CoaddOptions) 
     logger.info("photometry: %d inputs, %d overlaps, regressions ok/offset-only/failed %d/%d/%d, "
                 "gains %.4f..%.4f", len(sources), rep.n_overlaps, rep.n_relations_ok,
                 rep.n_relations_offset_only, rep.n_relations_failed, match.gains.min(), match.gains.max())
-    return match
+    corrections = {s.name: [None if s.gain is None else np.asarray(s.gain).tolist(),
+                            None if s.offset is None else np.asarray(s.offset).tolist()] for s in sources}
+    diagnostics = {"gains": match.gains.tolist(),
+                   "pairs": [[p["i"], p["j"], p.get("robust_weight", 1.0)] for p in rep.pairs if p["channel"] == 0]}
+    return {"corrections": corrections, "report": report, "diagnostics": diagnostics}
 
 
-def _write_diagnostics(out: Path, sources, grid: OutputGrid, match: MatchResult, result) -> None:
+def _write_diagnostics(out: Path, sources, grid: OutputGrid, diagnostics: dict, result: CoaddResult,
+                       memory_budget: int) -> None:
     from skymosaic.assemble import source_bbox
 
     placed = [source_bbox(s, grid) for s in sources]
     index = [k for k, b in enumerate(placed) if b is not None]
-    pairs = [(index[p["i"]], index[p["j"]], p.get("robust_weight", 1.0))
-             for p in match.report.pairs if p["channel"] == 0]
-    write_photometry_diagnostics(out / "photometry_diagnostics.png", result.weight, placed,
-                                 match.gains, pairs)
+    pairs = [(index[i], index[j], w) for i, j, w in diagnostics["pairs"]]
+    weight, factor = result.weight, 1
+    if result.store is not None:  # draw from a binned copy: the weight map may not fit in memory
+        factor = max(1, math.ceil(max(grid.shape) / 1600))
+        weight = binned_plane(result.store, "weight", factor, memory_budget=memory_budget)
+        placed = [None if b is None else tuple(v // factor for v in b) for b in placed]
+    write_photometry_diagnostics(out / "photometry_diagnostics.png", weight, placed,
+                                 np.asarray(diagnostics["gains"]), pairs)
 
 
 def _coadd_sources(catalog: Catalog, stacked: StackedGroups | None, config: Config):
-    """Phase 5 inputs: master tiles (their WEIGHT maps carry the depth) and single frames."""
+    """Phase 5 inputs: master tiles (their WEIGHT maps carry the depth) and single frames.
+
+    Returns the sources, their weights by name, and a fingerprint of them (each single
+    frame's file signature and weight, each tile's TILEFP).
+    """
     singles = catalog.frames if stacked is None else stacked.singles
     weights = _normalise_weights([
         frame_weight(f, catalog.stats.get(str(f.path)), config.coadd.weighting) for f in singles
@@ -542,30 +731,54 @@ def _coadd_sources(catalog: Catalog, stacked: StackedGroups | None, config: Conf
         FileSource.from_info(f, weight=wt, valid_min=config.input.valid_min)
         for f, wt in zip(singles, weights, strict=True)
     ]
+    signature = [[file_signature(f.path), wt] for f, wt in zip(singles, weights, strict=True)]
     if stacked is not None:
         for tile in stacked.tiles:
             info = scan_frame(tile.path)
             sources.append(FileSource.from_info(info, weight=1.0, valid_min=None))
-    return sources, dict(zip([s.name for s in sources], [s.weight for s in sources], strict=True))
+            signature.append([tile.tile_id, tile.fingerprint])
+    names = [s.name for s in sources]
+    fp = fingerprint("sources", signature, config.input.valid_min)
+    return sources, dict(zip(names, [s.weight for s in sources], strict=True)), fp
 
 
-def _run_coadd(sources, grid, opts, progress: Progress):
+def _run_coadd(run: _Run, name: str, fp: str, sources, grid: OutputGrid, opts: CoaddOptions) -> CoaddResult:
+    """One coadd pass into ``run.out/name``, resuming the blocks an interrupted run finished."""
+    progress, manifest = run.progress, run.manifest
+    entry = manifest.lookup(name, fp)
+    meta = entry["meta"] if entry is not None else {"block_rows": None, "blocks": {}}
+    done = {int(y0): stats for y0, stats in meta["blocks"].items()}
     state = {"started": False}
 
-    def report(done: int, total: int) -> None:
+    def report(n: int, total: int) -> None:
         if not state["started"]:
-            progress.start("coadd", total)
+            progress.start(name, total)
             state["started"] = True
-        if done:
-            progress.advance("coadd", done)
+        if n:
+            progress.advance(name, n)
 
+    def on_block(y0: int, stats: dict) -> None:
+        meta["blocks"][str(y0)] = stats
+        manifest.record(name, fp, path=run.out / name, meta=meta)
+        crash_point("coadd")
+
+    store = BlockStore(run.out / name, block_rows=meta["block_rows"], done=done, on_block=on_block)
     try:
-        return coadd(sources, grid, options=opts, progress=report)
+        result = coadd(sources, grid, options=opts, progress=report, store=store, client=run.client)
     finally:
-        progress.end("coadd")
+        progress.end(name)
+    if store.done != done:  # the store did not match: it was started over
+        meta["blocks"] = {}
+    meta["block_rows"] = result.block_rows
+    manifest.record(name, fp, path=run.out / name, meta=meta)
+    if result.blocks_reused:
+        manifest.reused[name] = {"blocks_reused": result.blocks_reused, "blocks": result.n_blocks}
+        logger.info("resume: %s: %d of %d block(s) reused", name, result.blocks_reused, result.n_blocks)
+    return result
 
 
-def _write_products(out: Path, config: Config, grid: OutputGrid, result, sources):
+def _write_products(out: Path, config: Config, grid: OutputGrid, result: CoaddResult):
+    """The science FITS (streamed from the coadd store) and the preview."""
     history = [
         f"skymosaic {__version__}: weighted-mean coadd of {len(result.used)} input(s)",
         f"config digest {config_digest(config)}; kernel {config.reproject.kernel}; "
@@ -574,24 +787,27 @@ def _write_products(out: Path, config: Config, grid: OutputGrid, result, sources
     history += [f"input {name}" for name in result.used[:500]]
     cards = {"NINPUTS": (len(result.used), "frames or master tiles coadded"),
              "CFGHASH": (config_digest(config), "skymosaic config digest")}
-    mosaic_path = write_mosaic(out / f"{config.output.name}.fits", result.data, grid.wcs,
-                               weight=result.weight, coverage=result.coverage, history=history,
-                               cards=cards)
+    budget = config.memory_budget_bytes
+    assert result.store is not None  # the pipeline always coadds into a BlockStore
+    mosaic_path = write_mosaic_from_disk(out / f"{config.output.name}.fits", result.store, grid.wcs,
+                                         memory_budget=budget, history=history, cards=cards)
     preview_path = None
     if config.output.preview:
-        preview_path = write_preview(out / f"{config.output.name}_preview.png", result.data,
-                                     max_size=config.output.preview_max_size)
+        preview_path = write_preview_from_disk(out / f"{config.output.name}_preview.png", result.store,
+                                               max_size=config.output.preview_max_size, memory_budget=budget)
     return mosaic_path, preview_path
 
 
-def _summary(catalog: Catalog, result, grid: OutputGrid, sources, weights: dict,
+def _summary(catalog: Catalog, coadded: dict, grid: OutputGrid, weights: dict,
              stacked: StackedGroups | None) -> dict:
+    """The ``frames``, ``output`` and ``tiles`` sections of run.json."""
     frames = []
     in_tile = {}
     if stacked is not None:
         for tile in stacked.tiles:
             for name in tile.frames:
                 in_tile[name] = tile.tile_id
+    used = set(coadded["used"])
     for info in catalog.frames:
         entry = info.to_dict()
         stats = catalog.stats.get(str(info.path))
@@ -602,9 +818,8 @@ def _summary(catalog: Catalog, result, grid: OutputGrid, sources, weights: dict,
             entry["quality"] = quality.to_dict()
         entry["tile"] = in_tile.get(info.name)
         entry["weight"] = weights.get(info.name)
-        entry["used"] = info.name in result.used or info.name in in_tile
+        entry["used"] = info.name in used or info.name in in_tile
         frames.append(entry)
-    finite = np.isfinite(result.data).all(axis=0)
     summary = {
         "frames": {
             "found": len(catalog.frames) + len(catalog.rejected),
@@ -614,12 +829,12 @@ def _summary(catalog: Catalog, result, grid: OutputGrid, sources, weights: dict,
         },
         "output": {
             **grid.to_dict(),
-            "channels": int(result.data.shape[0]),
-            "coverage_fraction": float(finite.mean()),
-            "max_depth": int(result.coverage.max()) if result.coverage.size else 0,
-            "blocks": result.n_blocks,
-            "block_rows": result.block_rows,
-            "inputs_coadded": len(result.used),
+            "channels": int(coadded["shape"][0]),
+            "coverage_fraction": float(coadded["coverage_fraction"]),
+            "max_depth": int(coadded["max_depth"]),
+            "blocks": coadded["blocks"],
+            "block_rows": coadded["block_rows"],
+            "inputs_coadded": len(coadded["used"]),
         },
     }
     if stacked is not None:

@@ -5,16 +5,28 @@ sources whose footprint touches it are read, and of each only the input rows and
 that map into the block (plus the kernel margin). Sources are resampled in a thread pool
 (OpenCV and NumPy release the GIL) and accumulated in source order, so the result does not
 depend on the number of threads. Sums are kept in float64.
+
+One kernel, two engines: `coadd_block` computes one block; `coadd` runs the blocks one after
+the other with a thread pool inside each, or, given a ``dask.distributed`` client, as Dask
+tasks on the cluster's workers (same function, so the same numbers). Finished blocks go to
+an in-memory output, or to a `DiskMosaic` (``.npy`` files opened per block) when the output
+does not fit in half the budget or when a `BlockStore` is given; a store records every
+finished block so that an interrupted coadd resumes where it stopped.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+import shutil
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -22,18 +34,34 @@ from skymosaic.assemble._sources import ImageSource
 from skymosaic.io._frames import FrameError
 from skymosaic.reproject._grid import OutputGrid
 from skymosaic.reproject._mapping import pixel_map
-from skymosaic.reproject._resample import KERNEL_RADIUS, KERNELS, resample
+from skymosaic.backend import Backend
+from skymosaic.backend._reproject import resample_weighted
+from skymosaic.reproject._resample import KERNEL_RADIUS, KERNELS
 
-__all__ = ["CoaddOptions", "CoaddResult", "coadd", "resample_source", "source_bbox"]
+__all__ = [
+    "BlockStore",
+    "CoaddOptions",
+    "CoaddResult",
+    "DiskMosaic",
+    "coadd",
+    "coadd_block",
+    "ordered_window",
+    "resample_source",
+    "source_bbox",
+]
 
 logger = logging.getLogger(__name__)
 
-#: Bytes of accumulator per output pixel and channel (float64 sum) plus per pixel
-#: (float64 weight sum, uint16 coverage).
-_ACC_BYTES_PER_CHANNEL, _ACC_BYTES_PER_PIXEL = 8, 10
+#: Bytes per output pixel and channel of one block while it is built: the float64 sum
+#: and the float32 result; per pixel: float64 weight sum + float32 weight out, uint16
+#: coverage in and out.
+_BLOCK_BYTES_PER_CHANNEL, _BLOCK_BYTES_PER_PIXEL = 12, 16
 #: Temporaries of one resampling task per input pixel and channel: the read region,
 #: the zero-filled copy, the output cutout, maps and masks (measured ~5x, rounded up).
 _TASK_FACTOR = 8
+#: Bytes per output pixel of the result arrays (float32 per channel, float32 weight,
+#: uint16 coverage).
+_OUT_BYTES_PER_CHANNEL, _OUT_BYTES_PER_PIXEL = 4, 6
 
 
 @dataclass(frozen=True)
@@ -47,6 +75,10 @@ class CoaddOptions:
     threads: int = 0
     min_block_rows: int = 32
     scratch_dir: str | None = None
+    #: Rows per output block; None plans them from the memory budget (`_plan_blocks`).
+    block_rows: int | None = None
+    #: Where sources are resampled (None = the host); see `skymosaic.backend`.
+    backend: Backend | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.kernel not in KERNELS:
@@ -55,16 +87,103 @@ class CoaddOptions:
             raise ValueError(f"memory_budget {self.memory_budget} bytes is below the 16 MiB minimum")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
+        if self.block_rows is not None and self.block_rows < 1:
+            raise ValueError(f"block_rows must be >= 1 or None, got {self.block_rows}")
 
     @property
     def n_threads(self) -> int:
         return self.threads or (os.cpu_count() or 1)
 
 
+class DiskMosaic:
+    """Coadd outputs on disk: ``data.npy`` (C, H, W) float32, ``weight.npy`` and
+    ``coverage.npy`` (H, W) float32 / uint16 in ``folder``.
+
+    The files are memory-mapped only for the rows being written or read and unmapped
+    right after, so the process never keeps more than one block of them resident.
+    """
+
+    NAMES = ("data", "weight", "coverage")
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+
+    @classmethod
+    def create(cls, folder: str | os.PathLike, channels: int, shape: tuple[int, int]) -> DiskMosaic:
+        """New (sparse) files for a ``channels`` x ``shape`` mosaic, replacing any old ones."""
+        store = cls(folder)
+        store.folder.mkdir(parents=True, exist_ok=True)
+        h, w = shape
+        for name, dtype, full in (("data", np.float32, (channels, h, w)), ("weight", np.float32, (h, w)),
+                                  ("coverage", np.uint16, (h, w))):
+            arr = np.lib.format.open_memmap(store.path(name), mode="w+", dtype=dtype, shape=full)
+            del arr
+        return store
+
+    def path(self, name: str) -> Path:
+        return self.folder / f"{name}.npy"
+
+    def matches(self, channels: int, shape: tuple[int, int]) -> bool:
+        """Whether the files exist with the layout of a ``channels`` x ``shape`` mosaic."""
+        try:
+            data = self.open("data")
+            ok = data.shape == (channels, *shape) and self.open("weight").shape == tuple(shape)
+            return ok and self.open("coverage").shape == tuple(shape)
+        except (OSError, ValueError):
+            return False
+
+    def open(self, name: str, mode: str = "r") -> np.memmap:
+        """The whole array ``name`` memory-mapped (``mode`` ``"r"`` or ``"r+"``)."""
+        return np.load(self.path(name), mmap_mode=mode)
+
+    def write_rows(self, y0: int, data: np.ndarray, weight: np.ndarray, coverage: np.ndarray) -> None:
+        """Write output rows ``[y0, y0 + len)`` and flush them to disk."""
+        y1 = y0 + weight.shape[0]
+        for name, block in (("data", data), ("weight", weight), ("coverage", coverage)):
+            arr = self.open(name, "r+")
+            arr[..., y0:y1, :] = block
+            arr.flush()
+            del arr
+
+    def read_rows(self, name: str, y0: int, y1: int) -> np.ndarray:
+        """A copy of rows ``[y0, y1)`` of ``name``."""
+        arr = self.open(name)
+        try:
+            return np.array(arr[..., y0:y1, :])
+        finally:
+            del arr
+
+    def remove(self) -> None:
+        """Delete the files (and the folder when empty)."""
+        for name in self.NAMES:
+            self.path(name).unlink(missing_ok=True)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@dataclass
+class BlockStore:
+    """A persistent coadd output: where it lives and what an earlier run already finished.
+
+    ``done`` maps the first row of every finished block to its statistics (as passed to
+    ``on_block``); ``block_rows`` forces the block layout of that earlier run, so that
+    reused and new blocks fit together. ``on_block(y0, stats)`` is called after each new
+    block is flushed to disk (the pipeline records it in the run's manifest).
+    """
+
+    folder: Path
+    block_rows: int | None = None
+    done: dict[int, dict] = field(default_factory=dict)
+    on_block: Callable[[int, dict], None] | None = None
+
+
 @dataclass
 class CoaddResult:
     """The coadded image (C, H, W) float32 (NaN where no data), the weight sum (H, W)
-    float32 and the number of contributing sources per pixel (H, W) uint16."""
+    float32 and the number of contributing sources per pixel (H, W) uint16.
+
+    When the output was built on disk, the three arrays are read-only memory maps of
+    ``store`` (read them by blocks: see `DiskMosaic.read_rows`).
+    """
 
     data: np.ndarray
     weight: np.ndarray
@@ -73,6 +192,10 @@ class CoaddResult:
     used: list[str] = field(default_factory=list)
     n_blocks: int = 1
     block_rows: int = 0
+    coverage_fraction: float = 0.0
+    max_depth: int = 0
+    store: DiskMosaic | None = None
+    blocks_reused: int = 0
 
 
 def source_bbox(source: ImageSource, grid: OutputGrid, *, margin: int = 2) -> tuple[int, int, int, int] | None:
@@ -91,20 +214,33 @@ def source_bbox(source: ImageSource, grid: OutputGrid, *, margin: int = 2) -> tu
     return y0, y1, x0, x1
 
 
-def _plan_blocks(grid: OutputGrid, channels: int, sources: Sequence[ImageSource], opts: CoaddOptions) -> int:
-    """Rows per block so that outputs + accumulators + in-flight tasks fit in the budget."""
-    h, w = grid.shape
+def _task_bytes(sources: Sequence[ImageSource]) -> int:
+    """Peak temporaries of one resampling task (the largest source)."""
     largest = max((s.shape[0] * s.shape[1] * s.shape[2] for s in sources), default=0)
-    tasks = (opts.n_threads + 1) * largest * 4 * _TASK_FACTOR
-    out_bytes = h * w * (4 * channels + 6)
-    in_memory = 0 if _output_on_disk(grid, channels, opts) else out_bytes
-    per_row = w * (channels * _ACC_BYTES_PER_CHANNEL + _ACC_BYTES_PER_PIXEL)
+    return largest * 4 * _TASK_FACTOR
+
+
+def _plan_blocks(grid: OutputGrid, channels: int, sources: Sequence[ImageSource], opts: CoaddOptions,
+                 *, on_disk: bool) -> int:
+    """Rows per block so that outputs + one block + in-flight tasks fit in the budget.
+
+    At most ``n_threads + 1`` resampling tasks are in flight (`ordered_window`), each
+    holding `_task_bytes`; a block holds its float64 sums and its float32 result; an
+    in-memory output holds the whole mosaic.
+    """
+    h, w = grid.shape
+    if opts.block_rows is not None:
+        return int(min(h, opts.block_rows))
+    tasks = (opts.n_threads + 1) * _task_bytes(sources)
+    in_memory = 0 if on_disk else h * w * (_OUT_BYTES_PER_CHANNEL * channels + _OUT_BYTES_PER_PIXEL)
+    per_row = w * (channels * _BLOCK_BYTES_PER_CHANNEL + _BLOCK_BYTES_PER_PIXEL)
     room = opts.memory_budget - tasks - in_memory
     rows = room // per_row if room > 0 else 0
     if rows < opts.min_block_rows:
         logger.warning(
             "memory budget %.0f MiB is tight for %d threads and %.1f Mpx frames; using "
-            "%d-row blocks", opts.memory_budget / 2**20, opts.n_threads, largest / 3e6, opts.min_block_rows,
+            "%d-row blocks", opts.memory_budget / 2**20, opts.n_threads,
+            _task_bytes(sources) / (4 * _TASK_FACTOR * 3e6), opts.min_block_rows,
         )
         rows = opts.min_block_rows
     return int(min(h, rows))
@@ -113,7 +249,8 @@ def _plan_blocks(grid: OutputGrid, channels: int, sources: Sequence[ImageSource]
 def _output_on_disk(grid: OutputGrid, channels: int, opts: CoaddOptions) -> bool:
     """An output larger than half the budget is built in memory-mapped scratch files."""
     h, w = grid.shape
-    return opts.scratch_dir is not None and h * w * (4 * channels + 6) > opts.memory_budget // 2
+    out_bytes = h * w * (_OUT_BYTES_PER_CHANNEL * channels + _OUT_BYTES_PER_PIXEL)
+    return opts.scratch_dir is not None and out_bytes > opts.memory_budget // 2
 
 
 def resample_source(
@@ -136,24 +273,18 @@ def resample_source(
     xs, ys = pm.x[inside], pm.y[inside]
     c0, c1 = max(0, int(np.floor(xs.min())) - r), min(w_in, int(np.ceil(xs.max())) + r + 1)
     r0, r1 = max(0, int(np.floor(ys.min())) - r), min(h_in, int(np.ceil(ys.max())) + r + 1)
+    del inside, xs, ys
     if c1 <= c0 or r1 <= r0:
         return None
     rows, cols = slice(r0, r1), slice(c0, c1)
-    pixels = source.read(rows, cols)
     xmap, ymap = pm.x - np.float32(c0), pm.y - np.float32(r0)
-    out, footprint = resample(pixels, xmap, ymap, kernel=opts.kernel)
-    if not footprint.any():
-        return None
-    weight = np.where(footprint, np.float32(source.weight), np.float32(0.0))
-    pixel_weight = source.read_weight(rows, cols)
-    if pixel_weight is not None:
-        pw, pw_fp = resample(pixel_weight[None].astype(np.float32), xmap, ymap, kernel="bilinear")
-        weight *= np.where(pw_fp, np.maximum(pw[0], 0.0), 0.0)
-    if source.gain is not None:
-        out *= np.asarray(source.gain, np.float32)[:, None, None]
-    if source.offset is not None:
-        out += np.asarray(source.offset, np.float32)[:, None, None]
-    return cut, out, weight
+    del pm
+    res = resample_weighted(
+        source.read(rows, cols), xmap, ymap, kernel=opts.kernel, weight=source.weight,
+        pixel_weight=source.read_weight(rows, cols), gain=source.gain, offset=source.offset,
+        backend=opts.backend,
+    )
+    return None if res is None else (cut, *res)
 
 
 class _Block:
@@ -176,14 +307,94 @@ class _Block:
         self.wsum[sl] += wt
         self.cov[sl] += good
 
-    def finish(self, data: np.ndarray, wsum: np.ndarray, cov: np.ndarray) -> None:
-        """Write the weighted mean (NaN where no weight), weights and coverage into the outputs."""
+    def finish(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The weighted mean (NaN where no weight) float32, weights float32 and coverage."""
         has = self.wsum > 0
-        data[...] = np.nan
+        data = np.full(self.acc.shape, np.nan, np.float32)
         for ch in range(self.acc.shape[0]):
             np.divide(self.acc[ch], self.wsum, out=data[ch], where=has, casting="same_kind")
-        wsum[...] = self.wsum
-        cov[...] = self.cov
+        self.acc = np.empty(0)  # release the float64 sums before the caller copies the result
+        return data, self.wsum.astype(np.float32), self.cov
+
+
+@dataclass
+class BlockJob:
+    """One output block: rows ``[y0, y1)`` and the (index, source, cutout) that touch it."""
+
+    y0: int
+    y1: int
+    width: int
+    channels: int
+    tasks: list[tuple[int, ImageSource, tuple[int, int, int, int]]]
+
+
+@dataclass
+class BlockOutput:
+    """A finished block: float32 mean, weight and coverage, and per-source outcome."""
+
+    y0: int
+    data: np.ndarray
+    weight: np.ndarray
+    coverage: np.ndarray
+    contributed: list[int]
+    errors: dict[int, str]
+
+    def stats(self) -> dict:
+        """What the run report needs from this block (kept in the manifest on resume)."""
+        return {
+            "y1": self.y0 + self.weight.shape[0], "contributed": self.contributed,
+            "errors": {str(k): v for k, v in self.errors.items()},
+            "finite": int(np.isfinite(self.data).all(axis=0).sum()),
+            "max_depth": int(self.coverage.max()) if self.coverage.size else 0,
+        }
+
+
+def ordered_window(pool: Executor, fn: Callable[[Any], Any], items: Iterable[Any], window: int) -> Iterator[Any]:
+    """``pool.map(fn, items)`` with at most ``window`` tasks submitted and not yet consumed.
+
+    `Executor.map` submits every item at once, so results that finish before an earlier
+    slow one pile up in memory; this keeps the number of live results bounded (the memory
+    plan of `_plan_blocks` counts ``n_threads + 1`` tasks) and still yields in order.
+    """
+    pending: deque = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def coadd_block(job: BlockJob, grid: OutputGrid, opts: CoaddOptions, *, pool: Executor | None = None,
+                progress: Callable[[int, int], None] | None = None) -> BlockOutput:
+    """Resample and accumulate every source of ``job``, in source order, into one block.
+
+    With a ``pool`` the sources are resampled in its threads (at most ``n_threads + 1`` in
+    flight); without one, one after the other (a Dask task). The sums run in the same
+    order either way, so the result is identical to the bit.
+    """
+    block = _Block(job.y0, job.y1, job.channels, job.width)
+
+    def run(task):
+        k, source, cut = task
+        try:
+            return k, resample_source(source, grid, cut, opts), None
+        except FrameError as err:
+            return k, None, str(err)
+
+    results = (ordered_window(pool, run, job.tasks, opts.n_threads + 1) if pool is not None
+               else map(run, job.tasks))
+    contributed, errors = [], {}
+    for k, result, error in results:
+        if progress is not None:
+            progress(1, 0)
+        if error is not None:
+            errors[k] = error
+        elif result is not None:
+            block.add(*result)
+            contributed.append(k)
+    data, weight, coverage = block.finish()
+    return BlockOutput(job.y0, data, weight, coverage, contributed, errors)
 
 
 def _blocks(height: int, rows: int) -> Iterator[tuple[int, int]]:
@@ -191,12 +402,27 @@ def _blocks(height: int, rows: int) -> Iterator[tuple[int, int]]:
         yield y0, min(height, y0 + rows)
 
 
-def _allocate(shape: tuple[int, ...], dtype, fill, scratch: str | None, name: str) -> np.ndarray:
-    if scratch is None:
-        return np.full(shape, fill, dtype=dtype)
-    arr = np.lib.format.open_memmap(os.path.join(scratch, f"{name}.npy"), mode="w+", dtype=dtype, shape=shape)
-    arr[...] = fill
-    return arr
+def _run_blocks(jobs: list[BlockJob], grid: OutputGrid, opts: CoaddOptions, client: Any | None,
+                progress: Callable[[int, int], None] | None) -> Iterator[BlockOutput]:
+    """Finished blocks, from the local thread pool (in order) or from Dask (as they finish)."""
+    if client is None:
+        with ThreadPoolExecutor(max_workers=opts.n_threads) as pool:
+            for job in jobs:
+                yield coadd_block(job, grid, opts, pool=pool, progress=progress)
+        return
+    from skymosaic._dask import run_tasks
+
+    out_bytes = max((j.y1 - j.y0) * j.width * (_BLOCK_BYTES_PER_CHANNEL * j.channels + _BLOCK_BYTES_PER_PIXEL)
+                    for j in jobs) if jobs else 1
+    window = max(1, min(2 * len(client.scheduler_info().get("workers", {})) or 2,
+                        opts.memory_budget // (2 * out_bytes)))
+    # one thread per task (the cluster's parallelism is its workers); the host backend (a
+    # device backend holds a module and a device, which do not travel to other processes)
+    single = dataclasses.replace(opts, threads=1, backend=None, scratch_dir=None)
+    for job, out in run_tasks(client, coadd_block, jobs, window=window, args=(grid, single)):
+        if progress is not None:
+            progress(len(job.tasks), 0)
+        yield out
 
 
 def coadd(
@@ -205,6 +431,8 @@ def coadd(
     *,
     options: CoaddOptions | None = None,
     progress: Callable[[int, int], None] | None = None,
+    store: BlockStore | None = None,
+    client: Any | None = None,
 ) -> CoaddResult:
     """Weighted mean of ``sources`` on ``grid``: ``sum(w * x) / sum(w)`` per pixel.
 
@@ -218,7 +446,15 @@ def coadd(
         Kernel, mapping tolerance, memory budget and threads.
     progress : callable, optional
         ``progress(done, total)``: called once with ``done=0`` and the number of
-        (source, block) tasks, then with ``done=1`` as each task finishes.
+        (source, block) tasks still to run, then with the number of tasks done as they
+        finish (1 at a time locally, a block's worth with Dask).
+    store : BlockStore, optional
+        Build the output on disk in ``store.folder`` and skip the blocks an earlier run
+        finished (``store.done``). Without it, the output is in memory unless it exceeds
+        half the budget and ``options.scratch_dir`` is set.
+    client : distributed.Client, optional
+        Run the blocks as Dask tasks on this cluster (workers must read the sources'
+        files at the same paths).
 
     Returns
     -------
@@ -238,55 +474,80 @@ def coadd(
     n_ch = channels.pop() if channels else 1
     h, w = grid.shape
     bboxes = [source_bbox(s, grid) for s in sources]
-    rejected: dict[str, str] = {
-        s.name: "outside the output grid" for s, b in zip(sources, bboxes, strict=True) if b is None
-    }
-    block_rows = _plan_blocks(grid, n_ch, sources, opts)
-    # An output larger than half the budget lives in memory-mapped files in scratch_dir
-    # (the caller owns that folder and removes it after writing the FITS).
-    scratch = opts.scratch_dir if _output_on_disk(grid, n_ch, opts) else None
-    data = _allocate((n_ch, h, w), np.float32, np.nan, scratch, "data")
-    wsum_out = _allocate((h, w), np.float32, 0.0, scratch, "weight")
-    cov_out = _allocate((h, w), np.uint16, 0, scratch, "coverage")
-    contributed: set[int] = set()
-    n_blocks = 0
+    outside = {k for k, b in enumerate(bboxes) if b is None}
+    disk = _open_disk(store, grid, n_ch, opts)
+    block_rows = (store.block_rows if store is not None and store.block_rows
+                  else _plan_blocks(grid, n_ch, sources, opts, on_disk=disk is not None))
+    done = dict(store.done) if store is not None else {}
+    if disk is None:
+        data = np.full((n_ch, h, w), np.nan, np.float32)
+        wsum_out, cov_out = np.zeros((h, w), np.float32), np.zeros((h, w), np.uint16)
+    jobs = []
+    for y0, y1 in _blocks(h, block_rows):
+        if y0 in done:
+            continue
+        tasks = [(k, sources[k], (max(y0, b[0]), min(y1, b[1]), b[2], b[3]))
+                 for k, b in enumerate(bboxes) if b is not None and b[0] < y1 and b[1] > y0]
+        jobs.append(BlockJob(y0, y1, w, n_ch, tasks))
     if progress is not None:
-        progress(0, sum(
-            len([b for b in bboxes if b is not None and b[0] < y1 and b[1] > y0])
-            for y0, y1 in _blocks(h, block_rows)
-        ))
-    with ThreadPoolExecutor(max_workers=opts.n_threads) as pool:
-        for y0, y1 in _blocks(h, block_rows):
-            n_blocks += 1
-            tasks = [
-                (k, (max(y0, b[0]), min(y1, b[1]), b[2], b[3]))
-                for k, b in enumerate(bboxes)
-                if b is not None and b[0] < y1 and b[1] > y0 and sources[k].name not in rejected
-            ]
-            block = _Block(y0, y1, n_ch, w)
+        progress(0, sum(len(j.tasks) for j in jobs))
+    for out in _run_blocks(jobs, grid, opts, client, progress):
+        if disk is not None:
+            disk.write_rows(out.y0, out.data, out.weight, out.coverage)
+        else:
+            y1 = out.y0 + out.weight.shape[0]
+            data[:, out.y0:y1], wsum_out[out.y0:y1], cov_out[out.y0:y1] = out.data, out.weight, out.coverage
+        done[out.y0] = out.stats()
+        if store is not None and store.on_block is not None:
+            store.on_block(out.y0, done[out.y0])
+    result = _collect(sources, outside, done, block_rows, h * w)
+    result.blocks_reused = len(done) - len(jobs)
+    if disk is not None:
+        result.data, result.weight, result.coverage = (disk.open(n) for n in DiskMosaic.NAMES)
+        result.store = disk
+    else:
+        result.data, result.weight, result.coverage = data, wsum_out, cov_out
+    return result
 
-            def run(task):
-                k, cut = task
-                try:
-                    return k, resample_source(sources[k], grid, cut, opts), None
-                except FrameError as err:
-                    return k, None, str(err)
 
-            for k, result, error in pool.map(run, tasks):  # ordered: deterministic sums
-                if progress is not None:
-                    progress(1, 0)
-                if error is not None:
-                    logger.warning("%s: %s; frame skipped", sources[k].name, error)
-                    rejected[sources[k].name] = error
-                elif result is not None:
-                    block.add(*result)
-                    contributed.add(k)
-            block.finish(data[:, y0:y1], wsum_out[y0:y1], cov_out[y0:y1])
+def _open_disk(store: BlockStore | None, grid: OutputGrid, channels: int, opts: CoaddOptions) -> DiskMosaic | None:
+    """The on-disk output (existing when ``store`` resumes, new otherwise), or None."""
+    if store is not None:
+        disk = DiskMosaic(store.folder)
+        if store.done and not disk.matches(channels, grid.shape):
+            logger.warning("coadd store %s does not match the output grid; starting the coadd over",
+                           store.folder)
+            store.done, store.block_rows = {}, None
+        if not store.done:
+            disk = DiskMosaic.create(store.folder, channels, grid.shape)
+        return disk
+    if _output_on_disk(grid, channels, opts):
+        # the caller owns scratch_dir and removes it after writing the FITS
+        return DiskMosaic.create(Path(opts.scratch_dir or "."), channels, grid.shape)
+    return None
+
+
+def _collect(sources: Sequence[ImageSource], outside: set[int], done: dict[int, dict], block_rows: int,
+             n_pixels: int) -> CoaddResult:
+    """Merge the per-block statistics into the result's lists and figures."""
+    rejected = {sources[k].name: "outside the output grid" for k in sorted(outside)}
+    contributed: set[int] = set()
+    for y0 in sorted(done):
+        stats = done[y0]
+        contributed.update(int(k) for k in stats["contributed"])
+        for k, reason in stats["errors"].items():
+            name = sources[int(k)].name
+            if name not in rejected:
+                logger.warning("%s: %s; frame skipped", name, reason)
+                rejected[name] = reason
     used = [sources[k].name for k in sorted(contributed)]
     for k, s in enumerate(sources):
         if k not in contributed and s.name not in rejected:
             rejected[s.name] = "no valid pixel on the output grid"
+    finite = sum(int(s["finite"]) for s in done.values())
     return CoaddResult(
-        data=data, weight=wsum_out, coverage=cov_out, rejected=rejected, used=used,
-        n_blocks=n_blocks, block_rows=block_rows,
+        data=np.empty(0), weight=np.empty(0), coverage=np.empty(0), rejected=rejected, used=used,
+        n_blocks=len(done), block_rows=block_rows,
+        coverage_fraction=finite / n_pixels if n_pixels else 0.0,
+        max_depth=max((int(s["max_depth"]) for s in done.values()), default=0),
     )

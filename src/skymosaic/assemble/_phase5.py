@@ -158,7 +158,8 @@ def renormalise_coverage(
     index = [k for k, t in enumerate(placed) if t is not None]
     factors = np.ones(len(sources))
     if index:
-        g = coverage_gains(cov, [placed[k] for k in index], sigma_px=sigma_px / factor, clip=clip)
+        g = coverage_gains(cov, [placed[k] for k in index], sigma_px=sigma_px / factor, clip=clip,
+                           backend=options.backend)
         factors[index] = np.asarray(g, dtype=float).reshape(len(index), -1)[:, 0]
     for k, s in enumerate(sources):
         base = np.ones(s.shape[0], np.float32) if s.gain is None else s.gain

@@ -40,8 +40,11 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from array_api_compat import array_namespace
+from array_api_compat import device as device_of
 
 from skymosaic._tiles import PlacedTile
+from skymosaic.backend import Backend, to_host
 from skymosaic.blend._pyramid import (
     expand_to_base,
     gaussian_pyramid,
@@ -325,8 +328,15 @@ def _blend_pyramid(
     wins: Sequence[tuple[int, int, int, int]],
     levels: int,
     ramp_px: float,
+    *,
+    backend: Backend | None = None,
 ) -> np.ndarray:
-    """Multi-band blend of one cluster on ``region``; returns the (C, h, w) blended region."""
+    """Multi-band blend of one cluster on ``region``; returns the (C, h, w) blended region.
+
+    The distance ramps and the hole fill are computed on the host (OpenCV distance
+    transform); the band pyramids -- the bulk of the work -- on ``backend``'s device when
+    one is given (step ``"blend"``).
+    """
     n_channels = members[0].data.shape[0]
     shape = (region[1] - region[0], region[3] - region[2])
     fnum = np.zeros((n_channels, *shape), np.float32)
@@ -342,24 +352,51 @@ def _blend_pyramid(
         datas.append((data, valid))
     fill = _fill_image(fnum, fden)
     del fnum, fden
-    pyramids = []
+    inputs = []
     for (data, valid), ramp, win in zip(datas, ramps, wins, strict=True):
         ys, xs = _rel(win, region)
         extended = fill[:, ys, xs].copy()
         np.copyto(extended, data, where=valid)
-        pyramids.append((laplacian_pyramid(extended, levels), gaussian_pyramid(ramp, levels)))
+        inputs.append((extended, ramp, win))
     del fill, datas
-    acc = np.zeros((n_channels, *shape), np.float32)
+    if backend is None:
+        return _band_blend(inputs, region, levels)
+
+    def on_device(_rows: int) -> np.ndarray:
+        # host -> device once per member (image and ramp), the blended region back once
+        dev = [(backend.to_device(e), backend.to_device(r), w) for e, r, w in inputs]
+        return to_host(_band_blend(dev, region, levels))
+
+    return backend.run("blend", on_device, lambda: _band_blend(inputs, region, levels))
+
+
+def _band_blend(
+    inputs: Sequence[tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]],
+    region: tuple[int, int, int, int],
+    levels: int,
+) -> np.ndarray:
+    """Band-by-band weighted sum of the members' Laplacian pyramids on ``region``.
+
+    ``inputs`` holds each member's hole-filled image (C, h, w), its distance ramp (h, w)
+    and its window; all arrays of one namespace (host or device), the result in it too.
+    """
+    xp = array_namespace(inputs[0][0])
+    dev = device_of(inputs[0][0])
+    n_channels = inputs[0][0].shape[0]
+    shape = (region[1] - region[0], region[3] - region[2])
+    pyramids = [(laplacian_pyramid(e, levels), gaussian_pyramid(r, levels)) for e, r, _ in inputs]
+    acc = xp.zeros((n_channels, *shape), dtype=xp.float32, device=dev)
     for k in range(levels):
-        num = np.zeros_like(acc)
-        den = np.zeros(shape, np.float32)
-        for (lap, gm), ramp, win in zip(pyramids, ramps, wins, strict=True):
+        num = xp.zeros_like(acc)
+        den = xp.zeros(shape, dtype=xp.float32, device=dev)
+        for (lap, gm), (_, ramp, win) in zip(pyramids, inputs, strict=True):
             shapes = pyramid_shapes(ramp.shape, levels)
-            raw = ramp * (expand_to_base(gm[k], shapes) + _TINY)
+            raw = ramp * (expand_to_base(gm[k], shapes) + float(_TINY))
             rs = _rel(win, region)
             num[:, rs[0], rs[1]] += raw * expand_to_base(lap[k], shapes)
             den[rs] += raw
-        acc += np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+        has = den > 0
+        acc += xp.where(has, num / xp.where(has, den, 1.0), 0.0)
     return acc
 
 
@@ -392,6 +429,7 @@ class _Options:
     ramp_px: float | None
     min_size: int
     max_levels: int
+    backend: Backend | None = None
 
 
 def _blend_cluster(
@@ -425,7 +463,7 @@ def _blend_cluster(
     wins = [_window(p.bbox, margin, align, canvas_shape) for p in members]
     region = _union(wins)
     if levels >= 2:
-        blended = _blend_pyramid(members, region, wins, levels, ramp_px)
+        blended = _blend_pyramid(members, region, wins, levels, ramp_px, backend=opts.backend)
     else:
         blended = _blend_feather(members, region, wins, opts.feather_sigma, ramp_px)
     count = np.zeros(blended.shape[1:], np.int32)
@@ -502,6 +540,7 @@ def blend_tiles(
     min_size: int = 4,
     max_levels: int = 8,
     out: np.ndarray | None = None,
+    backend: Backend | None = None,
 ) -> BlendResult:
     """Blend placed tiles into one seamless canvas.
 
@@ -533,6 +572,8 @@ def blend_tiles(
         Passed to `levels_for_overlap` when ``levels`` is None.
     out : ndarray, optional
         float32 ``(C, H, W)`` array receiving the result (it is overwritten).
+    backend : Backend, optional
+        Where the band pyramids are computed (default: the host); see `skymosaic.backend`.
 
     Returns
     -------
@@ -554,7 +595,7 @@ def blend_tiles(
     >>> float(r.data[0, 0, 0]), float(r.data[0, 0, 13]), bool(np.isnan(r.data[0, 0, 10]))
     (0.0, 1.0, True)
     """
-    opts = _Options(levels, method, float(feather_sigma), ramp_px, min_size, max_levels)
+    opts = _Options(levels, method, float(feather_sigma), ramp_px, min_size, max_levels, backend)
     shape, n_channels = _validate(tiles, canvas_shape, out, opts)
     if levels is None:
         levels_for_overlap(0, min_size=min_size, max_levels=max_levels)  # validates both

@@ -15,6 +15,9 @@ so `collapse` reproduces the input to float32 rounding for any shape.
 
 All functions accept ``(H, W)`` or ``(C, H, W)`` arrays and return float32 arrays of the
 same dimensionality; channels are processed one by one (OpenCV works on 2-D planes).
+Device arrays (CuPy, any array-API namespace) stay on their device: the two pyramid steps
+go to their array-API twins (`skymosaic.backend.pyr_down` / `pyr_up`, same kernel and
+border rule) and everything else here is written against the array API.
 """
 
 from __future__ import annotations
@@ -23,8 +26,11 @@ import logging
 import math
 from collections.abc import Sequence
 
-import cv2
 import numpy as np
+from array_api_compat import array_namespace, is_array_api_obj
+from array_api_compat import device as device_of
+
+from skymosaic.backend import pyr_down, pyr_up
 
 __all__ = [
     "collapse",
@@ -52,38 +58,42 @@ def _validate_levels(levels: int) -> int:
 
 def _as_chw(img: np.ndarray, name: str = "img") -> tuple[np.ndarray, bool]:
     """Return a float32 ``(C, H, W)`` view/copy of ``img`` and whether the input was 2-D."""
-    arr = np.asarray(img)
-    if arr.ndim not in (2, 3) or arr.size == 0:
+    arr = img if is_array_api_obj(img) else np.asarray(img)
+    xp = array_namespace(arr)
+    if arr.ndim not in (2, 3) or math.prod(arr.shape) == 0:
         raise ValueError(f"{name} must be a non-empty (H, W) or (C, H, W) array, got {arr.shape}")
-    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+    if not xp.isdtype(arr.dtype, ("real floating", "integral")):
         raise ValueError(f"{name} must have a real numeric dtype, got {arr.dtype}")
-    arr = arr.astype(np.float32, copy=False)
+    arr = xp.astype(arr, xp.float32, copy=False)
     if arr.ndim == 2:
-        return arr[np.newaxis], True
+        return arr[None, ...], True
     return arr, False
 
 
 def _out(arr: np.ndarray, was_2d: bool) -> np.ndarray:
-    return arr[0] if was_2d else arr
+    return arr[0, ...] if was_2d else arr
+
+
+def _copy(arr: np.ndarray) -> np.ndarray:
+    return array_namespace(arr).asarray(arr, copy=True)
 
 
 def _down2d(plane: np.ndarray) -> np.ndarray:
-    h, w = plane.shape
-    return cv2.pyrDown(np.ascontiguousarray(plane), dstsize=((w + 1) // 2, (h + 1) // 2))
+    return pyr_down(plane)  # OpenCV on the host, the array-API twin on a device
 
 
 def _up2d(plane: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    return cv2.pyrUp(np.ascontiguousarray(plane), dstsize=(shape[1], shape[0]))
+    return pyr_up(plane, shape)
 
 
 def _down(arr: np.ndarray) -> np.ndarray:
     """Reduce a ``(C, H, W)`` array one level."""
-    return np.stack([_down2d(p) for p in arr])
+    return array_namespace(arr).stack([_down2d(arr[c, ...]) for c in range(arr.shape[0])])
 
 
 def _up(arr: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Expand a ``(C, h, w)`` array to the exact ``(H, W)`` of the finer level."""
-    return np.stack([_up2d(p, shape) for p in arr])
+    return array_namespace(arr).stack([_up2d(arr[c, ...], shape) for c in range(arr.shape[0])])
 
 
 # ------------------------------------------------------------------------------ public
@@ -134,7 +144,7 @@ def expand_to_base(level_img: np.ndarray, shapes: Sequence[tuple[int, int]]) -> 
         k = [tuple(s) for s in shapes].index(spatial)
     except ValueError as err:
         raise ValueError(f"level_img shape {spatial} is not one of the pyramid shapes") from err
-    out = arr.copy() if k == 0 else arr
+    out = _copy(arr) if k == 0 else arr
     for j in range(k - 1, -1, -1):
         out = _up(out, (int(shapes[j][0]), int(shapes[j][1])))
     return _out(out, was_2d)
@@ -163,7 +173,7 @@ def gaussian_pyramid(img: np.ndarray, levels: int) -> list[np.ndarray]:
     """
     levels = _validate_levels(levels)
     arr, was_2d = _as_chw(img)
-    pyr = [arr.copy()]
+    pyr = [_copy(arr)]
     for _ in range(levels - 1):
         pyr.append(_down(pyr[-1]))
     return [_out(p, was_2d) for p in pyr]
@@ -220,7 +230,7 @@ def collapse(laplacian: Sequence[np.ndarray]) -> np.ndarray:
     was_2d = levels[0][1]
     if any(flag != was_2d for _, flag in levels):
         raise ValueError("laplacian levels mix (H, W) and (C, H, W) arrays")
-    out = levels[-1][0].copy()
+    out = _copy(levels[-1][0])
     for k in range(len(levels) - 2, -1, -1):
         finer = levels[k][0]
         if finer.shape[0] != out.shape[0]:
@@ -267,33 +277,35 @@ def masked_gaussian_pyramid(
     """
     levels = _validate_levels(levels)
     arr, was_2d = _as_chw(img)
+    xp = array_namespace(arr)
     m = _certainty(arr, mask)
-    num = [(np.where(m > 0, arr, np.float32(0)) * m).astype(np.float32)]
+    zero = xp.asarray(0.0, dtype=xp.float32, device=device_of(arr))
+    nan = xp.asarray(float("nan"), dtype=xp.float32, device=device_of(arr))
+    num = [xp.where(m > 0, arr, zero) * m]
     den = [m]
     for _ in range(levels - 1):
         num.append(_down(num[-1]))
         den.append(_down2d(den[-1]))
-    threshold = np.float32(_HOLE_FRACTION * max(float(m.max()), np.finfo(np.float32).tiny))
+    # float32 threshold, compared in float32; one scalar read from a device
+    threshold = float(np.float32(_HOLE_FRACTION * max(float(xp.max(m)), float(np.finfo(np.float32).tiny))))
     gauss: list[np.ndarray] = []
     for k in range(levels):
         ok = den[k] > threshold
-        g = np.full_like(num[k], np.nan)
         if k == 0:
-            np.copyto(g, arr, where=ok)
+            gauss.append(xp.where(ok, arr, nan))
         else:
-            np.divide(num[k], den[k], out=g, where=ok)
-        gauss.append(g)
+            gauss.append(xp.where(ok, num[k] / xp.where(ok, den[k], 1.0), nan))
     top_ok = den[-1] > threshold
-    if not top_ok.all():
-        total = float(den[-1][top_ok].sum())
-        for c in range(gauss[-1].shape[0]):
-            fill = float(num[-1][c][top_ok].sum()) / total if total > 0 else 0.0
-            gauss[-1][c][~top_ok] = fill
+    if not bool(xp.all(top_ok)):
+        total = float(xp.sum(xp.where(top_ok, den[-1], zero)))
+        sums = xp.sum(xp.where(top_ok, num[-1], zero), axis=(1, 2))
+        fill = sums / total if total > 0 else xp.zeros_like(sums)
+        gauss[-1] = xp.where(top_ok, gauss[-1], fill[:, None, None])
     for k in range(levels - 2, -1, -1):
         holes = ~(den[k] > threshold)
-        if holes.any():
-            np.copyto(gauss[k], _up(gauss[k + 1], gauss[k].shape[1:]), where=holes)
-    cert = [np.where(d > threshold, d, np.float32(0)).astype(np.float32) for d in den]
+        if bool(xp.any(holes)):
+            gauss[k] = xp.where(holes, _up(gauss[k + 1], gauss[k].shape[1:]), gauss[k])
+    cert = [xp.where(d > threshold, d, zero) for d in den]
     return [_out(g, was_2d) for g in gauss], cert
 
 
@@ -307,22 +319,25 @@ def masked_laplacian_pyramid(
     """
     gauss, _ = masked_gaussian_pyramid(img, mask, levels)
     chw = [_as_chw(g)[0] for g in gauss]
-    was_2d = np.asarray(img).ndim == 2
+    was_2d = _as_chw(img)[1]
     return [_out(p, was_2d) for p in _laplacian_from_gaussian(chw)]
 
 
 def _certainty(arr: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     """Float32 (H, W) certainty: the mask, zeroed wherever any channel is non-finite."""
-    finite = np.isfinite(arr).all(axis=0)
+    xp = array_namespace(arr)
+    finite = xp.all(xp.isfinite(arr), axis=0)
     if mask is None:
-        return finite.astype(np.float32)
-    m = np.asarray(mask)
-    if m.shape != arr.shape[1:]:
+        return xp.astype(finite, xp.float32)
+    m = mask if is_array_api_obj(mask) and not isinstance(mask, np.ndarray) else np.asarray(mask)
+    if tuple(m.shape) != tuple(arr.shape[1:]):
         raise ValueError(f"mask shape {m.shape} does not match image shape {arr.shape[1:]}")
-    m = m.astype(np.float32)
-    if not np.isfinite(m).all() or (m < 0).any():
+    if isinstance(m, np.ndarray):  # a host mask for device data: one explicit transfer
+        m = xp.asarray(m.astype(np.float32), device=device_of(arr))
+    m = xp.astype(m, xp.float32)
+    if not bool(xp.all(xp.isfinite(m))) or bool(xp.any(m < 0)):
         raise ValueError("mask must be boolean or finite and >= 0")
-    return np.where(finite, m, np.float32(0)).astype(np.float32)
+    return xp.where(finite, m, xp.asarray(0.0, dtype=xp.float32, device=device_of(arr)))
 
 
 def levels_for_overlap(width_px: float, *, min_size: int = 4, max_levels: int = 8) -> int:

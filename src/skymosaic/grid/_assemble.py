@@ -22,6 +22,7 @@ from typing import Literal
 import numpy as np
 
 from skymosaic._tiles import PlacedTile
+from skymosaic.backend import Backend
 from skymosaic.blend import blend_tiles
 from skymosaic.photometry import PhotometryOptions, normalize_tiles
 
@@ -104,6 +105,7 @@ def assemble_tiles(
     blend: BlendMethod = "pyramid",
     levels: int | None = None,
     feather_sigma: float = 2.0,
+    backend: Backend | None = None,
 ) -> AssembleResult:
     """Assemble grid tiles into one seamless mosaic.
 
@@ -121,6 +123,8 @@ def assemble_tiles(
         Pyramid levels (default: from the overlap width, see `skymosaic.blend`).
     feather_sigma : float
         Smoothing of the feathering masks, px.
+    backend : Backend, optional
+        Where the blending pyramids run (`skymosaic.backend`; default: the CPU).
 
     Returns
     -------
@@ -161,7 +165,7 @@ def assemble_tiles(
     if blend in ("pyramid", "feather") and len(corrected) > 1:
         try:
             res = blend_tiles(corrected, canvas_shape, method=blend, levels=levels,
-                              feather_sigma=feather_sigma)
+                              feather_sigma=feather_sigma, backend=backend)
             data, weight = res.data, res.weight
             report.update(blend=blend, n_pyramid=res.n_pyramid, n_feather=res.n_feather,
                           levels_used=res.levels_used)

@@ -96,7 +96,7 @@ def _stack_tiles(
                 inputs, settings=settings, options=tile_opts,
                 pixel_scale_arcsec=canvas.pixel_scale_arcsec, out_dir=out / "tiles",
                 scratch_dir=scratch, valid_min=config.input.valid_min,
-                grid=tile_grid_of(canvas, t.bbox),
+                grid=tile_grid_of(canvas, t.bbox), reuse=not config.run.fresh,
             )
             placed = _load_tile(mt, t)
         except (ValueError, OSError, MemoryError) as err:
@@ -171,7 +171,7 @@ def run_grid(
             photometry = PhotometryOptions.from_config(config) if config.photometry.enabled else None
             result = assemble_tiles(placed, canvas.shape, photometry=photometry,
                                     blend=config.grid.blend, levels=config.grid.blend_levels,
-                                    feather_sigma=config.grid.feather_sigma)
+                                    feather_sigma=config.grid.feather_sigma, backend=options.backend)
         name = config.output.name + (f"_{_safe(filt)}" if multi and filt else "")
         with phase("write"):
             mosaic_path, preview_path = _write(out, name, config, canvas, result, placed, filt)

@@ -23,6 +23,7 @@ from skymosaic._version import __version__
 
 __all__ = [
     "atomic_path",
+    "mosaic_header",
     "read_mosaic",
     "stretch_preview",
     "write_json",
@@ -77,6 +78,18 @@ def write_json(path: str | os.PathLike, payload: dict) -> Path:
     return Path(path)
 
 
+def mosaic_header(wcs: WCS, *, history: Sequence[str] = (), cards: dict | None = None) -> fits.Header:
+    """The science header of a mosaic: WCS, BUNIT, CREATOR, ``cards`` and HISTORY lines."""
+    header = wcs.to_header(relax=True)
+    header["BUNIT"] = header.get("BUNIT", "adu")
+    header["CREATOR"] = (f"skymosaic {__version__}", "software that made this mosaic")
+    for key, value in (cards or {}).items():
+        header[key] = value
+    for line in history:
+        header.add_history(line)
+    return header
+
+
 def write_mosaic(
     path: str | os.PathLike,
     data: np.ndarray,
@@ -112,13 +125,7 @@ def write_mosaic(
     """
     if data.ndim != 3:
         raise ValueError(f"mosaic data must be (C, H, W), got shape {data.shape}")
-    header = wcs.to_header(relax=True)
-    header["BUNIT"] = header.get("BUNIT", "adu")
-    header["CREATOR"] = (f"skymosaic {__version__}", "software that made this mosaic")
-    for key, value in (cards or {}).items():
-        header[key] = value
-    for line in history:
-        header.add_history(line)
+    header = mosaic_header(wcs, history=history, cards=cards)
     science = np.asarray(data[0] if data.shape[0] == 1 else data, dtype=np.float32)
     hdus = [fits.PrimaryHDU(science, header=header)]
     wcs_header = wcs.to_header(relax=True)

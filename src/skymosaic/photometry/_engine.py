@@ -83,7 +83,8 @@ class PhotometryOptions:
         return cls(
             gauge=cfg.gauge, prior_weight=cfg.prior_weight, robust_iter=cfg.robust_iter,
             min_overlap_pixels=cfg.min_overlap_pixels, max_samples=cfg.max_samples,
-            background=cfg.background, gain_from=cfg.gain_from, threads=config.run.threads,
+            background=cfg.background, background_plane=cfg.background_plane, gain_from=cfg.gain_from,
+            threads=config.run.threads,
             eps=vmin if vmin is not None and math.isfinite(vmin) else None,
         )
 

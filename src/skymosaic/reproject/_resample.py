@@ -16,12 +16,18 @@ beyond the kernel support, and valid output values are exactly the kernel applie
 data. The support test is done by a bilinear remap of the invalid-pixel mask dilated by
 ``radius - 1``: the 2x2 bilinear cell grown by ``radius - 1`` on each side *is* the
 ``2 radius`` wide support of the kernel.
+
+Device arrays (CuPy, or any array-API namespace) go to the array-API twin of this function,
+`skymosaic.backend._kernels.resample`, which implements the same kernels and edge rules
+(nearest and bilinear are identical to OpenCV 5's; see ``tests/test_gpu_parity.py``).
 """
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
+
+from skymosaic.backend._kernels import resample as _resample_device
 
 __all__ = ["KERNELS", "KERNEL_RADIUS", "resample"]
 
@@ -38,7 +44,7 @@ def _invalid_support(invalid: np.ndarray, xmap: np.ndarray, ymap: np.ndarray, ke
     src = invalid.astype(np.float32)
     if kernel == "nearest":
         out = cv2.remap(src, xmap, ymap, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=1.0)
-        return out > 0.5
+        return ~(out <= 0.5)  # OpenCV 5's vector path returns NaN for a NaN map: invalid
     r = KERNEL_RADIUS[kernel]
     if r > 1:
         # Grow the invalid pixels *and the outside of the frame* (borderValue=1) by r - 1,
@@ -49,7 +55,7 @@ def _invalid_support(invalid: np.ndarray, xmap: np.ndarray, ymap: np.ndarray, ke
             src, np.ones((size, size), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=1.0
         )
     out = cv2.remap(src, xmap, ymap, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=1.0)
-    return out > 1e-6
+    return ~(out <= 1e-6)  # NaN (unmapped pixel) is invalid too
 
 
 def _lanczos3_weights(frac: np.ndarray) -> np.ndarray:
@@ -92,7 +98,7 @@ def resample(
     ----------
     data : ndarray, shape (C, h, w), float32
         Input image, NaN where there is no data (a pixel invalid in any channel is invalid
-        in all).
+        in all). A device array (with device maps) is resampled on its device.
     xmap, ymap : ndarray, shape (H, W), float32
         0-based input pixel coordinates of each output pixel (NaN = unmapped).
     kernel : {"nearest", "bilinear", "bicubic", "lanczos3"}
@@ -115,6 +121,8 @@ def resample(
         raise ValueError(f"data must be (C, h, w), got shape {data.shape}")
     if xmap.shape != ymap.shape:
         raise ValueError(f"xmap {xmap.shape} and ymap {ymap.shape} differ in shape")
+    if not isinstance(data, np.ndarray):
+        return _resample_device(data, xmap, ymap, kernel, KERNEL_RADIUS[kernel])
     xmap = np.ascontiguousarray(xmap, dtype=np.float32)
     ymap = np.ascontiguousarray(ymap, dtype=np.float32)
     invalid_in = ~np.isfinite(data).all(axis=0)

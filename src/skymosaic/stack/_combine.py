@@ -24,6 +24,17 @@ prefix sums or ranks and residuals, boolean masks), so::
     chunk_rows    = max(1, memory_budget_bytes // bytes_per_row)
 
 The factors are measured upper bounds (see ``benchmarks/bench_stack.py``) rounded up.
+
+Device backend
+--------------
+With a device `~skymosaic.backend.Backend`, step 4 runs on the device: each chunk is read
+on the host (the cube may be a memmap), copied to the device once, normalised, rejected and
+combined there (the array-API kernels of `skymosaic.backend._stats`), and its four results
+come back once. Steps 1-3 work on small per-frame tables and stay on the host. Device
+chunks are sized to a share of free device memory with ``_DEVICE_TEMP_SCALE`` times the
+host factors (whole-array masks and float64 temporaries instead of in-place scatters; an
+estimate -- an out-of-memory error halves the chunk, see `Backend.run`). Chunks give
+bit-identical results for any height on both backends.
 """
 
 from __future__ import annotations
@@ -37,7 +48,9 @@ from typing import Any
 
 import numpy as np
 from array_api_compat import array_namespace
+from array_api_compat import device as device_of
 
+from skymosaic.backend import Backend, to_host
 from skymosaic.stack._normalize import (
     NORMALIZATION_METHODS,
     estimate_normalization,
@@ -56,6 +69,8 @@ COMBINE_METHODS = ("mean", "median")
 _TEMP_FACTOR = {"none": 4, "kappa_sigma": 10, "winsorized": 10, "linear_fit": 16, "minmax": 8}
 #: Extra for the median combine (a sorted copy and its counts).
 _MEDIAN_EXTRA = 2
+#: Device chunks: the array-API kernels hold about twice the host temporaries.
+_DEVICE_TEMP_SCALE = 2
 
 
 def _is_int(value: object) -> bool:
@@ -233,8 +248,7 @@ def chunk_rows_for(
     """Chunk height for the settings' memory budget (see the module docstring)."""
     if settings.chunk_rows is not None:
         return min(settings.chunk_rows, height)
-    k = _TEMP_FACTOR[settings.rejection] + (_MEDIAN_EXTRA if settings.combine == "median" else 0)
-    bytes_per_row = n_frames * n_channels * width * 4 * k + n_frames * width * 4 * 2
+    bytes_per_row = _bytes_per_row(n_frames, n_channels, width, settings)
     rows = max(1, settings.memory_budget_bytes // bytes_per_row)
     if rows == 1 and bytes_per_row > settings.memory_budget_bytes:
         logger.warning(
@@ -243,6 +257,12 @@ def chunk_rows_for(
             bytes_per_row,
         )
     return int(min(rows, height))
+
+
+def _bytes_per_row(n_frames: int, n_channels: int, width: int, settings: StackSettings) -> int:
+    """Peak working bytes of one chunk row (samples, temporaries, pixel weights)."""
+    k = _TEMP_FACTOR[settings.rejection] + (_MEDIAN_EXTRA if settings.combine == "median" else 0)
+    return n_frames * n_channels * width * 4 * k + n_frames * width * 4 * 2
 
 
 def _as_figure(name: str, value: object, shape: tuple[int, ...]) -> np.ndarray | None:
@@ -289,6 +309,7 @@ def stack_cube(
     fwhm: np.ndarray | None = None,
     pixel_weights: np.ndarray | None = None,
     progress: Callable[[int, int], None] | None = None,
+    backend: Backend | None = None,
 ) -> StackResult:
     """Normalise, weight, reject and combine N registered frames into a master tile.
 
@@ -311,7 +332,10 @@ def stack_cube(
         Per-frame pixel weights (footprint/coverage from resampling); 0 or NaN = unused.
         They multiply the frame weights in the mean and the weight map.
     progress : callable(done_rows, total_rows), optional
-        Called after every chunk.
+        Called after every chunk (again from the start if a device fault makes the
+        chunks be recomputed on the CPU).
+    backend : Backend, optional
+        Where the chunks are combined (default: the host); see the module docstring.
 
     Returns
     -------
@@ -373,26 +397,17 @@ def stack_cube(
         settings.combine,
         rows,
     )
-    data = np.full((c, h, w), np.nan, dtype=np.float32)
-    weight = np.zeros((h, w), dtype=np.float32)
-    nmap = np.zeros((h, w), dtype=np.int32)
-    rejected = np.zeros((n, c), dtype=np.int64)
-    for r0 in range(0, h, rows):
-        r1 = min(r0 + rows, h)
-        out = _stack_chunk(
-            cube,
-            pixel_weights,
-            r0,
-            r1,
-            gains=gains,
-            offsets=offsets,
-            fweights=fweights,
-            settings=settings,
+    chunks = _ChunkJob(cube, pixel_weights, gains, offsets, fweights, settings, progress)
+    if backend is None:
+        data, weight, nmap, rejected = chunks.run(rows, None)
+    else:
+        dev_bytes = _DEVICE_TEMP_SCALE * _bytes_per_row(n, c, w, settings)
+        data, weight, nmap, rejected = backend.run(
+            "stack",
+            lambda r: chunks.run(r, backend),
+            lambda: chunks.run(rows, None),
+            rows=min(rows, backend.chunk_rows(h, dev_bytes)),
         )
-        data[:, r0:r1], weight[r0:r1], nmap[r0:r1] = out[0], out[1], out[2]
-        rejected += out[3]
-        if progress is not None:
-            progress(r1, h)
     elapsed = time.perf_counter() - t0
     logger.info(
         "stacked in %.2f s: %d samples rejected, %.1f %% of pixels covered",
@@ -416,31 +431,80 @@ def stack_cube(
     )
 
 
+@dataclass(frozen=True)
+class _ChunkJob:
+    """Step 4 of `stack_cube` over all chunks, on the host or on a device."""
+
+    cube: np.ndarray
+    pixel_weights: np.ndarray | None
+    gains: np.ndarray
+    offsets: np.ndarray
+    fweights: np.ndarray
+    settings: StackSettings
+    progress: Callable[[int, int], None] | None
+
+    def run(
+        self, rows: int, backend: Backend | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(data (C,H,W), weight (H,W), n_frames (H,W), rejected (N,C)) in ``rows``-row chunks."""
+        n, c, h, w = self.cube.shape
+        data = np.full((c, h, w), np.nan, dtype=np.float32)
+        weight = np.zeros((h, w), dtype=np.float32)
+        nmap = np.zeros((h, w), dtype=np.int32)
+        rejected = np.zeros((n, c), dtype=np.int64)
+        for r0 in range(0, h, rows):
+            r1 = min(r0 + rows, h)
+            x = np.array(self.cube[:, :, r0:r1, :], dtype=np.float32, copy=True)
+            pw = None
+            if self.pixel_weights is not None:
+                pw = np.array(self.pixel_weights[:, r0:r1, :], dtype=np.float32, copy=True)
+            if backend is not None:  # host -> device, once per chunk
+                x = backend.to_device(x)
+                pw = None if pw is None else backend.to_device(pw)
+            out = _stack_chunk(
+                x, pw, gains=self.gains, offsets=self.offsets, fweights=self.fweights,
+                settings=self.settings,
+            )
+            # device -> host, once per chunk (no-ops for NumPy arrays)
+            data[:, r0:r1], weight[r0:r1], nmap[r0:r1] = (to_host(a) for a in out[:3])
+            rejected += to_host(out[3])
+            if self.progress is not None:
+                self.progress(r1, h)
+        return data, weight, nmap, rejected
+
+
+def _blank(xp, x, where):
+    """``x`` with NaN where ``where`` (in place for NumPy, a new array on a device)."""
+    if isinstance(x, np.ndarray):
+        np.copyto(x, np.float32(np.nan), where=where)
+        return x
+    return xp.where(where, xp.asarray(float("nan"), dtype=x.dtype, device=device_of(x)), x)
+
+
 def _stack_chunk(
-    cube: np.ndarray,
-    pixel_weights: np.ndarray | None,
-    r0: int,
-    r1: int,
+    x: np.ndarray,
+    pw: np.ndarray | None,
     *,
     gains: np.ndarray,
     offsets: np.ndarray,
     fweights: np.ndarray,
     settings: StackSettings,
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray]:
-    """Rows ``r0:r1`` -> (data (C,h,W), weight (h,W), n_frames (h,W), rejected (N,C))."""
-    # A copy: normalisation works in place and must never touch the caller's cube.
-    x = np.array(cube[:, :, r0:r1, :], dtype=np.float32, copy=True)
+    """A chunk ``x`` (N,C,h,W) -> (data (C,h,W), weight (h,W), n_frames (h,W), rejected (N,C)).
+
+    ``x`` (a copy) and ``pw`` (N,h,W pixel weights) are modified; every array operation
+    stays in their namespace and on their device.
+    """
     xp = array_namespace(x)
+    dev = device_of(x)
     if settings.normalization != "none":
-        x *= xp.asarray(gains, dtype=xp.float32)[:, :, None, None]
-        x += xp.asarray(offsets, dtype=xp.float32)[:, :, None, None]
-    pw = None
-    if pixel_weights is not None:
-        pw = np.array(pixel_weights[:, r0:r1, :], dtype=np.float32, copy=True)
+        x *= xp.asarray(gains, dtype=xp.float32, device=dev)[:, :, None, None]
+        x += xp.asarray(offsets, dtype=xp.float32, device=dev)[:, :, None, None]
+    if pw is not None:
         unused = ~(pw > 0)  # NaN compares False: unused
-        pw[unused] = 0.0
-        np.copyto(x, np.float32(np.nan), where=unused[:, None])
-    rejected = np.zeros(fweights.shape, dtype=np.int64)
+        pw = xp.where(unused, xp.zeros_like(pw), pw)
+        x = _blank(xp, x, unused[:, None, ...])
+    rejected = xp.zeros(fweights.shape, dtype=xp.int64, device=dev)
     if settings.rejection != "none":
         mask = reject(
             x,
@@ -452,12 +516,12 @@ def _stack_chunk(
             n_high=settings.n_high,
         )
         rejected = count_rejected(mask)
-        np.copyto(x, np.float32(np.nan), where=mask)
+        x = _blank(xp, x, mask)
         del mask
     data, den, nmap = _weighted_sums(x, pw, fweights, want_mean=settings.combine == "mean")
     if settings.combine == "median":
         data = nanmedian_frames(x)
-    weight = xp.mean(den, axis=0).astype(xp.float32)
+    weight = xp.astype(xp.mean(den, axis=0), xp.float32)
     return data, weight, nmap, rejected
 
 
@@ -471,18 +535,19 @@ def _weighted_sums(
     """
     xp = array_namespace(x)
     n = x.shape[0]
-    num = xp.zeros(x.shape[1:], dtype=xp.float64) if want_mean else None
-    den = xp.zeros(x.shape[1:], dtype=xp.float64)
-    nmap = xp.zeros(x.shape[2:], dtype=xp.int32)
+    dev = device_of(x)
+    num = xp.zeros(x.shape[1:], dtype=xp.float64, device=dev) if want_mean else None
+    den = xp.zeros(x.shape[1:], dtype=xp.float64, device=dev)
+    nmap = xp.zeros(x.shape[2:], dtype=xp.int32, device=dev)
     for k in range(n):
-        valid = ~xp.isnan(x[k])
-        wk = xp.asarray(fweights[k], dtype=xp.float64)[:, None, None]
+        valid = ~xp.isnan(x[k, ...])
+        wk = xp.asarray(fweights[k], dtype=xp.float64, device=dev)[:, None, None]
         if pw is not None:
-            wk = wk * xp.astype(pw[k], xp.float64)[None]
+            wk = wk * xp.astype(pw[k, ...], xp.float64)[None, ...]
         wk = xp.where(valid, wk, 0.0)
         den += wk
         if num is not None:
-            num += wk * xp.where(valid, xp.astype(x[k], xp.float64), 0.0)
+            num += wk * xp.where(valid, xp.astype(x[k, ...], xp.float64), 0.0)
         nmap += xp.astype(xp.any(valid, axis=0), xp.int32)
     mean = None
     if num is not None:

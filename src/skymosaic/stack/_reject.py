@@ -19,8 +19,11 @@ every statistic a cheap vectorised gather:
 Every statistic is per pixel, so the result for a pixel does not depend on the other
 pixels of the chunk: stacking a cube in chunks of any height gives bit-identical masks.
 
-These kernels are written against NumPy (sort, take/put_along_axis); CuPy mirrors those
-calls, so a GPU backend can reuse them through ``backend/`` without a second copy.
+These kernels are written against NumPy (flat-index gathers, in-place scatters). Device
+arrays (CuPy, or any array-API namespace) passed to `reject`, `count_rejected` or
+`nanmedian_frames` go to their array-API twins in `skymosaic.backend._stats`, which
+implement the same definitions and edge rules on whole-pixel masks (no scatter); the
+parity tests run both.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+from array_api_compat import is_array_api_obj, is_numpy_array
+
+from skymosaic.backend import _stats as _device_stats
 
 __all__ = [
     "REJECTION_METHODS",
@@ -57,11 +63,20 @@ _WINSOR_MAX_INNER = 10
 
 
 # --------------------------------------------------------------------------- helpers
+def _on_device(values: object) -> bool:
+    """True for a non-NumPy array-API array (CuPy, array-api-strict, ...)."""
+    return is_array_api_obj(values) and not is_numpy_array(values)
+
+
 def _check_values(values: np.ndarray) -> np.ndarray:
-    values = np.asarray(values)
-    if values.ndim < 1:
-        raise ValueError(f"values must have a frame axis, got a {values.ndim}-d array")
-    if values.dtype.kind != "f":
+    if _on_device(values):  # checked without leaving the device
+        ndim, floating = values.ndim, "float" in str(values.dtype)
+    else:
+        values = np.asarray(values)
+        ndim, floating = values.ndim, values.dtype.kind == "f"
+    if ndim < 1:
+        raise ValueError(f"values must have a frame axis, got a {ndim}-d array")
+    if not floating:
         raise ValueError(f"values must be floating point (NaN = no data), got {values.dtype}")
     return values
 
@@ -72,6 +87,12 @@ def _check_kappa(kappa_low: float, kappa_high: float, max_iter: int) -> None:
             raise ValueError(f"{name} must be a finite number > 0, got {kappa!r}")
     if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
         raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+
+
+def _check_counts(n_low: int, n_high: int) -> None:
+    for name, k in (("n_low", n_low), ("n_high", n_high)):
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {k!r}")
 
 
 def _as_rows(values: np.ndarray) -> np.ndarray:
@@ -354,9 +375,7 @@ def reject_minmax(values: np.ndarray, *, n_low: int = 1, n_high: int = 1) -> np.
         True where a valid sample is rejected.
     """
     values = _check_values(values)
-    for name, k in (("n_low", n_low), ("n_high", n_high)):
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
-            raise ValueError(f"{name} must be an integer >= 0, got {k!r}")
+    _check_counts(n_low, n_high)
     s, order = _argsorted_rows(values)
     valid = ~np.isnan(s)
     n = np.count_nonzero(valid, axis=-1)[:, None]
@@ -401,6 +420,16 @@ def reject(
     ValueError
         If ``method`` is unknown.
     """
+    if method not in REJECTION_METHODS:
+        raise ValueError(f"rejection method must be one of {REJECTION_METHODS}, got {method!r}")
+    if _on_device(values):
+        values = _check_values(values)
+        _check_kappa(kappa_low, kappa_high, max_iter)
+        _check_counts(n_low, n_high)
+        return _device_stats.reject(
+            values, method=method, kappa_low=kappa_low, kappa_high=kappa_high,
+            max_iter=max_iter, n_low=n_low, n_high=n_high,
+        )
     if method == "none":
         return np.zeros(np.shape(values), dtype=bool)
     if method == "minmax":
@@ -416,7 +445,12 @@ def reject(
 
 
 def count_rejected(mask: np.ndarray) -> np.ndarray:
-    """Rejected samples per frame and channel: ``(N, C, ...)`` mask -> ``(N, C)`` int64."""
+    """Rejected samples per frame and channel: ``(N, C, ...)`` mask -> ``(N, C)`` int64.
+
+    A device mask gives a device count.
+    """
+    if _on_device(mask):
+        return _device_stats.count_rejected(mask)
     mask = np.asarray(mask)
     if mask.ndim < 2:
         return np.count_nonzero(mask.reshape(mask.shape[0], -1), axis=1).astype(np.int64)[:, None]
@@ -433,6 +467,8 @@ def nanmedian_frames(values: np.ndarray) -> np.ndarray:
     all-NaN warning.
     """
     values = _check_values(values)
+    if _on_device(values):
+        return _device_stats.nanmedian(values)
     rows = _SortedRows(values, prefix=False)
     med = np.where(rows.n > 0, rows.shift, np.nan)
     return med.reshape(values.shape[1:]).astype(values.dtype)

@@ -7,10 +7,12 @@ clusters the rest by sky position; `stack_groups` turns every group of at least
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -101,10 +103,20 @@ def stack_groups(
     noise: dict[str, Sequence[float]],
     fwhm: dict[str, float],
     progress: Callable[[int], None] | None = None,
+    tile_done: Callable[[MasterTile], None] | None = None,
+    client: Any | None = None,
 ) -> StackedGroups:
-    """Stack every group with at least ``stack.min_frames`` frames into a master tile."""
+    """Stack every group with at least ``stack.min_frames`` frames into a master tile.
+
+    Tiles are built one after the other (each resamples its frames in ``options.threads``
+    threads) or, given a ``dask.distributed`` client, as one Dask task per tile running the
+    same `build_master_tile` on the workers (which read the frames and write the tile at the
+    same paths). ``tile_done(tile)`` is called as each tile is finished or reused;
+    ``progress(n)`` counts frames. The tiles are returned in group order either way.
+    """
     out = StackedGroups()
     settings = stack_settings(config)
+    jobs: list[tuple[int, TileInputs]] = []
     for index, members in enumerate(clustering.groups):
         group = [frames[k] for k in members]
         if len(group) < config.stack.min_frames:
@@ -112,20 +124,51 @@ def stack_groups(
             if progress is not None:
                 progress(len(group))
             continue
-        tile_id = f"tile_{index:04d}"
-        inputs = TileInputs(
-            tile_id, group, noise=[noise.get(str(f.path)) for f in group],
+        jobs.append((index, TileInputs(
+            f"tile_{index:04d}", group, noise=[noise.get(str(f.path)) for f in group],
             fwhm=[fwhm.get(str(f.path)) for f in group],
-        )
-        try:
-            out.tiles.append(build_master_tile(
-                inputs, settings=settings, options=options, pixel_scale_arcsec=pixel_scale_arcsec,
-                out_dir=tiles_dir, scratch_dir=scratch_dir, valid_min=config.input.valid_min,
-                progress=progress,
-            ))
-        except (ValueError, OSError) as err:
+        )))
+    kwargs = {"settings": settings, "pixel_scale_arcsec": pixel_scale_arcsec, "out_dir": tiles_dir,
+              "scratch_dir": scratch_dir, "valid_min": config.input.valid_min, "reuse": not config.run.fresh}
+    built: dict[int, MasterTile] = {}
+    for (index, inputs), tile, err in _build_tiles(jobs, options, kwargs, progress, client):
+        if err is not None:
             logger.warning("tile %s (%d frames) could not be stacked: %s; its frames are coadded "
-                           "individually", tile_id, len(group), err)
-            out.failed[tile_id] = str(err)
-            out.singles.extend(group)
+                           "individually", inputs.tile_id, len(inputs.frames), err)
+            out.failed[inputs.tile_id] = str(err)
+            out.singles.extend(inputs.frames)
+            continue
+        built[index] = tile
+        if tile_done is not None:
+            tile_done(tile)
+    out.tiles = [built[k] for k in sorted(built)]
     return out
+
+
+def _build_tile(job: tuple[int, TileInputs], options: CoaddOptions, kwargs: dict,
+                progress: Callable[[int], None] | None = None) -> tuple[MasterTile | None, str | None]:
+    """`build_master_tile` of one group, or the reason it failed (also a Dask task)."""
+    try:
+        return build_master_tile(job[1], options=options, progress=progress, **kwargs), None
+    except (ValueError, OSError) as err:
+        return None, str(err)
+
+
+def _build_tiles(jobs: list[tuple[int, TileInputs]], options: CoaddOptions, kwargs: dict,
+                 progress: Callable[[int], None] | None, client: Any | None
+                 ) -> Iterator[tuple[tuple[int, TileInputs], MasterTile | None, str | None]]:
+    """``(job, tile, None)`` or ``(job, None, reason)`` for every job, locally or on Dask."""
+    if client is None:
+        for job in jobs:
+            yield (job, *_build_tile(job, options, kwargs, progress))
+        return
+    from skymosaic._dask import run_tasks
+
+    # one thread per task (the cluster's parallelism is its workers), host backend (see
+    # `skymosaic.assemble._coadd._run_blocks`)
+    single = dataclasses.replace(options, threads=1, backend=None)
+    workers = len(client.scheduler_info().get("workers", {})) or 1
+    for job, (tile, err) in run_tasks(client, _build_tile, jobs, window=2 * workers, args=(single, kwargs)):
+        if progress is not None and not (tile is not None and tile.reused):
+            progress(len(job[1].frames))  # reused tiles are reported by the caller (tile_done)
+        yield job, tile, err

@@ -21,7 +21,7 @@ import numpy as np
 from astropy.io import fits
 
 from skymosaic._version import __version__
-from skymosaic.assemble._coadd import CoaddOptions, resample_source, source_bbox
+from skymosaic.assemble._coadd import CoaddOptions, ordered_window, resample_source, source_bbox
 from skymosaic.assemble._sources import FileSource
 from skymosaic.io._frames import FrameInfo, frame_footprint
 from skymosaic.io._writer import write_mosaic
@@ -54,6 +54,7 @@ class MasterTile:
     shape: tuple[int, int, int]
     summary: dict
     reused: bool = False
+    fingerprint: str = ""  # TILEFP: digest of its frames and settings (see tile_fingerprint)
 
     def to_dict(self) -> dict:
         return {
@@ -97,6 +98,7 @@ def _existing(path: Path, fingerprint: str) -> MasterTile | None:
     return MasterTile(
         tile_id=str(header.get("TILEID", path.stem)), path=path, frames=summary.get("frames", []),
         exposure_sum=float(header.get("EXPTIME", 0.0)), shape=tuple(shape), summary=summary, reused=True,
+        fingerprint=fingerprint,
     )
 
 
@@ -111,6 +113,7 @@ def build_master_tile(
     valid_min: float | None = None,
     progress: Callable[[int], None] | None = None,
     grid: OutputGrid | None = None,
+    reuse: bool = True,
 ) -> MasterTile:
     """Resample the frames of one group onto a common tile grid and stack them.
 
@@ -121,7 +124,7 @@ def build_master_tile(
     The tile is written to ``out_dir/<tile_id>.fits`` (science, WEIGHT = sum of frame
     weights per pixel, COVERAGE = frames used per pixel, a STACKINF table with the stack
     summary). If that file exists with the same fingerprint (same frames, settings and
-    version), it is reused as is.
+    version), it is reused as is, unless ``reuse`` is False (``run.fresh``).
 
     Raises
     ------
@@ -132,7 +135,7 @@ def build_master_tile(
         raise ValueError(f"tile {inputs.tile_id}: no frame to stack")
     out_path = Path(out_dir) / f"{inputs.tile_id}.fits"
     fingerprint = tile_fingerprint(inputs, settings, options, pixel_scale_arcsec, grid)
-    existing = _existing(out_path, fingerprint)
+    existing = _existing(out_path, fingerprint) if reuse else None
     if existing is not None:
         logger.info("tile %s: reusing %s", inputs.tile_id, out_path.name)
         return existing
@@ -142,20 +145,26 @@ def build_master_tile(
     scratch = Path(scratch_dir)
     scratch.mkdir(parents=True, exist_ok=True)
     cube_path, pw_path = scratch / f"{inputs.tile_id}_cube.npy", scratch / f"{inputs.tile_id}_pw.npy"
-    cube = np.lib.format.open_memmap(cube_path, mode="w+", dtype=np.float32, shape=(n, c, h, w))
-    pixel_weights = np.lib.format.open_memmap(pw_path, mode="w+", dtype=np.float32, shape=(n, h, w))
+    # created sparse and filled frame by frame through short-lived maps (`_fill_cube`), so
+    # that resampling never keeps more than one frame of the cube resident
+    for path, shape in ((cube_path, (n, c, h, w)), (pw_path, (n, h, w))):
+        mapped = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+        del mapped
     try:
-        _fill_cube(inputs, grid, cube, pixel_weights, options, valid_min, progress)
+        _fill_cube(inputs, grid, cube_path, pw_path, options, valid_min, progress)
         noise = _figure_array(inputs.noise, n, c)
         fwhm = _figure_array(inputs.fwhm, n, None)
         exposure = np.array([f.exposure if f.exposure else np.nan for f in inputs.frames], float)
-        result = stack_cube(
-            cube, settings=settings,
-            exposure=exposure if np.all(exposure > 0) else None,
-            noise=noise, fwhm=fwhm, pixel_weights=pixel_weights,
-        )
+        cube, pixel_weights = np.load(cube_path, mmap_mode="r"), np.load(pw_path, mmap_mode="r")
+        try:
+            result = stack_cube(
+                cube, settings=settings,
+                exposure=exposure if np.all(exposure > 0) else None,
+                noise=noise, fwhm=fwhm, pixel_weights=pixel_weights, backend=options.backend,
+            )
+        finally:
+            del cube, pixel_weights
     finally:
-        del cube, pixel_weights
         for p in (cube_path, pw_path):
             p.unlink(missing_ok=True)
     names = [f.name for f in inputs.frames]
@@ -163,7 +172,8 @@ def build_master_tile(
     exposure_sum = float(np.nansum(exposure))
     _write_tile(out_path, result, grid, inputs, fingerprint, exposure_sum, summary, settings)
     logger.info("tile %s: stacked %d frames into %dx%d px", inputs.tile_id, n, w, h)
-    return MasterTile(inputs.tile_id, out_path, names, exposure_sum, (c, h, w), summary)
+    return MasterTile(inputs.tile_id, out_path, names, exposure_sum, (c, h, w), summary,
+                      fingerprint=fingerprint)
 
 
 def _figure_array(values: list, n: int, channels: int | None) -> np.ndarray | None:
@@ -179,27 +189,33 @@ def _figure_array(values: list, n: int, channels: int | None) -> np.ndarray | No
     return arr
 
 
-def _fill_cube(inputs: TileInputs, grid: OutputGrid, cube: np.ndarray, pixel_weights: np.ndarray,
+def _fill_cube(inputs: TileInputs, grid: OutputGrid, cube_path: Path, pw_path: Path,
                options: CoaddOptions, valid_min: float | None, progress) -> None:
-    cube[...] = np.nan
-    pixel_weights[...] = 0.0
+    """Resample every frame onto the tile grid into the cube files (NaN / 0 elsewhere)."""
 
     def one(k: int):
         source = FileSource.from_info(inputs.frames[k], valid_min=valid_min)
         bbox = source_bbox(source, grid)
         return k, None if bbox is None else resample_source(source, grid, bbox, options)
 
+    frames = range(len(inputs.frames))
     with ThreadPoolExecutor(max_workers=options.n_threads) as pool:
-        for k, result in pool.map(one, range(len(inputs.frames))):
+        for k, result in ordered_window(pool, one, frames, options.n_threads + 1):
             if progress is not None:
                 progress(1)
+            cube, pixel_weights = np.load(cube_path, mmap_mode="r+"), np.load(pw_path, mmap_mode="r+")
+            cube[k] = np.nan
+            pixel_weights[k] = 0.0
             if result is None:
                 logger.warning("tile %s: %s has no pixel on the tile grid", inputs.tile_id,
                                inputs.frames[k].name)
-                continue
-            (y0, y1, x0, x1), data, weight = result
-            cube[k, :, y0:y1, x0:x1] = data
-            pixel_weights[k, y0:y1, x0:x1] = (weight > 0).astype(np.float32)
+            else:
+                (y0, y1, x0, x1), data, weight = result
+                cube[k, :, y0:y1, x0:x1] = data
+                pixel_weights[k, y0:y1, x0:x1] = (weight > 0).astype(np.float32)
+            cube.flush()
+            pixel_weights.flush()
+            del cube, pixel_weights
 
 
 def _write_tile(path: Path, result, grid: OutputGrid, inputs: TileInputs, fingerprint: str,

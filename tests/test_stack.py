@@ -6,6 +6,7 @@ Every test builds small seeded synthetic frames whose right answer is known.
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -482,3 +483,20 @@ def test_linear_normalization_ignores_trail_and_hot_pixels():
     assert np.max(np.abs(offsets)) < 0.005 * SKY
     res = stack_cube(cube, settings=StackSettings(normalization="linear", reference=0))
     assert res.gains[k, 0] == gains[k, 0]
+
+
+def test_normalisation_warning_names_the_frame_file(caplog):
+    # a frame with no pixel in common with the reference cannot be normalised: the warning
+    # says which file it is (not "frame 1"), and the frame keeps (1, 0)
+    rng = np.random.default_rng(2)
+    cube = np.full((2, 1, 40, 50), np.nan, np.float32)
+    cube[0, :, :, :25] = 100 + rng.normal(0, 1, (1, 40, 25))
+    cube[1, :, :, 25:] = 100 + rng.normal(0, 1, (1, 40, 25))
+    with caplog.at_level(logging.WARNING, logger="skymosaic.stack._normalize"):
+        gains, offsets = estimate_normalization(cube, reference=0, method="linear",
+                                                names=["night1_0001.fits", "night1_0002.fits"])
+    assert gains[1, 0] == 1.0 and offsets[1, 0] == 0.0
+    assert "night1_0002.fits channel 0" in caplog.text
+    assert "onto night1_0001.fits" in caplog.text
+    with pytest.raises(ValueError, match="names has 1 entries for 2 frames"):
+        estimate_normalization(cube, reference=0, method="linear", names=["a.fits"])

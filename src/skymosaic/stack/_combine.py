@@ -42,7 +42,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -310,6 +310,7 @@ def stack_cube(
     pixel_weights: np.ndarray | None = None,
     progress: Callable[[int, int], None] | None = None,
     backend: Backend | None = None,
+    names: Sequence[str] | None = None,
 ) -> StackResult:
     """Normalise, weight, reject and combine N registered frames into a master tile.
 
@@ -336,6 +337,8 @@ def stack_cube(
         chunks be recomputed on the CPU).
     backend : Backend, optional
         Where the chunks are combined (default: the host); see the module docstring.
+    names : sequence of str, optional
+        The frames' file names, used in warnings (default: frame indices).
 
     Returns
     -------
@@ -380,6 +383,7 @@ def stack_cube(
         sample_rows=settings.sample_rows,
         seed=settings.seed,
         noise=noise,
+        names=names,
     )
     fweights = frame_weights(
         n, c, exposure=exposure, noise=noise, fwhm=fwhm, gains=gains, methods=settings.weighting

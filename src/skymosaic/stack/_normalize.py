@@ -25,6 +25,7 @@ whose data do not constrain a gain (status ``offset_only``) keeps its offset wit
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -184,6 +185,7 @@ def estimate_normalization(
     seed: int = 0,
     noise: np.ndarray | None = None,
     fwhm: np.ndarray | None = None,
+    names: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-frame, per-channel gains and offsets onto the reference photometric scale.
 
@@ -204,6 +206,8 @@ def estimate_normalization(
         pixels) and used by ``reference="auto"``.
     fwhm : array (N,), optional
         Per-frame FWHM, used by ``reference="auto"``.
+    names : sequence of str, optional
+        Frame names for the warnings (default: ``frame <index>``).
 
     Returns
     -------
@@ -250,6 +254,12 @@ def estimate_normalization(
             cube, noise=noise, fwhm=fwhm, sample_rows=sample_rows, seed=seed
         )
     ref = int(reference)
+    if names is not None and len(names) != n:
+        raise ValueError(f"names has {len(names)} entries for {n} frames")
+
+    def label(k: int) -> str:
+        return names[k] if names is not None else f"frame {k}"
+
     rows = sample_row_indices(h, sample_rows, seed)
     ref_rows = _read_rows(cube, ref, rows)
     for k in range(n):
@@ -260,7 +270,8 @@ def estimate_normalization(
             s = (None, None) if sig is None else (float(sig[k, ch]), float(sig[ref, ch]))
             g, b, status = _fit_channel(rows_k[ch], ref_rows[ch], method, s)
             if status:
-                logger.warning("frame %d channel %d: %s normalisation: %s", k, ch, method, status)
+                logger.warning("%s channel %d: %s normalisation onto %s: %s", label(k), ch, method,
+                               label(ref), status)
             gains[k, ch], offsets[k, ch] = g, b
     logger.info(
         "%s normalisation onto frame %d: gains %.4g..%.4g, offsets %.4g..%.4g",

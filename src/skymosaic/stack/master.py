@@ -161,6 +161,7 @@ def build_master_tile(
                 cube, settings=settings,
                 exposure=exposure if np.all(exposure > 0) else None,
                 noise=noise, fwhm=fwhm, pixel_weights=pixel_weights, backend=options.backend,
+                names=[f.name for f in inputs.frames],
             )
         finally:
             del cube, pixel_weights

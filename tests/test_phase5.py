@@ -24,7 +24,7 @@ from scipy import ndimage
 from skymosaic import pipeline
 from skymosaic.config import load_config
 from skymosaic.io import read_mosaic
-from skymosaic.photometry._regression import fit_linear_relation
+from skymosaic.photometry._linefit import fit_linear_relation
 from skymosaic.pipeline import run_pipeline
 from skymosaic.synth import frame_border_mask, make_survey, make_truth_sky, seam_score, write_survey
 

@@ -263,7 +263,7 @@ def test_loose_gain_becomes_offset_only_with_its_reason():
 
 
 def test_model_error_is_zero_for_an_exact_line_and_seen_on_a_scaled_profile():
-    from skymosaic.photometry._regression import _model_error
+    from skymosaic.photometry._linefit import _model_error
 
     rng = np.random.default_rng(0)
     x = rng.gamma(0.5, 40.0, 20000)

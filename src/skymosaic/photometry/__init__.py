@@ -10,17 +10,10 @@ from skymosaic.photometry._background import (
 )
 from skymosaic.photometry._coverage import coverage_gains
 from skymosaic.photometry._engine import PhotometryOptions, PhotometryReport, normalize_tiles
+from skymosaic.photometry._linefit import Relation, estimate_noise, fit_linear_relation
 from skymosaic.photometry._masks import valid_mask
 from skymosaic.photometry._overlaps import Overlap, bbox_candidate_pairs, find_overlaps
-from skymosaic.photometry._regression import (
-    PairRelation,
-    Relation,
-    estimate_noise,
-    detrend,
-    fit_linear_relation,
-    fit_overlap,
-    pairwise_relations,
-)
+from skymosaic.photometry._regression import PairRelation, detrend, fit_overlap, pairwise_relations
 from skymosaic.photometry._solve import Solution, apply_gains_offsets, solve_gains_offsets
 
 __all__ = [

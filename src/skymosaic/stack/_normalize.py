@@ -14,7 +14,7 @@ Methods
 ``"multiplicative"``  gain = level(reference) / level(frame): a transparency change.
 ``"linear"``          errors-in-variables line fit of reference against frame over all
                       pixels valid in both (sky *and* stars, so both gain and offset are
-                      constrained), via `skymosaic.photometry._regression.fit_linear_relation`.
+                      constrained), via `skymosaic.photometry.fit_linear_relation`.
 
 ``level`` is a sigma-clipped median (3 sigma, MAD scale), i.e. the sky level: stars and
 trails do not bias it. A frame that cannot be fitted (too few common pixels, a
@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from skymosaic.photometry._regression import fit_linear_relation
+from skymosaic.photometry._linefit import fit_linear_relation
 
 __all__ = ["NORMALIZATION_METHODS", "estimate_normalization", "select_reference"]
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from skymosaic._version import __version__
+from skymosaic.astrometry._cache import content_hash
 from skymosaic.io._writer import atomic_path, write_json
 
 __all__ = ["Manifest", "crash_point", "file_signature", "fingerprint"]
@@ -58,14 +59,6 @@ def fingerprint(*parts: Any) -> str:
     """A short SHA-256 of JSON-serialisable ``parts`` (non-JSON values via ``str``)."""
     payload = json.dumps([__version__, *parts], sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def crash_point(phase: str) -> None:
@@ -148,7 +141,7 @@ class Manifest:
             return target.exists()
         if not target.is_file() or target.stat().st_size != entry["size"]:
             return False
-        return "sha256" not in entry or _sha256(target) == entry["sha256"]
+        return "sha256" not in entry or content_hash(target) == entry["sha256"]
 
     def record(self, name: str, fp: str, *, path: str | os.PathLike | None = None,
                meta: dict | None = None, checksum: bool = False) -> dict:
@@ -165,7 +158,7 @@ class Manifest:
             if target.is_file():
                 entry["size"] = target.stat().st_size
                 if checksum:
-                    entry["sha256"] = _sha256(target)
+                    entry["sha256"] = content_hash(target)
         self.artifacts[name] = entry
         self.save()
         return entry

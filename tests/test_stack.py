@@ -260,14 +260,37 @@ def test_additive_and_multiplicative_normalization():
     assert not offsets.any()
 
 
-def test_normalization_samples_rows_and_reference_auto():
+def test_normalization_binned_sample_and_reference_auto():
     cube, _ = _scaled_cube(GAINS, OFFSETS)
     cube[0, :, :, :40] = np.nan  # frame 0 covers less
     noise = np.array([1.0, 3.0, 1.0, 0.5, 1.0, 1.0])
     assert select_reference(cube, noise=noise) == 3  # full coverage, lowest noise
     assert select_reference(cube) == 1  # full coverage, first index
-    g_few, _ = estimate_normalization(cube, reference=3, method="linear", sample_rows=24, seed=1)
+    # a sample of at most 500 bins: the frames are averaged in 3x3 blocks, the gains hold
+    g_few, _ = estimate_normalization(cube, reference=3, method="linear", sample_pixels=500)
     np.testing.assert_allclose(g_few[:, 0], GAINS[3] / GAINS, rtol=0.01)
+
+
+def test_binned_sample_recovers_gains_of_a_star_poor_field():
+    # 60 faint stars (peaks ~20 sigma) on a flat sky: at full resolution the clipped
+    # sample has too little signal range for a gain (offset only, gain 1, and an offset
+    # that absorbs the missed gain); averaged in 5x5 blocks, the noise drops 5x while
+    # every star keeps its flux, and the gains come back to 0.5 %
+    rng = np.random.default_rng(5)
+    h, w = 240, 320
+    yy, xx = np.mgrid[0:h, 0:w]
+    truth = np.zeros((h, w))
+    for _ in range(60):
+        x0, y0, flux = rng.uniform(5, w - 5), rng.uniform(5, h - 5), rng.uniform(300, 3000)
+        truth += flux / (2 * np.pi * 1.5**2) * np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / 4.5)
+    gains, offsets = np.array([1.0, 0.92, 1.07, 0.97]), np.array([0.0, 30.0, -20.0, 12.0])
+    cube = np.stack([g * (truth + 400) + o + rng.normal(0, 10, (h, w))
+                     for g, o in zip(gains, offsets, strict=True)])[:, None].astype(np.float32)
+    full, _ = estimate_normalization(cube, reference=0, method="linear", sample_pixels=h * w)
+    assert full[:, 0].tolist() == [1.0] * 4
+    binned, shift = estimate_normalization(cube, reference=0, method="linear", sample_pixels=4096)
+    np.testing.assert_allclose(binned[:, 0], 1.0 / gains, rtol=0.005)
+    np.testing.assert_allclose(shift[:, 0], -offsets / gains, atol=3.0)  # 0.3 sigma
 
 
 def test_normalization_failure_falls_back_to_identity(caplog):
@@ -448,7 +471,7 @@ def test_memory_budget_sets_chunk_height():
         ({"n_high": -1}, "n_high.*-1"),
         ({"memory_budget_bytes": 0}, "memory_budget_bytes.*0"),
         ({"chunk_rows": 0}, "chunk_rows.*0"),
-        ({"sample_rows": 2.5}, "sample_rows.*2.5"),
+        ({"sample_pixels": 2.5}, "sample_pixels.*2.5"),
     ],
 )
 def test_bad_settings_raise(kwargs, match):

@@ -33,14 +33,19 @@ class FrameStats:
         }
 
 
-def frame_stats(data: np.ndarray, *, max_samples: int = 1_000_000) -> FrameStats:
-    """Statistics of a (C, H, W) frame with NaN for no data (see `FrameStats`)."""
+def frame_stats(data: np.ndarray, *, max_samples: int = 250_000) -> FrameStats:
+    """Statistics of a (C, H, W) frame with NaN for no data (see `FrameStats`).
+
+    Background and noise are measured on whole rows taken every ``ceil(H*W/max_samples)``
+    rows (about ``max_samples`` pixels per channel): a median of 250 000 values is known
+    to 0.3 % of the noise, and a 2 Mpx plane costs a ninth of a full one.
+    """
     c, h, w = data.shape
     valid = np.isfinite(data).all(axis=0)
     fraction = float(valid.mean()) if valid.size else 0.0
     if fraction == 0.0:
         return FrameStats(0.0, (float("nan"),) * c, (float("nan"),) * c)
-    stride = max(1, int(np.sqrt(h * w / max_samples)))
+    stride = max(1, -(-h * w // max_samples))
     sub = data[:, ::stride, :]
     bg, noise = [], []
     for ch in range(c):

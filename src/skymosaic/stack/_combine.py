@@ -43,6 +43,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,7 @@ import numpy as np
 from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
+from skymosaic.assemble._coadd import ordered_window
 from skymosaic.backend import Backend, to_host
 from skymosaic.stack._normalize import (
     NORMALIZATION_METHODS,
@@ -116,10 +118,9 @@ class StackSettings:
         Budget for one chunk and its temporaries (> 0); sets the chunk height.
     chunk_rows : int, optional
         Fixed chunk height (>= 1), overriding the budget.
-    sample_rows : int
-        Rows sampled to estimate the normalisation.
-    seed : int
-        Seed of that sample.
+    sample_pixels : int
+        Size of the normalisation sample: frames are block-averaged to at most this many
+        bins per channel (see `estimate_normalization`).
     """
 
     normalization: str = "linear"
@@ -134,8 +135,7 @@ class StackSettings:
     combine: str = "mean"
     memory_budget_bytes: int = 1 << 30
     chunk_rows: int | None = None
-    sample_rows: int = 64
-    seed: int = 0
+    sample_pixels: int = 65536
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
@@ -155,7 +155,7 @@ class StackSettings:
         for name in ("kappa_low", "kappa_high"):
             if not _is_pos_number(getattr(self, name)):
                 raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)!r}")
-        for name, low in (("max_iter", 1), ("n_low", 0), ("n_high", 0), ("sample_rows", 1)):
+        for name, low in (("max_iter", 1), ("n_low", 0), ("n_high", 0), ("sample_pixels", 1)):
             value = getattr(self, name)
             if not (_is_int(value) and value >= low):
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -165,8 +165,6 @@ class StackSettings:
             )
         if self.chunk_rows is not None and not (_is_int(self.chunk_rows) and self.chunk_rows >= 1):
             raise ValueError(f"chunk_rows must be None or an integer >= 1, got {self.chunk_rows!r}")
-        if not _is_int(self.seed):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy of the settings."""
@@ -311,6 +309,7 @@ def stack_cube(
     progress: Callable[[int, int], None] | None = None,
     backend: Backend | None = None,
     names: Sequence[str] | None = None,
+    threads: int = 1,
 ) -> StackResult:
     """Normalise, weight, reject and combine N registered frames into a master tile.
 
@@ -339,6 +338,10 @@ def stack_cube(
         Where the chunks are combined (default: the host); see the module docstring.
     names : sequence of str, optional
         The frames' file names, used in warnings (default: frame indices).
+    threads : int
+        Host threads: frames normalised at once, and chunks combined at once (each thread
+        gets ``1/threads`` of the memory budget, so the peak stays within it). The
+        result does not depend on it. A device backend combines one chunk at a time.
 
     Returns
     -------
@@ -374,21 +377,24 @@ def stack_cube(
             reference = int(settings.reference)
         else:
             reference = select_reference(
-                cube, noise=noise, fwhm=fwhm, sample_rows=settings.sample_rows, seed=settings.seed
+                cube, noise=noise, fwhm=fwhm, sample_pixels=settings.sample_pixels
             )
     gains, offsets = estimate_normalization(
         cube,
         reference=0 if reference is None else reference,
         method=settings.normalization,
-        sample_rows=settings.sample_rows,
-        seed=settings.seed,
+        sample_pixels=settings.sample_pixels,
         noise=noise,
         names=names,
+        threads=threads,
     )
     fweights = frame_weights(
         n, c, exposure=exposure, noise=noise, fwhm=fwhm, gains=gains, methods=settings.weighting
     )
+    threads = max(1, int(threads))
     rows = chunk_rows_for(n, c, h, w, settings)
+    if settings.chunk_rows is None:
+        rows = max(1, rows // threads)
     logger.info(
         "stacking %d frames of %dx%dx%d: %s normalisation, %s rejection, %s combine, "
         "%d rows per chunk",
@@ -403,13 +409,13 @@ def stack_cube(
     )
     chunks = _ChunkJob(cube, pixel_weights, gains, offsets, fweights, settings, progress)
     if backend is None:
-        data, weight, nmap, rejected = chunks.run(rows, None)
+        data, weight, nmap, rejected = chunks.run(rows, None, threads)
     else:
         dev_bytes = _DEVICE_TEMP_SCALE * _bytes_per_row(n, c, w, settings)
         data, weight, nmap, rejected = backend.run(
             "stack",
-            lambda r: chunks.run(r, backend),
-            lambda: chunks.run(rows, None),
+            lambda r: chunks.run(r, backend, 1),
+            lambda: chunks.run(rows, None, threads),
             rows=min(rows, backend.chunk_rows(h, dev_bytes)),
         )
     elapsed = time.perf_counter() - t0
@@ -448,15 +454,20 @@ class _ChunkJob:
     progress: Callable[[int, int], None] | None
 
     def run(
-        self, rows: int, backend: Backend | None
+        self, rows: int, backend: Backend | None, threads: int = 1
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(data (C,H,W), weight (H,W), n_frames (H,W), rejected (N,C)) in ``rows``-row chunks."""
+        """(data (C,H,W), weight (H,W), n_frames (H,W), rejected (N,C)) in ``rows``-row chunks.
+
+        With ``threads > 1`` (host only), that many chunks are read and combined at once;
+        NumPy's sorts and ufuncs release the GIL, so they run on as many cores.
+        """
         n, c, h, w = self.cube.shape
         data = np.full((c, h, w), np.nan, dtype=np.float32)
         weight = np.zeros((h, w), dtype=np.float32)
         nmap = np.zeros((h, w), dtype=np.int32)
         rejected = np.zeros((n, c), dtype=np.int64)
-        for r0 in range(0, h, rows):
+
+        def one(r0: int):
             r1 = min(r0 + rows, h)
             x = np.array(self.cube[:, :, r0:r1, :], dtype=np.float32, copy=True)
             pw = None
@@ -470,10 +481,16 @@ class _ChunkJob:
                 settings=self.settings,
             )
             # device -> host, once per chunk (no-ops for NumPy arrays)
-            data[:, r0:r1], weight[r0:r1], nmap[r0:r1] = (to_host(a) for a in out[:3])
-            rejected += to_host(out[3])
-            if self.progress is not None:
-                self.progress(r1, h)
+            return r0, r1, [to_host(a) for a in out]
+
+        starts = range(0, h, rows)
+        threads = 1 if backend is not None else max(1, min(int(threads), len(starts)))
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            for r0, r1, out in ordered_window(pool, one, starts, threads):
+                data[:, r0:r1], weight[r0:r1], nmap[r0:r1] = out[:3]
+                rejected += out[3]
+                if self.progress is not None:
+                    self.progress(r1, h)
         return data, weight, nmap, rejected
 
 

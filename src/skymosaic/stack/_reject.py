@@ -117,13 +117,16 @@ class _SortedRows:
         all_pix = np.arange(self.s.shape[0])
         zero = np.zeros_like(self.n)
         self.shift = np.where(self.n > 0, self.median(all_pix, zero, np.maximum(self.n, 1)), 0.0)
-        if prefix:  # prefix sums of the shifted samples, float64, with a leading 0
-            y = self.s.astype(np.float64) - self.shift[:, None]
-            y[np.isnan(y)] = 0.0
-            p1 = np.zeros((y.shape[0], self.n_cols + 1))
-            p2 = np.zeros_like(p1)
+        if prefix:
+            # Prefix sums of the shifted samples, float64, with a leading 0. Past a row's
+            # n valid samples they are NaN: no range ever reaches there (every a, b <= n).
+            y = np.subtract(self.s, self.shift[:, None], dtype=np.float64)
+            p1 = np.empty((y.shape[0], self.n_cols + 1))
+            p2 = np.empty_like(p1)
+            p1[:, 0] = p2[:, 0] = 0.0
             np.cumsum(y, axis=-1, out=p1[:, 1:])
-            np.cumsum(y * y, axis=-1, out=p2[:, 1:])
+            np.square(y, out=y)
+            np.cumsum(y, axis=-1, out=p2[:, 1:])
             self.p1, self.p2 = p1.reshape(-1), p2.reshape(-1)
 
     def at(self, pix: np.ndarray, idx: np.ndarray) -> np.ndarray:

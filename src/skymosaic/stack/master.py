@@ -1,8 +1,10 @@
 """Master tiles: every frame of a group resampled onto one tile grid, then stacked.
 
 Frames are resampled one at a time (in a thread pool) into a memory-mapped cube
-``(N, C, H, W)`` in a scratch folder, so memory holds one frame's temporaries per thread
-whatever N is; `skymosaic.stack.stack_cube` then reads the cube in chunks of rows. Field
+``(N, C, H, W)`` float32 and a pixel-weight cube ``(N, H, W)`` uint8 (1 where the frame
+covers the pixel) in a scratch folder, so memory holds one frame's temporaries per thread
+whatever N is; `skymosaic.stack.stack_cube` then reads the cube in chunks of rows through
+`NpyReader`, which keeps no page of it mapped between reads. Field
 rotation between sessions is handled by the WCS: no pixel-space alignment is needed.
 """
 
@@ -28,7 +30,7 @@ from skymosaic.io._writer import write_mosaic
 from skymosaic.reproject._grid import OutputGrid, optimal_grid
 from skymosaic.stack._combine import StackSettings, stack_cube
 
-__all__ = ["MasterTile", "TileInputs", "build_master_tile", "tile_fingerprint"]
+__all__ = ["MasterTile", "NpyReader", "TileInputs", "build_master_tile", "tile_fingerprint"]
 
 logger = logging.getLogger(__name__)
 
@@ -147,24 +149,20 @@ def build_master_tile(
     cube_path, pw_path = scratch / f"{inputs.tile_id}_cube.npy", scratch / f"{inputs.tile_id}_pw.npy"
     # created sparse and filled frame by frame through short-lived maps (`_fill_cube`), so
     # that resampling never keeps more than one frame of the cube resident
-    for path, shape in ((cube_path, (n, c, h, w)), (pw_path, (n, h, w))):
-        mapped = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+    for path, shape, dtype in ((cube_path, (n, c, h, w), np.float32), (pw_path, (n, h, w), np.uint8)):
+        mapped = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
         del mapped
     try:
         _fill_cube(inputs, grid, cube_path, pw_path, options, valid_min, progress)
         noise = _figure_array(inputs.noise, n, c)
         fwhm = _figure_array(inputs.fwhm, n, None)
         exposure = np.array([f.exposure if f.exposure else np.nan for f in inputs.frames], float)
-        cube, pixel_weights = np.load(cube_path, mmap_mode="r"), np.load(pw_path, mmap_mode="r")
-        try:
-            result = stack_cube(
-                cube, settings=settings,
-                exposure=exposure if np.all(exposure > 0) else None,
-                noise=noise, fwhm=fwhm, pixel_weights=pixel_weights, backend=options.backend,
-                names=[f.name for f in inputs.frames],
-            )
-        finally:
-            del cube, pixel_weights
+        result = stack_cube(
+            NpyReader(cube_path), settings=settings,
+            exposure=exposure if np.all(exposure > 0) else None,
+            noise=noise, fwhm=fwhm, pixel_weights=NpyReader(pw_path), backend=options.backend,
+            names=[f.name for f in inputs.frames], threads=options.n_threads,
+        )
     finally:
         for p in (cube_path, pw_path):
             p.unlink(missing_ok=True)
@@ -175,6 +173,33 @@ def build_master_tile(
     logger.info("tile %s: stacked %d frames into %dx%d px", inputs.tile_id, n, w, h)
     return MasterTile(inputs.tile_id, out_path, names, exposure_sum, (c, h, w), summary,
                       fingerprint=fingerprint)
+
+
+class NpyReader:
+    """Read-only slices of a ``.npy`` file, each read through a map that is closed at once.
+
+    A memmap held open for a whole stack keeps every page it has touched mapped into the
+    process: the resident set grows to the size of the cube (4 GB for 111 Seestar frames)
+    although the data are only read once. Mapping per read leaves those pages to the
+    kernel's page cache, which can drop them under pressure, and the process holds only
+    the copies it works on. Has ``shape``, ``dtype`` and ``ndim`` like an array.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        mapped = np.load(self.path, mmap_mode="r")
+        self.shape, self.dtype, self.ndim = mapped.shape, mapped.dtype, mapped.ndim
+        del mapped
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key) -> np.ndarray:
+        mapped = np.load(self.path, mmap_mode="r")
+        try:
+            return np.array(mapped[key], copy=True)
+        finally:
+            del mapped
 
 
 def _figure_array(values: list, n: int, channels: int | None) -> np.ndarray | None:
@@ -192,31 +217,51 @@ def _figure_array(values: list, n: int, channels: int | None) -> np.ndarray | No
 
 def _fill_cube(inputs: TileInputs, grid: OutputGrid, cube_path: Path, pw_path: Path,
                options: CoaddOptions, valid_min: float | None, progress) -> None:
-    """Resample every frame onto the tile grid into the cube files (NaN / 0 elsewhere)."""
+    """Resample every frame onto the tile grid into the cube files (NaN / 0 elsewhere).
+
+    Each frame's plane of the cube is one contiguous block of the ``.npy`` file, written
+    with a single ``pwrite`` from a full-size buffer: no page faults on a map of the
+    sparse file, and no forced write-back (the stack reads the cube back through the
+    page cache; the scratch files are deleted after it).
+    """
+    c, (h, w) = inputs.frames[0].channels, grid.shape
+    offsets = []
+    for path in (cube_path, pw_path):
+        mapped = np.load(path, mmap_mode="r")
+        offsets.append(mapped.offset)
+        del mapped
 
     def one(k: int):
         source = FileSource.from_info(inputs.frames[k], valid_min=valid_min)
         bbox = source_bbox(source, grid)
-        return k, None if bbox is None else resample_source(source, grid, bbox, options)
+        if bbox is None:
+            return k, None
+        (y0, y1, x0, x1), data, weight = resample_source(source, grid, bbox, options)
+        plane = np.full((c, h, w), np.nan, dtype=np.float32)
+        plane[:, y0:y1, x0:x1] = data
+        covered = np.zeros((h, w), dtype=np.uint8)
+        covered[y0:y1, x0:x1] = weight > 0
+        return k, (plane, covered)
 
     frames = range(len(inputs.frames))
-    with ThreadPoolExecutor(max_workers=options.n_threads) as pool:
+    with (ThreadPoolExecutor(max_workers=options.n_threads) as pool,
+          open(cube_path, "r+b") as cube_file, open(pw_path, "r+b") as pw_file):
         for k, result in ordered_window(pool, one, frames, options.n_threads + 1):
             if progress is not None:
                 progress(1)
-            cube, pixel_weights = np.load(cube_path, mmap_mode="r+"), np.load(pw_path, mmap_mode="r+")
-            cube[k] = np.nan
-            pixel_weights[k] = 0.0
             if result is None:
                 logger.warning("tile %s: %s has no pixel on the tile grid", inputs.tile_id,
                                inputs.frames[k].name)
-            else:
-                (y0, y1, x0, x1), data, weight = result
-                cube[k, :, y0:y1, x0:x1] = data
-                pixel_weights[k, y0:y1, x0:x1] = (weight > 0).astype(np.float32)
-            cube.flush()
-            pixel_weights.flush()
-            del cube, pixel_weights
+                result = (np.full((c, h, w), np.nan, dtype=np.float32), np.zeros((h, w), np.uint8))
+            for fh, offset, block in zip((cube_file, pw_file), offsets, result, strict=True):
+                _pwrite_all(fh.fileno(), memoryview(block).cast("B"), offset + k * block.nbytes)
+
+
+def _pwrite_all(fd: int, view: memoryview, position: int) -> None:
+    """``os.pwrite`` until every byte is written (a call may write fewer)."""
+    while view:
+        done = os.pwrite(fd, view, position)
+        view, position = view[done:], position + done
 
 
 def _write_tile(path: Path, result, grid: OutputGrid, inputs: TileInputs, fingerprint: str,

@@ -14,6 +14,7 @@ from astropy.stats import sigma_clip
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from skymosaic.photometry import Relation
 from skymosaic.stack import (
     REJECTION_METHODS,
     StackSettings,
@@ -291,6 +292,23 @@ def test_binned_sample_recovers_gains_of_a_star_poor_field():
     binned, shift = estimate_normalization(cube, reference=0, method="linear", sample_pixels=4096)
     np.testing.assert_allclose(binned[:, 0], 1.0 / gains, rtol=0.005)
     np.testing.assert_allclose(shift[:, 0], -offsets / gains, atol=3.0)  # 0.3 sigma
+
+
+def test_loose_linear_gain_is_not_inverted(monkeypatch, caplog):
+    # A frame of the pinned classic survey once got a Deming slope of 0.0004 +- 0.0005
+    # marked "ok": inverted, it scaled the frame by 2538 and put a stripe of 5000-ADU
+    # pixels along the master tile's edge. A gain looser than 10 % keeps the sky offset.
+    import skymosaic.stack._normalize as norm  # noqa: PLC0415
+
+    cube, _ = _scaled_cube(np.ones_like(GAINS), OFFSETS)
+    loose = Relation(gain=0.000394, offset=117.0, gain_err=0.0005, offset_err=1.0, n_used=500,
+                     residual_rms=4.0, status="ok")
+    monkeypatch.setattr(norm, "fit_linear_relation", lambda *a, **k: loose)
+    with caplog.at_level(logging.INFO, logger="skymosaic.stack._normalize"):
+        gains, offsets = estimate_normalization(cube, reference=0, method="linear")
+    assert gains[:, 0].tolist() == [1.0] * len(GAINS)
+    np.testing.assert_allclose(offsets[:, 0], -OFFSETS, atol=0.005 * SKY)  # sky matched
+    assert "looser than 10%" in caplog.text
 
 
 def test_normalization_failure_falls_back_to_identity(caplog):

@@ -51,6 +51,8 @@ NORMALIZATION_METHODS = ("none", "additive", "multiplicative", "linear")
 _MAD_TO_SIGMA = 1.482602218505602
 #: Fewer common valid pixels than this in the sample: the frame keeps (1, 0).
 MIN_COMMON_PIXELS = 50
+#: A fitted gain with a larger relative error is not used (offset only), as in `fit_overlap`.
+MAX_GAIN_ERROR = 0.1
 #: Default size of the normalisation sample: bins per channel after block averaging.
 SAMPLE_PIXELS = 65536
 
@@ -190,6 +192,13 @@ def _fit_channel(  # noqa: PLR0911 (one return per fallback)
             return 1.0, 0.0, f"linear fit failed: {rel.reason}"
         if not (np.isfinite(rel.gain) and rel.gain > 0):
             return 1.0, 0.0, f"linear fit gave gain {rel.gain!r}"
+        if rel.status == "ok" and not rel.gain_err <= MAX_GAIN_ERROR * rel.gain:
+            # a slope the data barely constrain (0.0004 +- 0.0005 was seen on a frame of a
+            # small test survey): inverting it would scale the frame by thousands. Keep the
+            # sky offset only.
+            shift = robust_level(frame[both] - ref[both])
+            return 1.0, -shift, (f"offset only: gain {rel.gain:.4g} +- {rel.gain_err:.2g} is "
+                                 f"looser than {MAX_GAIN_ERROR:.0%}")
         status = "" if rel.status == "ok" else f"offset only: {rel.reason}"
         return 1.0 / float(rel.gain), -float(rel.offset) / float(rel.gain), status
     lvl_f = robust_level(frame[both])

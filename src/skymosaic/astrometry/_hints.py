@@ -89,6 +89,18 @@ def _sexagesimal(text: str) -> tuple[float, bool] | None:
     return sign * value, len(fields) > 1 or body != fields[0]
 
 
+def _header_angle(value, key: str, what: str) -> tuple[float, bool] | None:
+    """``(number, written in hours)`` from a header number or sexagesimal string, or None."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value), False
+    parsed = _sexagesimal(str(value))
+    if parsed is None:
+        logger.debug("%s = %r is not %s", key, value, what)
+    return parsed
+
+
 def parse_ra(value, *, key: str = "RA") -> float | None:
     """Right ascension in degrees from a header value.
 
@@ -103,17 +115,11 @@ def parse_ra(value, *, key: str = "RA") -> float | None:
     >>> parse_ra(193.07)
     193.07
     """
-    if isinstance(value, bool) or value is None:
+    parsed = _header_angle(value, key, "a right ascension")
+    if parsed is None:
         return None
-    if isinstance(value, (int, float)):
-        deg = float(value)
-    else:
-        parsed = _sexagesimal(str(value))
-        if parsed is None:
-            logger.debug("%s = %r is not a right ascension", key, value)
-            return None
-        number, hours = parsed
-        deg = number * 15.0 if hours else number
+    number, hours = parsed
+    deg = number * 15.0 if hours else number
     if not (math.isfinite(deg) and 0.0 <= deg < 360.0 + 1e-9):
         return None
     return deg % 360.0
@@ -127,16 +133,10 @@ def parse_dec(value, *, key: str = "DEC") -> float | None:
     >>> parse_dec("-00 30 00")
     -0.5
     """
-    if isinstance(value, bool) or value is None:
+    parsed = _header_angle(value, key, "a declination")
+    if parsed is None:
         return None
-    if isinstance(value, (int, float)):
-        deg = float(value)
-    else:
-        parsed = _sexagesimal(str(value))
-        if parsed is None:
-            logger.debug("%s = %r is not a declination", key, value)
-            return None
-        deg = parsed[0]
+    deg = parsed[0]
     if not (math.isfinite(deg) and -90.0 <= deg <= 90.0):
         return None
     return deg

@@ -147,20 +147,19 @@ def build_master_tile(
     scratch = Path(scratch_dir)
     scratch.mkdir(parents=True, exist_ok=True)
     cube_path, pw_path = scratch / f"{inputs.tile_id}_cube.npy", scratch / f"{inputs.tile_id}_pw.npy"
-    # created sparse and filled frame by frame through short-lived maps (`_fill_cube`), so
-    # that resampling never keeps more than one frame of the cube resident
-    for path, shape, dtype in ((cube_path, (n, c, h, w), np.float32), (pw_path, (n, h, w), np.uint8)):
-        mapped = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
-        del mapped
+    # created sparse and filled one frame at a time (`_fill_cube`), so that resampling
+    # never keeps more than one frame of the cube resident
+    cube = NpyReader.create(cube_path, (n, c, h, w), np.float32)
+    covered = NpyReader.create(pw_path, (n, h, w), np.uint8)
     try:
-        _fill_cube(inputs, grid, cube_path, pw_path, options, valid_min, progress)
+        _fill_cube(inputs, grid, cube, covered, options, valid_min, progress)
         noise = _figure_array(inputs.noise, n, c)
         fwhm = _figure_array(inputs.fwhm, n, None)
         exposure = np.array([f.exposure if f.exposure else np.nan for f in inputs.frames], float)
         result = stack_cube(
-            NpyReader(cube_path), settings=settings,
+            cube, settings=settings,
             exposure=exposure if np.all(exposure > 0) else None,
-            noise=noise, fwhm=fwhm, pixel_weights=NpyReader(pw_path), backend=options.backend,
+            noise=noise, fwhm=fwhm, pixel_weights=covered, backend=options.backend,
             names=[f.name for f in inputs.frames], threads=options.n_threads,
         )
     finally:
@@ -176,23 +175,39 @@ def build_master_tile(
 
 
 class NpyReader:
-    """Read-only slices of a ``.npy`` file, each read through a map that is closed at once.
+    """A ``.npy`` file read in slices, each through a map that is closed at once.
 
     A memmap held open for a whole stack keeps every page it has touched mapped into the
     process: the resident set grows to the size of the cube (4 GB for 111 Seestar frames)
     although the data are only read once. Mapping per read leaves those pages to the
     kernel's page cache, which can drop them under pressure, and the process holds only
-    the copies it works on. Has ``shape``, ``dtype`` and ``ndim`` like an array.
+    the copies it works on. Has ``shape`` and ``dtype`` like an array; `write_frame`
+    fills one frame ``[k]`` with a single ``pwrite``.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         mapped = np.load(self.path, mmap_mode="r")
-        self.shape, self.dtype, self.ndim = mapped.shape, mapped.dtype, mapped.ndim
+        self.shape, self.dtype, self.offset = mapped.shape, mapped.dtype, mapped.offset
         del mapped
 
-    def __len__(self) -> int:
-        return self.shape[0]
+    @classmethod
+    def create(cls, path: str | os.PathLike, shape: tuple[int, ...], dtype) -> NpyReader:
+        """A new file of ``shape`` (sparse: no data written yet)."""
+        mapped = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+        del mapped
+        return cls(path)
+
+    def write_frame(self, k: int, block: np.ndarray) -> None:
+        """Write ``block`` (shape ``shape[1:]``, this dtype) as frame ``k``."""
+        block = np.ascontiguousarray(block, dtype=self.dtype)
+        if block.shape != self.shape[1:]:
+            raise ValueError(f"frame of shape {block.shape} for a file of frames {self.shape[1:]}")
+        view, position = memoryview(block).cast("B"), self.offset + k * block.nbytes
+        with open(self.path, "r+b") as fh:
+            while view:  # a pwrite may write fewer bytes than asked
+                done = os.pwrite(fh.fileno(), view, position)
+                view, position = view[done:], position + done
 
     def __getitem__(self, key) -> np.ndarray:
         mapped = np.load(self.path, mmap_mode="r")
@@ -215,7 +230,7 @@ def _figure_array(values: list, n: int, channels: int | None) -> np.ndarray | No
     return arr
 
 
-def _fill_cube(inputs: TileInputs, grid: OutputGrid, cube_path: Path, pw_path: Path,
+def _fill_cube(inputs: TileInputs, grid: OutputGrid, cube: NpyReader, covered: NpyReader,
                options: CoaddOptions, valid_min: float | None, progress) -> None:
     """Resample every frame onto the tile grid into the cube files (NaN / 0 elsewhere).
 
@@ -225,11 +240,6 @@ def _fill_cube(inputs: TileInputs, grid: OutputGrid, cube_path: Path, pw_path: P
     page cache; the scratch files are deleted after it).
     """
     c, (h, w) = inputs.frames[0].channels, grid.shape
-    offsets = []
-    for path in (cube_path, pw_path):
-        mapped = np.load(path, mmap_mode="r")
-        offsets.append(mapped.offset)
-        del mapped
 
     def one(k: int):
         source = FileSource.from_info(inputs.frames[k], valid_min=valid_min)
@@ -244,24 +254,17 @@ def _fill_cube(inputs: TileInputs, grid: OutputGrid, cube_path: Path, pw_path: P
         return k, (plane, covered)
 
     frames = range(len(inputs.frames))
-    with (ThreadPoolExecutor(max_workers=options.n_threads) as pool,
-          open(cube_path, "r+b") as cube_file, open(pw_path, "r+b") as pw_file):
+    with ThreadPoolExecutor(max_workers=options.n_threads) as pool:
         for k, result in ordered_window(pool, one, frames, options.n_threads + 1):
             if progress is not None:
                 progress(1)
             if result is None:
                 logger.warning("tile %s: %s has no pixel on the tile grid", inputs.tile_id,
                                inputs.frames[k].name)
-                result = (np.full((c, h, w), np.nan, dtype=np.float32), np.zeros((h, w), np.uint8))
-            for fh, offset, block in zip((cube_file, pw_file), offsets, result, strict=True):
-                _pwrite_all(fh.fileno(), memoryview(block).cast("B"), offset + k * block.nbytes)
-
-
-def _pwrite_all(fd: int, view: memoryview, position: int) -> None:
-    """``os.pwrite`` until every byte is written (a call may write fewer)."""
-    while view:
-        done = os.pwrite(fd, view, position)
-        view, position = view[done:], position + done
+            plane, footprint = result or (np.full((c, h, w), np.nan, np.float32),
+                                          np.zeros((h, w), np.uint8))
+            cube.write_frame(k, plane)
+            covered.write_frame(k, footprint)
 
 
 def _write_tile(path: Path, result, grid: OutputGrid, inputs: TileInputs, fingerprint: str,

@@ -568,6 +568,21 @@ def test_debayer_nan_sample_is_missing():
     np.testing.assert_array_equal(rgb[np.isfinite(rgb)], 10.0)
 
 
+def test_debayer_of_a_complete_frame_equals_the_masked_path():
+    # A frame without missing samples takes the cached-mask path; one NaN sends the same
+    # frame through the general normalised convolution. Away from the NaN (beyond the 3x3
+    # kernel) both must agree bit for bit, for every pattern.
+    rng = np.random.default_rng(3)
+    raw = rng.uniform(0, 60000, (24, 30)).astype(np.float32)
+    holed = raw.copy()
+    holed[20, 25] = np.nan
+    for pattern in ("RGGB", "GRBG", "GBRG", "BGGR"):
+        full, masked = debayer(raw, pattern), debayer(holed, pattern)
+        np.testing.assert_array_equal(full[:, :18, :], masked[:, :18, :])
+        np.testing.assert_array_equal(full[:, :, :23], masked[:, :, :23])
+        assert np.isfinite(full).all()
+
+
 def test_debayer_rejects_bad_input():
     with pytest.raises(ValueError, match=r"must be 2-D, got shape \(3, 4, 4\)"):
         debayer(np.zeros((3, 4, 4)), "RGGB")

@@ -294,6 +294,35 @@ def test_binned_sample_recovers_gains_of_a_star_poor_field():
     np.testing.assert_allclose(shift[:, 0], -offsets / gains, atol=3.0)  # 0.3 sigma
 
 
+def test_precomputed_block_means_replace_reading_the_cube():
+    # build_master_tile hands stack_cube the frames' block means computed while it
+    # resampled them: same reference, same gains, same stack, bit for bit; and a sample of
+    # the wrong binning is refused, not silently used.
+    from skymosaic.stack._normalize import bin_factor, block_mean  # noqa: PLC0415
+
+    cube, _ = _scaled_cube(GAINS, OFFSETS)
+    cube[2, :, :10, :] = np.nan
+    n, _, h, w = cube.shape
+    settings = StackSettings(sample_pixels=500)
+    factor = bin_factor(h, w, settings.sample_pixels)
+    assert factor > 1
+    binned = np.stack([block_mean(cube[k], factor) for k in range(n)])
+    assert select_reference(cube, sample_pixels=500, binned=binned) == select_reference(
+        cube, sample_pixels=500
+    )
+    read = stack_cube(cube, settings=settings)
+    given = stack_cube(cube, settings=settings, binned=binned)
+    np.testing.assert_array_equal(given.gains, read.gains)
+    np.testing.assert_array_equal(given.offsets, read.offsets)
+    np.testing.assert_array_equal(given.data, read.data)
+    doubled = binned.copy()
+    doubled[1] *= 2.0  # the gains really come from the given sample
+    gains, _ = estimate_normalization(cube, reference=0, sample_pixels=500, binned=doubled)
+    assert gains[1, 0] == pytest.approx(read.gains[1, 0] / 2.0, rel=1e-6)
+    with pytest.raises(ValueError, match=rf"binned must have shape \({n}, 1, {h // factor}, "):
+        estimate_normalization(cube, sample_pixels=500, binned=binned[:, :, 1:])
+
+
 def test_loose_linear_gain_is_not_inverted(monkeypatch, caplog):
     # A frame of the pinned classic survey once got a Deming slope of 0.0004 +- 0.0005
     # marked "ok": inverted, it scaled the frame by 2538 and put a stripe of 5000-ADU

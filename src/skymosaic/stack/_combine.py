@@ -310,6 +310,7 @@ def stack_cube(
     backend: Backend | None = None,
     names: Sequence[str] | None = None,
     threads: int = 1,
+    binned: np.ndarray | None = None,
 ) -> StackResult:
     """Normalise, weight, reject and combine N registered frames into a master tile.
 
@@ -342,6 +343,10 @@ def stack_cube(
         Host threads: frames normalised at once, and chunks combined at once (each thread
         gets ``1/threads`` of the memory budget, so the peak stays within it). The
         result does not depend on it. A device backend combines one chunk at a time.
+    binned : array (N, C, H // f, W // f), optional
+        The frames' block means for the normalisation (`block_mean` at
+        ``f = bin_factor(H, W, settings.sample_pixels)``), when the caller computed them
+        while building the cube: the cube is then not read for them (twice).
 
     Returns
     -------
@@ -377,7 +382,7 @@ def stack_cube(
             reference = int(settings.reference)
         else:
             reference = select_reference(
-                cube, noise=noise, fwhm=fwhm, sample_pixels=settings.sample_pixels
+                cube, noise=noise, fwhm=fwhm, sample_pixels=settings.sample_pixels, binned=binned
             )
     gains, offsets = estimate_normalization(
         cube,
@@ -387,6 +392,7 @@ def stack_cube(
         noise=noise,
         names=names,
         threads=threads,
+        binned=binned,
     )
     fweights = frame_weights(
         n, c, exposure=exposure, noise=noise, fwhm=fwhm, gains=gains, methods=settings.weighting

@@ -78,20 +78,38 @@ def bin_factor(height: int, width: int, sample_pixels: int) -> int:
     return max(1, math.ceil(math.sqrt(height * width / sample_pixels)))
 
 
-def binned_frame(cube: np.ndarray, k: int, factor: int) -> np.ndarray:
-    """Frame ``k`` averaged in ``factor x factor`` blocks, (C, H // factor, W // factor) float64.
+def block_mean(frame: np.ndarray, factor: int) -> np.ndarray:
+    """A (C, H, W) frame averaged in ``factor x factor`` blocks: (C, H // factor, W // factor)
+    float64.
 
     A block with any invalid (NaN) pixel is NaN; the last ``H % factor`` rows and
-    ``W % factor`` columns are left out. The frame is read once, whole (a memmap is
-    paged in one frame at a time).
+    ``W % factor`` columns are left out.
     """
-    frame = np.asarray(cube[k], dtype=np.float32)
+    frame = np.asarray(frame, dtype=np.float32)
     if factor == 1:
         return frame.astype(np.float64)
     c, h, w = frame.shape
     hb, wb = h // factor, w // factor
     blocks = frame[:, : hb * factor, : wb * factor].reshape(c, hb, factor, wb, factor)
     return blocks.mean(axis=(2, 4), dtype=np.float64)
+
+
+def binned_frame(cube: np.ndarray, k: int, factor: int) -> np.ndarray:
+    """`block_mean` of frame ``k`` of the cube, read once, whole (a memmap is paged in
+    one frame at a time)."""
+    return block_mean(cube[k], factor)
+
+
+def _frame_bins(cube: np.ndarray, binned: np.ndarray | None, factor: int):
+    """``k -> binned frame k``: taken from ``binned`` when the caller has it, else read."""
+    if binned is None:
+        return lambda k: binned_frame(cube, k, factor)
+    n, c, h, w = _check_cube(cube)
+    expected = (n, c, h // factor, w // factor)
+    if tuple(np.shape(binned)) != expected:
+        raise ValueError(f"binned must have shape {expected} ({factor}x{factor} blocks), "
+                         f"got {tuple(np.shape(binned))}")
+    return lambda k: binned[k]
 
 
 def robust_level(values: np.ndarray, *, clip: float = 3.0, max_iter: int = 5) -> float:
@@ -118,6 +136,7 @@ def select_reference(
     noise: np.ndarray | None = None,
     fwhm: np.ndarray | None = None,
     sample_pixels: int = SAMPLE_PIXELS,
+    binned: np.ndarray | None = None,
 ) -> int:
     """The "auto" reference frame: most coverage, then best quality.
 
@@ -136,6 +155,9 @@ def select_reference(
         Per-frame star FWHM.
     sample_pixels : int
         Size of the binned sample (see the module docstring).
+    binned : array (N, C, H // f, W // f), optional
+        The frames' `block_mean` at ``f = bin_factor(H, W, sample_pixels)``, when the
+        caller has them (the cube is then not read).
 
     Returns
     -------
@@ -144,10 +166,8 @@ def select_reference(
     """
     n, _, h, w = _check_cube(cube)
     _check_sample(sample_pixels)
-    factor = bin_factor(h, w, sample_pixels)
-    coverage = np.array(
-        [np.mean(np.isfinite(binned_frame(cube, k, factor)).all(axis=0)) for k in range(n)]
-    )
+    bins = _frame_bins(cube, binned, bin_factor(h, w, sample_pixels))
+    coverage = np.array([np.mean(np.isfinite(bins(k)).all(axis=0)) for k in range(n)])
     quality = np.ones(n)
     if noise is not None:
         sig = np.asarray(noise, dtype=np.float64).reshape(n, -1)
@@ -220,6 +240,7 @@ def estimate_normalization(
     fwhm: np.ndarray | None = None,
     names: Sequence[str] | None = None,
     threads: int = 1,
+    binned: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-frame, per-channel gains and offsets onto the reference photometric scale.
 
@@ -244,6 +265,8 @@ def estimate_normalization(
         Frame names for the warnings (default: ``frame <index>``).
     threads : int
         Frames fitted at once (the fits release the GIL in their NumPy kernels).
+    binned : array (N, C, H // f, W // f), optional
+        As in `select_reference`.
 
     Returns
     -------
@@ -283,9 +306,12 @@ def estimate_normalization(
     if method == "none":
         return gains, offsets
     if reference == "auto":
-        reference = select_reference(cube, noise=noise, fwhm=fwhm, sample_pixels=sample_pixels)
+        reference = select_reference(
+            cube, noise=noise, fwhm=fwhm, sample_pixels=sample_pixels, binned=binned
+        )
     ref = int(reference)
     factor = bin_factor(h, w, sample_pixels)
+    frame_bins = _frame_bins(cube, binned, factor)
     sig = (
         None
         if noise is None or factor > 1
@@ -295,10 +321,10 @@ def estimate_normalization(
     def label(k: int) -> str:
         return names[k] if names is not None else f"frame {k}"
 
-    ref_bins = binned_frame(cube, ref, factor)
+    ref_bins = frame_bins(ref)
 
     def fit(k: int) -> list[tuple[float, float, str]]:
-        bins = binned_frame(cube, k, factor)
+        bins = frame_bins(k)
         return [
             _fit_channel(bins[ch], ref_bins[ch], method,
                          (None, None) if sig is None else (float(sig[k, ch]), float(sig[ref, ch])))

@@ -29,6 +29,7 @@ from skymosaic.io._frames import FrameInfo, frame_footprint
 from skymosaic.io._writer import write_mosaic
 from skymosaic.reproject._grid import OutputGrid, optimal_grid
 from skymosaic.stack._combine import StackSettings, stack_cube
+from skymosaic.stack._normalize import bin_factor, block_mean
 
 __all__ = ["MasterTile", "NpyReader", "TileInputs", "build_master_tile", "tile_fingerprint"]
 
@@ -151,8 +152,14 @@ def build_master_tile(
     # never keeps more than one frame of the cube resident
     cube = NpyReader.create(cube_path, (n, c, h, w), np.float32)
     covered = NpyReader.create(pw_path, (n, h, w), np.uint8)
+    # the normalisation's block means, taken from each frame while it is in memory
+    factor = bin_factor(h, w, settings.sample_pixels)
+    binned = None
+    if settings.normalization != "none":
+        binned = np.full((n, c, h // factor, w // factor), np.nan)
     try:
-        _fill_cube(inputs, grid, cube, covered, options, valid_min, progress)
+        _fill_cube(inputs, grid, cube, covered, options, valid_min, progress,
+                   binned=binned, factor=factor)
         noise = _figure_array(inputs.noise, n, c)
         fwhm = _figure_array(inputs.fwhm, n, None)
         exposure = np.array([f.exposure if f.exposure else np.nan for f in inputs.frames], float)
@@ -160,7 +167,7 @@ def build_master_tile(
             cube, settings=settings,
             exposure=exposure if np.all(exposure > 0) else None,
             noise=noise, fwhm=fwhm, pixel_weights=covered, backend=options.backend,
-            names=[f.name for f in inputs.frames], threads=options.n_threads,
+            names=[f.name for f in inputs.frames], threads=options.n_threads, binned=binned,
         )
     finally:
         for p in (cube_path, pw_path):
@@ -231,13 +238,16 @@ def _figure_array(values: list, n: int, channels: int | None) -> np.ndarray | No
 
 
 def _fill_cube(inputs: TileInputs, grid: OutputGrid, cube: NpyReader, covered: NpyReader,
-               options: CoaddOptions, valid_min: float | None, progress) -> None:
+               options: CoaddOptions, valid_min: float | None, progress, *,
+               binned: np.ndarray | None = None, factor: int = 1) -> None:
     """Resample every frame onto the tile grid into the cube files (NaN / 0 elsewhere).
 
     Each frame's plane of the cube is one contiguous block of the ``.npy`` file, written
     with a single ``pwrite`` from a full-size buffer: no page faults on a map of the
     sparse file, and no forced write-back (the stack reads the cube back through the
-    page cache; the scratch files are deleted after it).
+    page cache; the scratch files are deleted after it). When ``binned`` is given, frame
+    ``k``'s `block_mean` at ``factor`` goes to ``binned[k]`` (left NaN for a frame off
+    the grid), so that the normalisation does not read the cube again.
     """
     c, (h, w) = inputs.frames[0].channels, grid.shape
 
@@ -251,6 +261,8 @@ def _fill_cube(inputs: TileInputs, grid: OutputGrid, cube: NpyReader, covered: N
         plane[:, y0:y1, x0:x1] = data
         covered = np.zeros((h, w), dtype=np.uint8)
         covered[y0:y1, x0:x1] = weight > 0
+        if binned is not None:
+            binned[k] = block_mean(plane, factor)
         return k, (plane, covered)
 
     frames = range(len(inputs.frames))

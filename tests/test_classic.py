@@ -202,6 +202,21 @@ def test_rerun_reuses_tiles_and_gives_identical_mosaic(classic):
     np.testing.assert_array_equal(data, classic["mosaic"])
 
 
+def test_master_tiles_are_stacked_with_the_strict_edge_rule(classic):
+    """``reproject.edge`` is the final coadd's rule; the frames are always resampled into
+    the master tiles with "strict" (the stack's normalisation fits them against each
+    other). A fresh run with ``reproject.edge = "strict"`` stacks the very same tiles."""
+    out = classic["root"] / "edge_strict"
+    strict = run_pipeline([classic["frames_dir"]], out,
+                          _config(**{"reproject.edge": "strict", "run.fresh": True}))
+    assert [t["reused"] for t in strict.report["tiles"]] == [False, False]
+    for t in strict.report["tiles"]:
+        name = f"tiles/{t['tile_id']}.fits"
+        with fits.open(classic["out"] / name) as a, fits.open(out / name) as b:
+            np.testing.assert_array_equal(a[0].data, b[0].data)
+            np.testing.assert_array_equal(a["WEIGHT"].data, b["WEIGHT"].data)
+
+
 def test_plan_cli_writes_one_tile_per_pointing(classic):
     csv_path = classic["root"] / "plan" / "stack_plan.csv"
     csv_path.parent.mkdir()

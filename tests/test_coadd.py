@@ -29,8 +29,8 @@ def make_grid(shape=GRID_SHAPE) -> OutputGrid:
     return OutputGrid(wcs=grid_wcs(shape), shape=shape)
 
 
-def sub_wcs(grid: OutputGrid, y0: int, x0: int) -> WCS:
-    """WCS of an array whose pixel (0, 0) is output pixel (y0, x0)."""
+def sub_wcs(grid: OutputGrid, y0: float, x0: float) -> WCS:
+    """WCS of an array whose pixel (0, 0) is output pixel (y0, x0) (fractions allowed)."""
     wcs = grid.wcs.deepcopy()
     wcs.wcs.crpix = [wcs.wcs.crpix[0] - x0, wcs.wcs.crpix[1] - y0]
     wcs.wcs.set()
@@ -53,8 +53,9 @@ def opts(**kw) -> CoaddOptions:
 # -- exact answers on one WCS family ---------------------------------------------------
 
 
+@pytest.mark.parametrize("edge", ["half", "strict"])
 @pytest.mark.parametrize("kernel", ["nearest", "bilinear", "bicubic", "lanczos3"])
-def test_non_overlapping_frames_reproduce_inputs(kernel):
+def test_non_overlapping_frames_reproduce_inputs(kernel, edge):
     rng = np.random.default_rng(10)
     grid = make_grid()
     placements = [(5, 8, (40, 50)), (60, 8, (50, 60)), (10, 90, (70, 60))]
@@ -63,10 +64,12 @@ def test_non_overlapping_frames_reproduce_inputs(kernel):
         data = rng.uniform(50.0, 5000.0, (h, w)).astype(np.float32)
         sources.append(sub_source(grid, f"s{k}", data, y0, x0))
         expected[0, y0 : y0 + h, x0 : x0 + w] = data
-    res = coadd(sources, grid, options=opts(kernel=kernel))
+    res = coadd(sources, grid, options=opts(kernel=kernel, edge=edge))
     assert res.data.shape == (1, *GRID_SHAPE) and res.data.dtype == np.float32
-    # Bicubic/Lanczos need r - 1 valid neighbours at the frame edges (see resample).
+    # strict: bicubic/Lanczos need r - 1 valid neighbours at the frame edges (see
+    # resample); half: those repeat the edge pixel with weight 0, and every pixel is kept.
     e = {"nearest": 0, "bilinear": 0, "bicubic": 1, "lanczos3": 2}[kernel]
+    e = e if edge == "strict" else 0
     valid = np.zeros(GRID_SHAPE, bool)
     for y0, x0, (h, w) in placements:
         valid[y0 + e : y0 + h - e, x0 + e : x0 + w - e] = True
@@ -115,6 +118,37 @@ def test_two_overlapping_frames_weighted_mean():
     np.testing.assert_array_equal(res.coverage[both], 2)
     np.testing.assert_array_equal(res.coverage[only_a | only_b], 1)
     np.testing.assert_array_equal(res.coverage[none], 0)
+
+
+@pytest.mark.parametrize("kernel", ["nearest", "bilinear", "bicubic", "lanczos3"])
+def test_abutting_frames_at_a_fractional_offset_leave_no_gap(kernel):
+    """Two constant frames side by side (b starts where a ends) at (0.3, -0.2) px from the
+    output's pixel grid. Half: each frame covers the output pixels whose centres lie in its
+    pixel area, so together they cover their union exactly once, with no gap, and the
+    pixel weights hold out to the rim. Strict: positions between a's last and b's first
+    pixel centres belong to neither, a gap of one column (plus r - 1 on each side)."""
+    grid = make_grid()
+    h, w, dy, dx = 40, 30, 0.3, -0.2
+    y0, xa, xb = 20 + dy, 40 + dx, 40 + w + dx
+    pw = np.full((h, w), 2.0, np.float32)
+    sa = ArraySource.from_arrays("a", np.full((h, w), 10.0, np.float32), sub_wcs(grid, y0, xa),
+                                 pixel_weight=pw, weight=0.5)
+    sb = ArraySource.from_arrays("b", np.full((h, w), 30.0, np.float32), sub_wcs(grid, y0, xb),
+                                 pixel_weight=pw, weight=0.5)
+    res = coadd([sa, sb], grid, options=opts(kernel=kernel))
+    # output centres in [y0 - 0.5, y0 + h - 0.5]: rows 20..59; a: columns 40..69; b: 70..99
+    union = np.zeros(GRID_SHAPE, bool)
+    union[20:60, 40:100] = True
+    np.testing.assert_array_equal(res.coverage, union.astype(np.uint16))
+    np.testing.assert_array_equal(res.weight[union], 1.0)  # 0.5 x pixel weight 2, rim included
+    np.testing.assert_allclose(res.data[0][20:60, 40:70], 10.0, rtol=1e-6)
+    np.testing.assert_allclose(res.data[0][20:60, 70:100], 30.0, rtol=1e-6)
+    strict = coadd([sa, sb], grid, options=opts(kernel=kernel, edge="strict"))
+    gap = np.flatnonzero(~np.isfinite(strict.data[0][30, 50:90])) + 50
+    # a's last centre is at x = 68.8, b's first at 69.8: column 69, and r - 1 more each side
+    # (nearest as bilinear: the pixel weights are resampled bilinearly)
+    e = {"nearest": 0, "bilinear": 0, "bicubic": 1, "lanczos3": 2}[kernel]
+    assert gap.tolist() == list(range(69 - e, 70 + e))
 
 
 def test_colour_sources_are_coadded_per_channel():
@@ -192,6 +226,8 @@ def test_mixed_channel_counts_raise():
 def test_bad_options_raise():
     with pytest.raises(ValueError, match="kernel 'spline' is not one of"):
         CoaddOptions(kernel="spline")
+    with pytest.raises(ValueError, match=r"edge 'outer' is not one of \('strict', 'half'\)"):
+        CoaddOptions(edge="outer")
     with pytest.raises(ValueError, match="memory_budget 1000 bytes"):
         CoaddOptions(memory_budget=1000)
     with pytest.raises(ValueError, match="threads must be >= 0, got -1"):

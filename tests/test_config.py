@@ -21,6 +21,7 @@ def test_defaults_validate():
     config = load_config()
     assert config == Config()
     assert config.reproject.kernel == "bilinear"
+    assert config.reproject.edge == "half"
     assert config.coadd.weighting == "noise"
     assert config.input.valid_min == pytest.approx(1e-6)
     assert config.output.preview is True and config.output.name == "mosaic"
@@ -72,6 +73,15 @@ def test_bad_enum_names_key_value_and_allowed():
     for allowed in ("nearest", "bilinear", "bicubic", "lanczos3"):
         assert allowed in message
     assert "command line" in message
+
+
+def test_bad_edge_rule_names_key_value_and_allowed():
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"reproject.edge": "outer"})
+    message = str(info.value)
+    assert "'reproject.edge' = 'outer'" in message
+    assert "'half'" in message and "'strict'" in message
+    assert load_config(None, {"reproject.edge": "strict"}).reproject.edge == "strict"
 
 
 @pytest.mark.parametrize(

@@ -46,7 +46,7 @@ from skymosaic.photometry._coverage import coverage_ratio
 from skymosaic.photometry._solve import apply_gains_offsets
 from skymosaic.pipeline import run_pipeline
 from skymosaic.reproject import optimal_grid
-from skymosaic.reproject._resample import KERNELS, resample
+from skymosaic.reproject._resample import EDGES, KERNELS, resample
 from skymosaic.stack import StackSettings, stack_cube
 from skymosaic.stack._reject import REJECTION_METHODS, count_rejected, nanmedian_frames, reject
 from skymosaic.synth import make_survey, make_truth_sky
@@ -107,15 +107,18 @@ def image():
     return data, xmap, ymap
 
 
+@pytest.mark.parametrize("edge", EDGES)
 @pytest.mark.parametrize("kernel", KERNELS)
-def test_resample_parity(dev, image, kernel):
-    data, xmap, ymap = image
-    cpu, cpu_fp = resample(data, xmap, ymap, kernel=kernel)
+def test_resample_parity(dev, image, kernel, edge):
+    data, xmap, ymap = (a.copy() for a in image)
+    data[:, 0, 20] = data[:, 25, -1] = np.nan  # NaN on the frame edge: repeated by "half"
+    xmap[1, :4] = [-0.5, 55.5, -0.5001, 55.5001]  # on and just beyond the outer pixel edges
+    cpu, cpu_fp = resample(data, xmap, ymap, kernel=kernel, edge=edge)
     gpu, gpu_fp = resample(
-        dev.to_device(data), dev.to_device(xmap), dev.to_device(ymap), kernel=kernel
+        dev.to_device(data), dev.to_device(xmap), dev.to_device(ymap), kernel=kernel, edge=edge
     )
     np.testing.assert_array_equal(to_host(gpu_fp), cpu_fp)
-    _assert_parity(cpu, gpu, what=kernel)
+    _assert_parity(cpu, gpu, what=f"{kernel}, {edge}")
     if kernel in ("nearest", "bilinear"):  # same kernel as OpenCV 5: float32 rounding only
         np.testing.assert_allclose(to_host(gpu), cpu, rtol=1e-6, atol=1e-4, equal_nan=True)
 

@@ -103,6 +103,12 @@ class ReprojectConfig(_Section):
     kernel: Literal["nearest", "bilinear", "bicubic", "lanczos3"] = Field(
         default="bilinear", description="resampling kernel (see docs/reprojection.md)"
     )
+    edge: Literal["half", "strict"] = Field(
+        default="half",
+        description="frame edges in the coadd: half = out to each frame's outer pixel edges "
+        "(as reproject), strict = only within its outermost pixel centres; photometric fits "
+        "and stacking always use strict (see docs/reprojection.md)",
+    )
     map_tolerance_px: float = Field(
         default=0.01, gt=0, le=0.5, description="largest error of the interpolated WCS mapping, px"
     )

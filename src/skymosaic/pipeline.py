@@ -497,7 +497,8 @@ def _assemble_classic(run: _Run, sources, grid: OutputGrid, opts: CoaddOptions, 
 
 def _coadd_options(config: Config, threads: int, scratch: Path, backend: Backend | None = None) -> CoaddOptions:
     return CoaddOptions(
-        kernel=config.reproject.kernel, map_tolerance=config.reproject.map_tolerance_px,
+        kernel=config.reproject.kernel, edge=config.reproject.edge,
+        map_tolerance=config.reproject.map_tolerance_px,
         grid_step=config.reproject.grid_step_px, memory_budget=config.memory_budget_bytes,
         threads=threads, scratch_dir=str(scratch), backend=backend, block_rows=config.run.block_rows,
     )
@@ -650,7 +651,8 @@ def _photometry_phase(run: _Run, sources, grid: OutputGrid, opts: CoaddOptions, 
         return {}
     fp = fingerprint("photometry", sources_fp, _grid_signature(grid), opts.memory_budget,
                      run.config.model_dump(mode="json", include={"reproject", "photometry"},
-                                           exclude={"photometry": {"coverage_renorm", "coverage_sigma_px",
+                                           exclude={"reproject": {"edge"},  # the fits are strict
+                                                    "photometry": {"coverage_renorm", "coverage_sigma_px",
                                                                    "coverage_clip", "diagnostics"}}))
     state = run.manifest.lookup("photometry", fp)
     if state is not None:

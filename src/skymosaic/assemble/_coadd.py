@@ -6,6 +6,13 @@ that map into the block (plus the kernel margin). Sources are resampled in a thr
 (OpenCV and NumPy release the GIL) and accumulated in source order, so the result does not
 depend on the number of threads. Sums are kept in float64.
 
+Edge rule: the coadd resamples with ``CoaddOptions.edge = "half"`` by default, so each
+source covers its pixels' full area, out to half a pixel beyond its outermost pixel
+centres, as astropy's ``reproject_and_coadd`` does (see `skymosaic.reproject.resample`).
+The photometric matching (`skymosaic.assemble._phase5.match_sources`) and the stacking
+into master tiles resample the same sources with ``"strict"``, so that no extrapolated
+rim value enters a fit.
+
 One kernel, two engines: `coadd_block` computes one block; `coadd` runs the blocks one after
 the other with a thread pool inside each, or, given a ``dask.distributed`` client, as Dask
 tasks on the cluster's workers (same function, so the same numbers). Finished blocks go to
@@ -36,7 +43,7 @@ from skymosaic.reproject._grid import OutputGrid
 from skymosaic.reproject._mapping import pixel_map
 from skymosaic.backend import Backend
 from skymosaic.backend._reproject import resample_weighted
-from skymosaic.reproject._resample import KERNEL_RADIUS, KERNELS
+from skymosaic.reproject._resample import EDGES, KERNEL_RADIUS, KERNELS
 
 __all__ = [
     "BlockStore",
@@ -66,9 +73,15 @@ _OUT_BYTES_PER_CHANNEL, _OUT_BYTES_PER_PIXEL = 4, 6
 
 @dataclass(frozen=True)
 class CoaddOptions:
-    """How to coadd. ``memory_budget`` is in bytes; ``threads`` 0 means all cores."""
+    """How to coadd. ``memory_budget`` is in bytes; ``threads`` 0 means all cores.
+
+    ``edge`` is the resampler's edge rule (`skymosaic.reproject.resample`): ``"half"``
+    keeps the outer half pixel of every source, ``"strict"`` only what lies within its
+    outermost pixel centres. Photometric matching and stacking always use ``"strict"``.
+    """
 
     kernel: str = "bilinear"
+    edge: str = "half"
     map_tolerance: float = 0.01
     grid_step: int = 64
     memory_budget: int = 2 * 1024**3
@@ -83,6 +96,8 @@ class CoaddOptions:
     def __post_init__(self) -> None:
         if self.kernel not in KERNELS:
             raise ValueError(f"kernel {self.kernel!r} is not one of {KERNELS}")
+        if self.edge not in EDGES:
+            raise ValueError(f"edge {self.edge!r} is not one of {EDGES}")
         if self.memory_budget < 16 * 1024**2:
             raise ValueError(f"memory_budget {self.memory_budget} bytes is below the 16 MiB minimum")
         if self.threads < 0:
@@ -280,9 +295,9 @@ def resample_source(
     xmap, ymap = pm.x - np.float32(c0), pm.y - np.float32(r0)
     del pm
     res = resample_weighted(
-        source.read(rows, cols), xmap, ymap, kernel=opts.kernel, weight=source.weight,
-        pixel_weight=source.read_weight(rows, cols), gain=source.gain, offset=source.offset,
-        backend=opts.backend,
+        source.read(rows, cols), xmap, ymap, kernel=opts.kernel, edge=opts.edge,
+        weight=source.weight, pixel_weight=source.read_weight(rows, cols), gain=source.gain,
+        offset=source.offset, backend=opts.backend,
     )
     return None if res is None else (cut, *res)
 

@@ -14,7 +14,8 @@ resampling (`remap`)
     images at exact positions; OpenCV 4 quantised them to 1/32 px, see
     `skymosaic.reproject._resample`). ``bicubic``: Keys' cubic convolution, a = -0.75, 4x4
     taps. ``lanczos3``: normalised ``sinc(t) sinc(t/3)``, 6x6 taps. Taps outside the
-    input read the ``fill`` value (OpenCV ``BORDER_CONSTANT``).
+    input read the ``fill`` value (``border="constant"``, OpenCV ``BORDER_CONSTANT``) or
+    the nearest edge pixel (``border="replicate"``, OpenCV ``BORDER_REPLICATE``).
 Gaussian blur (`gaussian_filter`)
     SciPy's ``gaussian_filter(mode="nearest", truncate=4.0)``: a normalised sampled
     Gaussian of radius ``int(4 sigma + 0.5)``, edges replicated, separable.
@@ -40,8 +41,11 @@ __all__ = ["dilate", "gaussian_filter", "pyr_down", "pyr_up", "remap", "resample
 #: First tap (relative to floor(x)) and number of taps of each kernel.
 _TAPS = {"nearest": (0, 1), "bilinear": (0, 2), "bicubic": (-1, 4), "lanczos3": (-2, 6)}
 _CUBIC_A = -0.75
-#: NaN map coordinates are sent here: far outside any frame, so every tap reads ``fill``.
+#: NaN map coordinates are sent here: far outside any frame, so every tap reads ``fill``
+#: (with a replicated border they read the edge; the callers mark them invalid).
 _FAR = -1.0e6
+#: Edge rules of `resample` (see `skymosaic.reproject._resample`).
+EDGES = ("strict", "half")
 
 
 # ------------------------------------------------------------------ resampling
@@ -72,7 +76,9 @@ def _weights(xp: Any, frac: Any, kernel: str) -> list[Any]:
     return [w / total for w in ws]
 
 
-def remap(planes: Any, xmap: Any, ymap: Any, kernel: str, *, fill: float = 0.0) -> Any:
+def remap(
+    planes: Any, xmap: Any, ymap: Any, kernel: str, *, fill: float = 0.0, border: str = "constant"
+) -> Any:
     """Sample ``planes`` ``(C, h, w)`` at ``(xmap, ymap)`` ``(H, W)`` with ``kernel``.
 
     Parameters
@@ -80,10 +86,13 @@ def remap(planes: Any, xmap: Any, ymap: Any, kernel: str, *, fill: float = 0.0) 
     planes : array, shape (C, h, w), float32
         Finite input values.
     xmap, ymap : array, shape (H, W), float32
-        0-based input coordinates; NaN = unmapped (reads ``fill``).
+        0-based input coordinates; NaN = unmapped (reads ``fill``, or the corner pixel with
+        a replicated border).
     kernel : {"nearest", "bilinear", "bicubic", "lanczos3"}
     fill : float
-        Value of every tap outside the input.
+        Value of every tap outside the input (``border="constant"``).
+    border : {"constant", "replicate"}
+        Taps outside the input read ``fill``, or the nearest edge pixel.
 
     Returns
     -------
@@ -92,6 +101,8 @@ def remap(planes: Any, xmap: Any, ymap: Any, kernel: str, *, fill: float = 0.0) 
     xp = array_namespace(planes, xmap, ymap)
     if kernel not in _TAPS:
         raise ValueError(f"unknown kernel {kernel!r}; expected one of {tuple(_TAPS)}")
+    if border not in ("constant", "replicate"):
+        raise ValueError(f"unknown border {border!r}; expected 'constant' or 'replicate'")
     c, h, w = planes.shape
     out_shape = xmap.shape
     x = xp.reshape(xp.where(xp.isnan(xmap), _FAR, xmap), (-1,))
@@ -112,11 +123,12 @@ def remap(planes: Any, xmap: Any, ymap: Any, kernel: str, *, fill: float = 0.0) 
         row = xp.clip(iy, 0, h - 1) * w
         for kx in range(n):
             ix = ix0 + (first + kx)
-            inside = in_y & (ix >= 0) & (ix < w)
-            taps = xp.take(flat, row + xp.clip(ix, 0, w - 1), axis=1)
-            taps = xp.where(
-                inside, taps, xp.asarray(fill, dtype=planes.dtype, device=device_of(planes))
-            )
+            taps = xp.take(flat, row + xp.clip(ix, 0, w - 1), axis=1)  # clipped = replicated
+            if border == "constant":
+                inside = in_y & (ix >= 0) & (ix < w)
+                taps = xp.where(
+                    inside, taps, xp.asarray(fill, dtype=planes.dtype, device=device_of(planes))
+                )
             out = out + xp.astype(wy[ky] * wx[kx], planes.dtype) * taps
     return xp.reshape(out, (c, *out_shape))
 
@@ -228,25 +240,42 @@ def pyr_up(plane: Any, shape: tuple[int, int]) -> Any:
     return fine[: shape[0], : shape[1]]
 
 
-def resample(data: Any, xmap: Any, ymap: Any, kernel: str, radius: int) -> tuple[Any, Any]:
+def resample(
+    data: Any, xmap: Any, ymap: Any, kernel: str, radius: int, *, edge: str = "strict"
+) -> tuple[Any, Any]:
     """Device twin of `skymosaic.reproject.resample` (validated there; same edge rules).
 
     An output pixel is valid only when every input sample under the kernel's support is
-    valid: the invalid-input mask, dilated by ``radius - 1`` (outside = invalid), is
-    resampled bilinearly with outside = 1, and any output above 1e-6 is invalid (nearest:
-    the nearest sample is invalid).
+    valid: the invalid-input mask, dilated by ``radius - 1``, is resampled bilinearly and
+    any output above 1e-6 is invalid (nearest: the nearest sample is invalid).
+    ``edge="strict"``: the outside of the frame is invalid too (dilation and remap with
+    outside = 1). ``edge="half"``: the outside is not invalid (dilation with outside = 0,
+    mask and values remapped with a replicated border) and positions must lie within
+    ``[-0.5, w - 0.5] x [-0.5, h - 0.5]``.
     """
     xp = array_namespace(data, xmap, ymap)
     invalid_in = ~xp.all(xp.isfinite(data), axis=0)
     planes = xp.astype(xp.where(invalid_in, xp.zeros_like(data), data), xp.float32)
     bad = xp.astype(invalid_in, xp.float32)
+    if edge == "half":
+        fill, border = 0.0, "replicate"
+    else:
+        fill, border = 1.0, "constant"
     if kernel == "nearest":
-        invalid = remap(bad[None, ...], xmap, ymap, "nearest", fill=1.0)[0, ...] > 0.5
+        invalid = (
+            remap(bad[None, ...], xmap, ymap, "nearest", fill=fill, border=border)[0, ...] > 0.5
+        )
     else:
         if radius > 1:
-            bad = dilate(bad, 2 * radius - 1, fill=1.0)
-        invalid = remap(bad[None, ...], xmap, ymap, "bilinear", fill=1.0)[0, ...] > 1e-6
-    out = remap(planes, xmap, ymap, kernel, fill=0.0)
+            bad = dilate(bad, 2 * radius - 1, fill=fill)
+        invalid = (
+            remap(bad[None, ...], xmap, ymap, "bilinear", fill=fill, border=border)[0, ...] > 1e-6
+        )
+    if edge == "half":
+        h, w = data.shape[-2:]
+        inside = (xmap >= -0.5) & (xmap <= w - 0.5) & (ymap >= -0.5) & (ymap <= h - 0.5)
+        invalid = invalid | ~inside  # NaN positions fail every comparison: invalid
+    out = remap(planes, xmap, ymap, kernel, fill=0.0, border=border)
     out = xp.where(
         invalid[None, ...], xp.asarray(float("nan"), dtype=out.dtype, device=device_of(out)), out
     )

@@ -3,8 +3,9 @@
 `resample_weighted` is the per-pixel kernel shared by the Phase 5 photometric matching,
 the coadd and the coverage renormalisation: resample the source's pixels, build its
 weight map (source weight x footprint x resampled pixel weights) and apply its solved
-gain and offset. The maths is written once against the array API; the backend only decides
-where the arrays live.
+gain and offset. The pixel weights are resampled with the same edge rule as the pixels.
+The maths is written once against the array API; the backend only decides where the
+arrays live.
 
 Transfers on a device: the source's input region and pixel weights go to the device once,
 the maps one row chunk at a time, and each chunk's result comes back once (the coadd's
@@ -40,6 +41,7 @@ def _weighted(
     ymap: Any,
     *,
     kernel: str,
+    edge: str,
     weight: float,
     pixel_weight: Any | None,
     gain: Sequence[float] | np.ndarray | None,
@@ -48,12 +50,12 @@ def _weighted(
     """``(data (C, H, W), weight (H, W), footprint (H, W))`` in the namespace of ``pixels``."""
     xp = array_namespace(pixels, xmap, ymap)
     dev = device_of(pixels)
-    out, footprint = resample(pixels, xmap, ymap, kernel=kernel)
+    out, footprint = resample(pixels, xmap, ymap, kernel=kernel, edge=edge)
     zero = xp.asarray(0.0, dtype=xp.float32, device=dev)
     wt = xp.where(footprint, xp.asarray(weight, dtype=xp.float32, device=dev), zero)
     if pixel_weight is not None:
         pw, pw_fp = resample(
-            xp.astype(pixel_weight[None, ...], xp.float32), xmap, ymap, kernel="bilinear"
+            xp.astype(pixel_weight[None, ...], xp.float32), xmap, ymap, kernel="bilinear", edge=edge
         )
         wt = wt * xp.where(pw_fp, xp.maximum(pw[0, ...], zero), zero)
     if gain is not None:
@@ -70,6 +72,7 @@ def resample_weighted(
     *,
     kernel: str,
     weight: float,
+    edge: str = "strict",
     pixel_weight: np.ndarray | None = None,
     gain: Sequence[float] | np.ndarray | None = None,
     offset: Sequence[float] | np.ndarray | None = None,
@@ -85,6 +88,8 @@ def resample_weighted(
         Input coordinates (relative to the region) of each output pixel.
     kernel : str
         Resampling kernel (see `skymosaic.reproject.resample`).
+    edge : {"strict", "half"}
+        Edge rule of the resampling (see `skymosaic.reproject.resample`).
     weight : float
         The source's scalar weight.
     pixel_weight : ndarray, shape (h, w), optional
@@ -109,6 +114,7 @@ def resample_weighted(
             xmap,
             ymap,
             kernel=kernel,
+            edge=edge,
             weight=weight,
             pixel_weight=pixel_weight,
             gain=gain,
@@ -134,6 +140,7 @@ def resample_weighted(
                     backend.to_device(xmap[r0:r1]),
                     backend.to_device(ymap[r0:r1]),
                     kernel=kernel,
+                    edge=edge,
                     weight=weight,
                     pixel_weight=dev_pw,
                     gain=gain,

@@ -2,9 +2,10 @@
 
 from skymosaic.reproject._grid import OutputGrid, grid_from_header, optimal_grid
 from skymosaic.reproject._mapping import PixelMap, exact_pixel_map, pixel_map
-from skymosaic.reproject._resample import KERNEL_RADIUS, KERNELS, resample
+from skymosaic.reproject._resample import EDGES, KERNEL_RADIUS, KERNELS, resample
 
 __all__ = [
+    "EDGES",
     "KERNELS",
     "KERNEL_RADIUS",
     "OutputGrid",

@@ -17,6 +17,22 @@ data. The support test is done by a bilinear remap of the invalid-pixel mask dil
 ``radius - 1``: the 2x2 bilinear cell grown by ``radius - 1`` on each side *is* the
 ``2 radius`` wide support of the kernel.
 
+Edge rules (``edge=``), i.e. what the outside of the frame counts as:
+
+- ``"strict"`` (the default): the outside is invalid, like a NaN. A sample position must
+  lie within the outermost pixel centres, ``[0, w - 1] x [0, h - 1]``, and bicubic and
+  Lanczos-3 lose ``radius - 1`` more pixels at the edges (their outer taps would leave
+  the frame). Every value is the kernel applied to real pixels: this is the rule for
+  anything that measures (the photometric overlap fits, stacking).
+- ``"half"``: a frame covers its pixels' full area, ``[-0.5, w - 0.5] x [-0.5, h - 0.5]``,
+  as in astropy's ``reproject`` (which keeps the outer half pixel). Taps beyond the edge
+  read the edge pixel (OpenCV ``BORDER_REPLICATE``); only NaN input pixels under the
+  support, and positions outside that area, make an output pixel invalid. The rim is
+  extrapolated by up to half a pixel, which a coadd wants (no half-pixel gap along every
+  frame border, more samples on each seam) and a photometric fit does not (edge values
+  repeated under star cores): the Phase 5 coadd uses ``"half"``, its photometric
+  matching and the stacking ``"strict"`` (see `skymosaic.assemble.CoaddOptions`).
+
 Device arrays (CuPy, or any array-API namespace) go to the array-API twin of this function,
 `skymosaic.backend._kernels.resample`, which implements the same kernels and edge rules
 (nearest and bilinear are identical to OpenCV 5's; see ``tests/test_gpu_parity.py``).
@@ -27,11 +43,14 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from skymosaic.backend._kernels import EDGES as _EDGES
 from skymosaic.backend._kernels import resample as _resample_device
 
-__all__ = ["KERNELS", "KERNEL_RADIUS", "resample"]
+__all__ = ["EDGES", "KERNELS", "KERNEL_RADIUS", "resample"]
 
 KERNELS = ("nearest", "bilinear", "bicubic", "lanczos3")
+#: Edge rules of `resample` (see the module docstring).
+EDGES = _EDGES
 
 #: Half-width of each kernel's support, in input pixels.
 KERNEL_RADIUS = {"nearest": 1, "bilinear": 1, "bicubic": 2, "lanczos3": 3}
@@ -39,23 +58,37 @@ KERNEL_RADIUS = {"nearest": 1, "bilinear": 1, "bicubic": 2, "lanczos3": 3}
 _CV_INTERP = {"nearest": cv2.INTER_NEAREST, "bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}
 
 
-def _invalid_support(invalid: np.ndarray, xmap: np.ndarray, ymap: np.ndarray, kernel: str) -> np.ndarray:
-    """Output pixels whose kernel support touches an invalid input pixel or the outside."""
+def _invalid_support(
+    invalid: np.ndarray, xmap: np.ndarray, ymap: np.ndarray, kernel: str, edge: str
+) -> np.ndarray:
+    """Output pixels whose kernel support touches an invalid input pixel (or, with
+    ``edge="strict"``, the outside of the frame; with ``"half"``, whose position lies
+    outside the frame's pixel area)."""
     src = invalid.astype(np.float32)
+    # strict: the outside is invalid (constant border 1); half: the outside replicates the
+    # edge, so only NaN pixels count (a zero border is the same for a dilation: the
+    # replicated edge pixel is already inside every window that reaches past the edge).
+    fill, border = (0.0, cv2.BORDER_REPLICATE) if edge == "half" else (1.0, cv2.BORDER_CONSTANT)
     if kernel == "nearest":
-        out = cv2.remap(src, xmap, ymap, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=1.0)
-        return ~(out <= 0.5)  # OpenCV 5's vector path returns NaN for a NaN map: invalid
-    r = KERNEL_RADIUS[kernel]
-    if r > 1:
-        # Grow the invalid pixels *and the outside of the frame* (borderValue=1) by r - 1,
-        # so that a cell within r - 1 pixels of the edge is rejected too (the outer taps
-        # of bicubic/Lanczos would read the border fill there).
-        size = 2 * r - 1
-        src = cv2.dilate(
-            src, np.ones((size, size), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=1.0
-        )
-    out = cv2.remap(src, xmap, ymap, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=1.0)
-    return ~(out <= 1e-6)  # NaN (unmapped pixel) is invalid too
+        out = cv2.remap(src, xmap, ymap, cv2.INTER_NEAREST, borderMode=border, borderValue=fill)
+        invalid_out = ~(out <= 0.5)  # OpenCV 5's vector path returns NaN for a NaN map: invalid
+    else:
+        r = KERNEL_RADIUS[kernel]
+        if r > 1:
+            # Grow the invalid pixels (strict: *and the outside of the frame*) by r - 1, so
+            # that a cell within r - 1 pixels of them is rejected too (the outer taps of
+            # bicubic/Lanczos reach there).
+            size = 2 * r - 1
+            kernel_ones = np.ones((size, size), np.uint8)
+            src = cv2.dilate(src, kernel_ones, borderType=cv2.BORDER_CONSTANT, borderValue=fill)
+        out = cv2.remap(src, xmap, ymap, cv2.INTER_LINEAR, borderMode=border, borderValue=fill)
+        invalid_out = ~(out <= 1e-6)  # NaN (unmapped pixel) is invalid too
+    if edge == "half":
+        h, w = invalid.shape
+        with np.errstate(invalid="ignore"):
+            inside = (xmap >= -0.5) & (xmap <= w - 0.5) & (ymap >= -0.5) & (ymap <= h - 0.5)
+        invalid_out |= ~inside  # NaN positions fail every comparison: invalid
+    return invalid_out
 
 
 def _lanczos3_weights(frac: np.ndarray) -> np.ndarray:
@@ -91,6 +124,7 @@ def resample(
     ymap: np.ndarray,
     *,
     kernel: str = "bilinear",
+    edge: str = "strict",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Resample ``data`` at input coordinates ``(xmap, ymap)``.
 
@@ -102,6 +136,11 @@ def resample(
     xmap, ymap : ndarray, shape (H, W), float32
         0-based input pixel coordinates of each output pixel (NaN = unmapped).
     kernel : {"nearest", "bilinear", "bicubic", "lanczos3"}
+    edge : {"strict", "half"}
+        What the outside of the frame counts as (see the module docstring): ``"strict"``,
+        invalid (positions within the outermost pixel centres, full support inside the
+        frame); ``"half"``, the edge pixel repeated (positions within the frame's pixel
+        area ``[-0.5, w - 0.5] x [-0.5, h - 0.5]``).
 
     Returns
     -------
@@ -113,30 +152,31 @@ def resample(
     Raises
     ------
     ValueError
-        For an unknown kernel or mismatched shapes.
+        For an unknown kernel or edge rule, or mismatched shapes.
     """
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}; expected one of {KERNELS}")
+    if edge not in EDGES:
+        raise ValueError(f"unknown edge rule {edge!r}; expected one of {EDGES}")
     if data.ndim != 3:
         raise ValueError(f"data must be (C, h, w), got shape {data.shape}")
     if xmap.shape != ymap.shape:
         raise ValueError(f"xmap {xmap.shape} and ymap {ymap.shape} differ in shape")
     if not isinstance(data, np.ndarray):
-        return _resample_device(data, xmap, ymap, kernel, KERNEL_RADIUS[kernel])
+        return _resample_device(data, xmap, ymap, kernel, KERNEL_RADIUS[kernel], edge=edge)
     xmap = np.ascontiguousarray(xmap, dtype=np.float32)
     ymap = np.ascontiguousarray(ymap, dtype=np.float32)
     invalid_in = ~np.isfinite(data).all(axis=0)
     planes = np.where(invalid_in, np.float32(0.0), data).astype(np.float32, copy=False)
-    invalid = _invalid_support(invalid_in, xmap, ymap, kernel)
-    if kernel == "lanczos3":
+    invalid = _invalid_support(invalid_in, xmap, ymap, kernel, edge)
+    if kernel == "lanczos3":  # taps beyond the edge repeat it (only "half" keeps them)
         out = _lanczos3(planes, np.nan_to_num(xmap, nan=-1e6), np.nan_to_num(ymap, nan=-1e6))
     else:
         flag = _CV_INTERP[kernel]
+        border = cv2.BORDER_REPLICATE if edge == "half" else cv2.BORDER_CONSTANT
         out = np.empty((data.shape[0],) + xmap.shape, dtype=np.float32)
         for ch in range(data.shape[0]):
-            out[ch] = cv2.remap(
-                np.ascontiguousarray(planes[ch]), xmap, ymap, flag,
-                borderMode=cv2.BORDER_CONSTANT, borderValue=0.0,
-            )
+            plane = np.ascontiguousarray(planes[ch])
+            out[ch] = cv2.remap(plane, xmap, ymap, flag, borderMode=border, borderValue=0.0)
     out[:, invalid] = np.nan
     return out, ~invalid

@@ -10,6 +10,7 @@ rotation between sessions is handled by the WCS: no pixel-space alignment is nee
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -248,8 +249,13 @@ def _fill_cube(inputs: TileInputs, grid: OutputGrid, cube: NpyReader, covered: N
     page cache; the scratch files are deleted after it). When ``binned`` is given, frame
     ``k``'s `block_mean` at ``factor`` goes to ``binned[k]`` (left NaN for a frame off
     the grid), so that the normalisation does not read the cube again.
+
+    Frames are resampled with the ``"strict"`` edge rule whatever the coadd's: the stack's
+    normalisation fits frames against each other, and an extrapolated half-pixel rim
+    would enter those fits (see `skymosaic.reproject.resample`).
     """
     c, (h, w) = inputs.frames[0].channels, grid.shape
+    options = dataclasses.replace(options, edge="strict")
 
     def one(k: int):
         source = FileSource.from_info(inputs.frames[k], valid_min=valid_min)

@@ -28,7 +28,7 @@ from skymosaic.reproject import (
     pixel_map,
     resample,
 )
-from skymosaic.reproject._mapping import _nodes
+from skymosaic.reproject._mapping import _aligned, _densify, _nodes
 from skymosaic.synth import celestial_wcs, make_truth_sky
 
 #: The resample docstring allows OpenCV's 1/32-px position quantisation (INTER_TAB_SIZE,
@@ -115,7 +115,10 @@ def test_pixel_map_max_error_is_measured_honestly():
     wcs_in, wcs_out = sip_wcs(), rotated_output()
     y0, y1, x0, x1 = cutout = (10, 370, 5, 415)
     pm = pixel_map(wcs_out, wcs_in, cutout, tolerance=0.01)
-    gy, gx = _nodes(y0, y1, pm.step), _nodes(x0, x1, pm.step)
+    # the spline covers the cutout grown to multiples of DENSE_STEP (the fine nodes)
+    fitted = (*_aligned(y0, y1), *_aligned(x0, x1))
+    assert fitted == (8, 377, 0, 417)
+    gy, gx = _nodes(*fitted[:2], pm.step), _nodes(*fitted[2:], pm.step)
     cy, cx = 0.5 * (gy[1:] + gy[:-1]), 0.5 * (gx[1:] + gx[:-1])
     # Re-fit the same spline from the exact nodes and compare at the cell centres.
     nodes_world = wcs_out.pixel_to_world_values(*np.meshgrid(gx, gy))
@@ -124,7 +127,9 @@ def test_pixel_map_max_error_is_measured_honestly():
     sy = RectBivariateSpline(gy, gx, node_y, kx=3, ky=3)
     ex, ey = wcs_in.world_to_pixel_values(*wcs_out.pixel_to_world_values(*np.meshgrid(cx, cy)))
     measured = np.hypot(sx(cy, cx) - ex, sy(cy, cx) - ey).max()
-    assert pm.max_error == pytest.approx(measured, rel=1e-6, abs=1e-9)
+    # plus the error of interpolating the spline linearly between its samples
+    _, _, dense = _densify(sx, sy, cutout, fitted, 0.01 - measured)
+    assert pm.max_error == pytest.approx(measured + dense, rel=1e-6, abs=1e-9)
     assert 0 < pm.max_error <= 0.01
     # and it is representative of the whole cutout: the error anywhere is within the
     # tolerance, and the largest error over all pixels is not hidden far above max_error.
@@ -132,6 +137,44 @@ def test_pixel_map_max_error_is_measured_honestly():
     full = np.hypot(pm.x.astype(np.float64) - exact.x, pm.y.astype(np.float64) - exact.y).max()
     assert full <= 0.01 + 1e-4
     assert full <= 2.0 * pm.max_error + 1e-4
+
+
+def test_dense_interpolation_of_the_spline_is_measured_or_skipped():
+    """Between spline samples DENSE_STEP px apart the map is bilinear; the error that adds
+    is measured at the cells' centres, bounds the error on every pixel, and a map with no
+    room for it gets the spline on every pixel (bit for bit)."""
+    wcs_in, wcs_out = sip_wcs(), rotated_output()
+    y0, y1, x0, x1 = cutout = (0, 300, 0, 400)
+    fitted = (0, 305, 0, 401)  # grown to multiples of DENSE_STEP = 8
+    gy, gx = _nodes(0, 305, 32), _nodes(0, 401, 32)
+    node_x, node_y = wcs_in.world_to_pixel_values(*wcs_out.pixel_to_world_values(*np.meshgrid(gx, gy)))
+    sx = RectBivariateSpline(gy, gx, node_x, kx=3, ky=3)
+    sy = RectBivariateSpline(gy, gx, node_y, kx=3, ky=3)
+    ry, rx = np.arange(y0, y1, dtype=float), np.arange(x0, x1, dtype=float)
+    full_x, full_y = sx(ry, rx), sy(ry, rx)
+    x, y, err = _densify(sx, sy, cutout, fitted, room=1.0)
+    assert 1e-5 < err < 0.05  # the fixture is strongly distorted: the error is visible
+    worst = np.hypot(x - full_x, y - full_y).max()
+    rounding = 2 * np.spacing(np.float32(512.0))
+    assert worst <= 1.25 * err + rounding
+    assert worst >= 0.5 * err  # measured, not a loose bound
+    x0_, y0_, err0 = _densify(sx, sy, cutout, fitted, room=0.0)
+    assert err0 == 0.0
+    np.testing.assert_array_equal(x0_, full_x.astype(np.float32))
+    np.testing.assert_array_equal(y0_, full_y.astype(np.float32))
+
+
+def test_pixel_map_of_overlapping_cutouts_agree_on_common_pixels():
+    """The fine nodes are multiples of DENSE_STEP of the output grid, so two blocks of
+    rows interpolate a pixel between the same nodes: TAN to TAN (a spline reproduces it far
+    below float32 resolution) gives the same float32 coordinates, bit for bit."""
+    wcs_in = celestial_wcs((300, 400), center=CENTER, pixel_scale_arcsec=1.5, rotation_deg=5.0)
+    wcs_out = rotated_output()
+    whole = pixel_map(wcs_out, wcs_in, (0, 200, 3, 389))
+    part = pixel_map(wcs_out, wcs_in, (45, 131, 3, 389))
+    assert whole.step and part.step and part.max_error > 0
+    np.testing.assert_array_equal(part.x, whole.x[45:131])
+    np.testing.assert_array_equal(part.y, whole.y[45:131])
 
 
 def test_pixel_map_offset_cutout_and_small_cutout_is_exact():

@@ -167,7 +167,10 @@ def resample(
     xmap = np.ascontiguousarray(xmap, dtype=np.float32)
     ymap = np.ascontiguousarray(ymap, dtype=np.float32)
     invalid_in = ~np.isfinite(data).all(axis=0)
-    planes = np.where(invalid_in, np.float32(0.0), data).astype(np.float32, copy=False)
+    if invalid_in.any():
+        planes = np.where(invalid_in, np.float32(0.0), data).astype(np.float32, copy=False)
+    else:  # a complete frame (the usual raw sub): no zero-filled copy
+        planes = data.astype(np.float32, copy=False)
     invalid = _invalid_support(invalid_in, xmap, ymap, kernel, edge)
     if kernel == "lanczos3":  # taps beyond the edge repeat it (only "half" keeps them)
         out = _lanczos3(planes, np.nan_to_num(xmap, nan=-1e6), np.nan_to_num(ymap, nan=-1e6))
@@ -178,5 +181,5 @@ def resample(
         for ch in range(data.shape[0]):
             plane = np.ascontiguousarray(planes[ch])
             out[ch] = cv2.remap(plane, xmap, ymap, flag, borderMode=border, borderValue=0.0)
-    out[:, invalid] = np.nan
+    np.copyto(out, np.float32(np.nan), where=invalid)  # faster than boolean indexing
     return out, ~invalid

@@ -229,6 +229,26 @@ def test_same_image_exact_in_two_by_two_grid():
     np.testing.assert_allclose(res.data, img, atol=1e-5)
 
 
+def test_overlap_widths_are_measured_only_for_intersecting_pairs(monkeypatch):
+    # A 12 x 12 grid of tiles is one cluster: all pairs would be 144*143/2 = 10296
+    # overlap measurements; only the 2*12*11 edge neighbours and 2*11*11 diagonal
+    # neighbours intersect (506). The blend itself is unchanged: the image comes back.
+    import skymosaic.blend._blend as blend_module  # noqa: PLC0415
+
+    calls = []
+    measure = blend_module._overlap_width
+    monkeypatch.setattr(blend_module, "_overlap_width",
+                        lambda a, b: calls.append((a.index, b.index)) or measure(a, b))
+    n, tile, step = 12, 24, 16
+    size = step * (n - 1) + tile
+    img = _rng(9).normal(size=(1, size, size)).astype(np.float32)
+    boxes = [(r * step, r * step + tile, c * step, c * step + tile)
+             for r in range(n) for c in range(n)]
+    res = blend_tiles(_split(img, boxes), (size, size), levels=2)
+    assert len(calls) == len(set(calls)) == 2 * n * (n - 1) + 2 * (n - 1) ** 2
+    np.testing.assert_allclose(res.data, img, atol=1e-5)
+
+
 def test_tiles_clipped_at_canvas_edge_and_odd_sizes():
     # Tile values encode canvas position so placement can be checked pixel by pixel.
     canvas = (37, 53)

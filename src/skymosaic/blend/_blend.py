@@ -53,6 +53,7 @@ from skymosaic.blend._pyramid import (
     masked_gaussian_pyramid,
     pyramid_shapes,
 )
+from skymosaic.photometry._overlaps import bbox_candidate_pairs
 
 __all__ = ["BlendResult", "band_weights", "blend_tiles", "distance_ramp", "feather_weights"]
 
@@ -439,12 +440,9 @@ def _blend_cluster(
     opts: _Options,
 ) -> tuple[int, int, int]:
     """Blend one cluster into ``out`` (overlap pixels only). Returns (n_pairs, levels, mode)."""
-    widths = []
-    for n, a in enumerate(members):
-        for b in members[n + 1 :]:
-            width = _overlap_width(a, b)
-            if width is not None:
-                widths.append(width)
+    # only the pairs whose boxes intersect (a sort-and-sweep, not all N(N-1)/2 pairs)
+    pairs = bbox_candidate_pairs(np.array([p.bbox for p in members], dtype=np.int64))
+    widths = [w for i, j in pairs if (w := _overlap_width(members[i], members[j])) is not None]
     if not widths:
         return 0, 0, 0
     if opts.method == "feather":

@@ -570,3 +570,31 @@ def test_normalisation_warning_names_the_frame_file(caplog):
     assert "onto night1_0001.fits" in caplog.text
     with pytest.raises(ValueError, match="names has 1 entries for 2 frames"):
         estimate_normalization(cube, reference=0, method="linear", names=["a.fits"])
+
+
+def test_npy_reader_reads_bands_and_frames_like_the_array(tmp_path):
+    # The stack reads its chunks as row bands with pread (no map); every other key goes
+    # through a map closed at once. Both must return exactly the stored values, in arrays
+    # of their own.
+    from skymosaic.stack.master import NpyReader  # noqa: PLC0415
+
+    rng = np.random.default_rng(4)
+    cube = rng.normal(size=(5, 3, 17, 11)).astype(np.float32)
+    reader = NpyReader.create(tmp_path / "cube.npy", cube.shape, np.float32)
+    for k in range(5):
+        reader.write_frame(k, cube[k])
+    for key in [np.s_[:, :, 3:9, :], np.s_[:, :, 0:17], np.s_[:, :, 16:40, :], np.s_[:, :, 5:5]]:
+        assert reader._row_band(key) is not None
+        got = reader[key]
+        np.testing.assert_array_equal(got, cube[key])
+        assert got.flags.owndata and got.flags.writeable
+    for key in [2, np.s_[1:3, :, 2:4, :], np.s_[:, :, 3:9, 1:4], np.s_[:, :, ::2, :]]:
+        assert reader._row_band(key) is None
+        np.testing.assert_array_equal(reader[key], cube[key])
+    footprint = NpyReader.create(tmp_path / "pw.npy", (5, 17, 11), np.uint8)
+    footprint.write_frame(1, np.ones((17, 11), np.uint8))
+    np.testing.assert_array_equal(footprint[:, 4:6, :].sum(axis=(1, 2)), [0, 22, 0, 0, 0])
+    with open(reader.path, "r+b") as fh:  # a scratch file cut short is an error, not zeros
+        fh.truncate(reader.offset + 100)
+    with pytest.raises(OSError, match="file ends before byte"):
+        reader[:, :, 3:9, :]

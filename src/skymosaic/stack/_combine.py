@@ -58,7 +58,13 @@ from skymosaic.stack._normalize import (
     estimate_normalization,
     select_reference,
 )
-from skymosaic.stack._reject import REJECTION_METHODS, count_rejected, nanmedian_frames, reject
+from skymosaic.stack._reject import (
+    REJECTION_METHODS,
+    count_rejected,
+    keep_scratch,
+    nanmedian_frames,
+    reject,
+)
 from skymosaic.stack._weights import frame_weights, normalize_methods
 
 __all__ = ["COMBINE_METHODS", "StackResult", "StackSettings", "chunk_rows_for", "stack_cube"]
@@ -475,7 +481,11 @@ class _ChunkJob:
 
         def one(r0: int):
             r1 = min(r0 + rows, h)
-            x = np.array(self.cube[:, :, r0:r1, :], dtype=np.float32, copy=True)
+            block = self.cube[:, :, r0:r1, :]
+            # a private float32 copy (the cube is never modified); a reader that already
+            # returned an array of its own (`NpyReader`) is not copied twice
+            private = block.flags.owndata and block.flags.writeable and block.dtype == np.float32
+            x = block if private else np.array(block, dtype=np.float32, copy=True)
             pw = None
             if self.pixel_weights is not None:
                 pw = np.array(self.pixel_weights[:, r0:r1, :], dtype=np.float32, copy=True)
@@ -491,7 +501,8 @@ class _ChunkJob:
 
         starts = range(0, h, rows)
         threads = 1 if backend is not None else max(1, min(int(threads), len(starts)))
-        with ThreadPoolExecutor(max_workers=threads) as pool:
+        # the pool's threads keep the clipping's work arrays from chunk to chunk
+        with ThreadPoolExecutor(max_workers=threads, initializer=keep_scratch) as pool:
             for r0, r1, out in ordered_window(pool, one, starts, threads):
                 data[:, r0:r1], weight[r0:r1], nmap[r0:r1] = out[:3]
                 rejected += out[3]

@@ -29,6 +29,7 @@ parity tests run both.
 from __future__ import annotations
 
 import logging
+import threading
 
 import numpy as np
 from array_api_compat import is_array_api_obj, is_numpy_array
@@ -63,6 +64,33 @@ _WINSOR_MAX_INNER = 10
 
 
 # --------------------------------------------------------------------------- helpers
+_scratch = threading.local()
+
+
+def keep_scratch() -> None:
+    """Let this thread keep `_SortedRows`' large work arrays from one call to the next.
+
+    A chunk of a master tile needs ~500 MB of sorted samples and float64 prefix sums;
+    fresh memory of that size costs the kernel a page fault and a zeroed page per
+    4 KiB (or 2 MiB), which on a virtual machine took as long as the clipping itself.
+    Meant as the ``initializer`` of a thread pool that stacks chunks of one shape: the
+    arrays live as long as the pool's threads. Other threads allocate afresh.
+    """
+    _scratch.buffers = {}
+
+
+def _work_array(name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """An uninitialised array: a kept buffer of this thread (see `keep_scratch`) or new."""
+    buffers = getattr(_scratch, "buffers", None)
+    if buffers is None:
+        return np.empty(shape, dtype=dtype)
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    buf = buffers.get(name)
+    if buf is None or buf.nbytes < nbytes:
+        buffers[name] = buf = np.empty(nbytes, dtype=np.uint8)
+    return buf[:nbytes].view(dtype).reshape(shape)
+
+
 def _on_device(values: object) -> bool:
     """True for a non-NumPy array-API array (CuPy, array-api-strict, ...)."""
     return is_array_api_obj(values) and not is_numpy_array(values)
@@ -115,10 +143,13 @@ class _SortedRows:
 
     def __init__(self, values: np.ndarray, *, prefix: bool) -> None:
         self.n_ranks = values.shape[0]
-        self.s = np.sort(values.reshape(self.n_ranks, -1), axis=0)
+        rows = values.reshape(self.n_ranks, -1)
+        self.s = _work_array("sorted", rows.shape, rows.dtype)
+        np.copyto(self.s, rows)
+        self.s.sort(axis=0)
         self.n_pix = self.s.shape[1]
         self.flat = self.s.reshape(-1)
-        self.n = np.count_nonzero(~np.isnan(self.s), axis=0)
+        self.n = self.n_ranks - np.count_nonzero(np.isnan(self.s), axis=0)
         all_pix = np.arange(self.n_pix)
         zero = np.zeros_like(self.n)
         self.shift = np.where(self.n > 0, self.median(all_pix, zero, np.maximum(self.n, 1)), 0.0)
@@ -127,9 +158,10 @@ class _SortedRows:
             # of 0, one vectorised add per rank (np.cumsum runs a scalar loop per pixel
             # here, 6x slower). Past a pixel's n valid samples they are NaN: no range ever
             # reaches there (every a, b <= n).
-            y = np.subtract(self.s, self.shift, dtype=np.float64)
-            p1 = np.empty((self.n_ranks + 1, self.n_pix))
-            p2 = np.empty_like(p1)
+            y = _work_array("shifted", self.s.shape, np.float64)
+            np.subtract(self.s, self.shift, out=y, dtype=np.float64)
+            p1 = _work_array("sum", (self.n_ranks + 1, self.n_pix), np.float64)
+            p2 = _work_array("sum2", (self.n_ranks + 1, self.n_pix), np.float64)
             p1[0] = p2[0] = 0.0
             for k in range(self.n_ranks):
                 np.add(p1[k], y[k], out=p1[k + 1])
@@ -153,21 +185,27 @@ class _SortedRows:
     ) -> np.ndarray:
         """Number of samples ``< bound`` (``<= bound`` if ``right``), clipped to ``[a, b]``.
 
-        A vectorised binary search inside ``[a, b)``: ``ceil(log2(N + 1))`` gathers per
-        pixel instead of N comparisons. ``bound`` is compared in the samples' dtype.
+        A vectorised, branchless binary search inside ``[a, b)`` (the classic lower bound
+        that halves the remaining length and steps over the lower half when its last
+        sample is below the bound): ``ceil(log2(N + 1))`` gathers per pixel instead of N
+        comparisons, and no per-pixel branch (``np.where``) in the loop. ``bound`` is
+        compared in the samples' dtype.
         """
         bound = bound.astype(self.s.dtype)
-        lo, hi = a.copy(), b.copy()
+        below = np.less_equal if right else np.less
+        n = b - a
+        # flat position of each range's current base; an empty range at the end of the
+        # column (a = N) reads its last sample, which the final test ignores (n = 0)
+        start = np.minimum(a, self.n_ranks - 1) * self.n_pix + pix
+        pos = start.copy()
         for _ in range(int(self.n_ranks).bit_length()):
-            active = lo < hi
-            if not active.any():
-                break
-            mid = (lo + hi) // 2
-            val = self.at(pix, mid)
-            go_right = (val <= bound) if right else (val < bound)
-            lo = np.where(active & go_right, mid + 1, lo)
-            hi = np.where(active & ~go_right, mid, hi)
-        return lo
+            half = n >> 1
+            step = half * self.n_pix
+            np.add(pos, step, out=pos, where=below(self.flat[pos + step], bound))
+            n -= half
+        # n is now 1 (0 for an empty range): one sample left to compare
+        last = below(self.flat[pos], bound) & (n > 0)
+        return a + (pos - start) // self.n_pix + last
 
     def sums(self, pix: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Sum and sum of squares of the shifted samples ``s[a:b, pix]``."""

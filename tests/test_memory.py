@@ -100,3 +100,18 @@ def test_ordered_window_keeps_order_and_bounds_live_tasks():
             out.append(y)
     assert out == [x * x for x in range(50)]
     assert peak[0] <= 4
+
+
+def test_allocator_threshold_follows_the_budget():
+    # 1/64 of the budget within [1 MiB, 32 MiB]: a small budget keeps every array of
+    # 1 MiB or more in its own mapping (the peak test above); a large one keeps glibc's
+    # own steady state, without the page-fault churn of returning every array
+    from skymosaic._memory import limit_heap_growth, mmap_threshold_for  # noqa: PLC0415
+
+    mib = 1 << 20
+    assert mmap_threshold_for(None) == mmap_threshold_for(64 * mib) == mib
+    assert mmap_threshold_for(256 * mib) == 4 * mib
+    assert mmap_threshold_for(2048 * mib) == mmap_threshold_for(10**12) == 32 * mib
+    if sys.platform.startswith("linux"):
+        assert limit_heap_growth(6 * 1024 * mib) is True
+        assert limit_heap_growth(64 * mib) is True  # and back: a later call wins

@@ -591,6 +591,12 @@ def test_npy_reader_reads_bands_and_frames_like_the_array(tmp_path):
     for key in [2, np.s_[1:3, :, 2:4, :], np.s_[:, :, 3:9, 1:4], np.s_[:, :, ::2, :]]:
         assert reader._row_band(key) is None
         np.testing.assert_array_equal(reader[key], cube[key])
+    reader.write_frame(3, cube[0, 2], channel=1)  # one plane of one frame
+    np.testing.assert_array_equal(reader[3][1], cube[0, 2])
+    np.testing.assert_array_equal(reader[3][[0, 2]], cube[3][[0, 2]])
+    with pytest.raises(ValueError, match=r"block of shape \(17, 11\) for \[3\]"):
+        reader.write_frame(3, cube[0, 2])
+    cube[3, 1] = cube[0, 2]
     footprint = NpyReader.create(tmp_path / "pw.npy", (5, 17, 11), np.uint8)
     footprint.write_frame(1, np.ones((17, 11), np.uint8))
     np.testing.assert_array_equal(footprint[:, 4:6, :].sum(axis=(1, 2)), [0, 22, 0, 0, 0])

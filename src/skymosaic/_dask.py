@@ -61,13 +61,13 @@ def dask_client(scheduler: str | None, *, workers: int = 0, memory_limit_bytes: 
             kwargs["memory_limit"] = memory_limit_bytes
         with LocalCluster(**kwargs) as cluster, Client(cluster) as client:
             logger.info("Dask: local cluster of %d worker process(es)", len(cluster.workers))
-            client.run(limit_heap_growth)
+            client.run(limit_heap_growth, memory_limit_bytes)
             yield client
         return
     with Client(scheduler, timeout="30s") as client:
         n = len(client.scheduler_info().get("workers", {}))
         logger.info("Dask: connected to %s (%d worker(s))", scheduler, n)
-        client.run(limit_heap_growth)
+        client.run(limit_heap_growth, memory_limit_bytes)
         if n == 0:
             logger.warning("Dask scheduler %s has no worker yet; tasks wait until one joins "
                            "(start one with `dask worker %s`)", scheduler, scheduler)

@@ -321,7 +321,8 @@ def run_pipeline(
     progress = progress or Progress()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    limit_heap_growth()  # freed blocks go back to the OS: the phases' memory plans hold
+    # how much freed memory the allocator keeps, from the budget (see skymosaic._memory)
+    limit_heap_growth(config.memory_budget_bytes)
     with atomic_path(out / "config.toml", suffix=".toml") as tmp:
         tmp.write_text(dump_toml(config))
     with _log_to_file(out / "skymosaic.log"):

@@ -210,12 +210,16 @@ class NpyReader:
         del mapped
         return cls(path)
 
-    def write_frame(self, k: int, block: np.ndarray) -> None:
-        """Write ``block`` (shape ``shape[1:]``, this dtype) as frame ``k``."""
+    def write_frame(self, k: int, block: np.ndarray, *, channel: int | None = None) -> None:
+        """Write ``block`` as frame ``k`` (shape ``shape[1:]``) or as its plane ``channel``
+        (shape ``shape[2:]``), in this dtype."""
         block = np.ascontiguousarray(block, dtype=self.dtype)
-        if block.shape != self.shape[1:]:
-            raise ValueError(f"frame of shape {block.shape} for a file of frames {self.shape[1:]}")
-        view, position = memoryview(block).cast("B"), self.offset + k * block.nbytes
+        index = (k,) if channel is None else (k, channel)
+        if block.shape != self.shape[len(index):]:
+            raise ValueError(f"block of shape {block.shape} for [{', '.join(map(str, index))}] of "
+                             f"a file shaped {self.shape}")
+        flat = int(np.ravel_multi_index(index, self.shape[: len(index)]))
+        view, position = memoryview(block).cast("B"), self.offset + flat * block.nbytes
         with open(self.path, "r+b") as fh:
             while view:  # a pwrite may write fewer bytes than asked
                 done = os.pwrite(fh.fileno(), view, position)
@@ -295,13 +299,18 @@ def _fill_cube(inputs: TileInputs, grid: OutputGrid, cube: NpyReader, covered: N
         if bbox is None:
             return k, None
         (y0, y1, x0, x1), data, weight = resample_source(source, grid, bbox, options)
-        plane = np.full((c, h, w), np.nan, dtype=np.float32)
-        plane[:, y0:y1, x0:x1] = data
+        # one plane per channel: arrays below the allocator's mmap threshold are reused
+        # from frame to frame instead of being faulted in afresh (see skymosaic._memory)
+        planes = []
+        for ch in range(c):
+            plane = np.full((h, w), np.nan, dtype=np.float32)
+            plane[y0:y1, x0:x1] = data[ch]
+            if binned is not None:
+                binned[k, ch] = block_mean(plane[None], factor)[0]
+            planes.append(plane)
         covered = np.zeros((h, w), dtype=np.uint8)
         covered[y0:y1, x0:x1] = weight > 0
-        if binned is not None:
-            binned[k] = block_mean(plane, factor)
-        return k, (plane, covered)
+        return k, (planes, covered)
 
     frames = range(len(inputs.frames))
     with ThreadPoolExecutor(max_workers=options.n_threads) as pool:
@@ -311,9 +320,10 @@ def _fill_cube(inputs: TileInputs, grid: OutputGrid, cube: NpyReader, covered: N
             if result is None:
                 logger.warning("tile %s: %s has no pixel on the tile grid", inputs.tile_id,
                                inputs.frames[k].name)
-            plane, footprint = result or (np.full((c, h, w), np.nan, np.float32),
-                                          np.zeros((h, w), np.uint8))
-            cube.write_frame(k, plane)
+            planes, footprint = result or ([np.full((h, w), np.nan, np.float32)] * c,
+                                           np.zeros((h, w), np.uint8))
+            for ch, plane in enumerate(planes):
+                cube.write_frame(k, plane, channel=ch)
             covered.write_frame(k, footprint)
 
 

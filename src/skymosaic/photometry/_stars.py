@@ -110,7 +110,7 @@ def _cut(objs, valid: np.ndarray, radius: float) -> np.ndarray:
     Two resamplings conserve a star's flux, not the flux of a part of it: an aperture cut
     by the edge of an overlap measures the profile difference as well as the gain. (A
     pixel fit has the same weakness: one bright star on the edge set a pair gain 0.85 %
-    off, at 2.8 times its error, on bench_phase5 RGB seed 3; leaving such stars out of the
+    off, at 5 times its error, on bench_phase5 RGB seed 3; leaving such stars out of the
     pixel fits cost more than it gained on narrow overlaps.)
     """
     inside = ndimage.distance_transform_edt(np.pad(valid, 1))[1:-1, 1:-1]

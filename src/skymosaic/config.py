@@ -215,7 +215,7 @@ class PhotometryConfig(_Section):
     max_samples: int = Field(default=20000, ge=100, description="pixels sampled per pair and channel")
     gain_from: Literal["auto", "pixels", "stars", "none"] = Field(
         default="auto", description="pair gains from detrended pixels, star aperture fluxes, or auto "
-        "(pixels unless PSFs differ or the two disagree; docs/photometry.md)")
+        "(the more precise of the two; apertures when PSFs differ; docs/photometry.md)")
     match_kernel: Literal["nearest", "bilinear", "bicubic", "lanczos3"] = Field(
         default="lanczos3", description="resampling kernel of the inputs for the pair fits")
     background: bool = Field(default=True, description="SWarp-like background matching after the solve")

@@ -74,6 +74,17 @@ class Relation:
     dynamic_range: float = 0.0
 
 
+#: Share of a line's relative model error (`_model_error`) that reaches its slope, per
+#: effective region (see `fit_linear_relation`). The model error measures how far star
+#: profiles resampled at different sub-pixel phases differ (1-2 % of the signal after
+#: lanczos3 at FWHM 2.5 px); the pixels of one star disagree in both directions (core
+#: and wings), so its slope moves by less: 0.15-0.35 of it on the pairs resting on one
+#: bright star of bench_phase5 surveys (0.1-0.5 % pair-gain biases). With the whole model
+#: error as the error (share 1) the pair errors were 2-3 times too large (median |pull|
+#: 0.3), which weighed the pairs by how bright their brightest star was rather than by
+#: how well they measure the gain.
+MODEL_ERROR_SHARE = 0.3
+
 #: Pixel lag of the differences used to measure noise (see `estimate_noise`).
 NOISE_LAG = 3
 
@@ -290,10 +301,11 @@ def fit_linear_relation(
         point measures one exact line independently; it was measured 5-15 times too small
         on lines carried by one bright star or by faint structure. With ``groups`` the
         error is (1) multiplied by the Birge ratio of the regions' own slopes when they
-        disagree beyond their errors, and (2) given a floor: the relative model error
-        (`_model_error`: residual variance beyond the noise that grows with the signal,
-        as two resamplings of a star at different sub-pixel phases leave) divided by the
-        square root of the effective number of regions that carry the gain.
+        disagree beyond their errors, and (2) given a floor: `MODEL_ERROR_SHARE` of the
+        relative model error (`_model_error`: residual variance beyond the noise that
+        grows with the signal, as two resamplings of a star at different sub-pixel phases
+        leave; 0 for images on one pixel grid) divided by the square root of the
+        effective number of regions that carry the gain.
 
     Returns
     -------
@@ -514,7 +526,8 @@ def _finish(
     var_gain = (var_r / var_t + (sx * sy) ** 2 / var_t**2) / n
     if groups is not None:
         birge, n_eff = _group_scatter(x, y, groups, sx, sy, min_dr)
-        var_gain = var_gain * max(birge, 1.0) ** 2 + (_model_error(resid, x, gain, sx, sy) * gain) ** 2 / n_eff
+        model = MODEL_ERROR_SHARE * _model_error(resid, x, gain, sx, sy) * gain
+        var_gain = var_gain * max(birge, 1.0) ** 2 + model**2 / n_eff
     level_var = max(var_r / n, 1e-24)
     return Relation(
         gain=gain,

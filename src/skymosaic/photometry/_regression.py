@@ -1,9 +1,9 @@
 """Pairwise photometric relations of overlapping tiles.
 
 `fit_overlap` relates two images of one overlap (the gain from detrended pixels via
-`skymosaic.photometry.fit_linear_relation`, cross-checked with star aperture fluxes from
-`skymosaic.photometry._stars`; the level from the raw pixels); `pairwise_relations` runs
-it on every overlap and channel.
+`skymosaic.photometry.fit_linear_relation` or from star aperture fluxes via
+`skymosaic.photometry._stars`, whichever is the more precise; the level from the raw
+pixels); `pairwise_relations` runs it on every overlap and channel.
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ from skymosaic.photometry._linefit import (
     fit_linear_relation,
 )
 from skymosaic.photometry._stars import (
+    ApertureGain,
     _detect,
-    _flux_ratio_gain,
-    _psf_size_ratio,
-    _star_fluxes,
+    _fwhm,
+    aperture_gain,
+    psf_difference,
     subtract_background,
 )
 
@@ -93,20 +94,28 @@ def detrend(image: np.ndarray, valid: np.ndarray, order: int = 1) -> np.ndarray:
     return out
 
 
-def _sky_noise(image: np.ndarray, valid: np.ndarray) -> float:
-    """`estimate_noise` with the sources masked (crowded fields inflate the plain estimate)."""
+def _sky_noise(image: np.ndarray, valid: np.ndarray) -> tuple[float, np.ndarray]:
+    """`estimate_noise` with the sources masked (crowded fields inflate the plain estimate),
+    and the pixels it was measured on."""
     sigma = estimate_noise(image, mask=valid)
+    sky = valid
     for _ in range(2):
         if not np.isfinite(sigma) or sigma <= 0:
             break
         level = np.nanmedian(np.where(valid, image, np.nan))
         bright = ndimage.binary_dilation(np.abs(np.where(valid, image, level) - level) > 3 * sigma,
                                          iterations=2)
-        sky = valid & ~bright
-        if np.count_nonzero(sky) < 0.2 * np.count_nonzero(valid):
+        if np.count_nonzero(valid & ~bright) < 0.2 * np.count_nonzero(valid):
             break
+        sky = valid & ~bright
         sigma = estimate_noise(image, mask=sky)
-    return sigma
+    return sigma, sky
+
+
+#: Aperture radii of the star fluxes, in FWHM: the gain, and the wide cross-check that tells
+#: whether the two images' PSFs differ (`fit_overlap`).
+APERTURE_FWHM = 1.5
+WIDE_APERTURE_FWHM = 2.5
 
 
 def fit_overlap(
@@ -118,9 +127,8 @@ def fit_overlap(
     detrend_order: int = 1,
     gain_mesh: int = 16,
     min_stars: int = 5,
-    star_threshold: float = 5.0,
-    star_snr: float = 20.0,
-    psf_tolerance: float = 0.03,
+    star_threshold: float = 3.0,
+    star_snr: float = 5.0,
     max_gain_error: float = 0.1,
     max_samples: int = 20000,
     rng: np.random.Generator | None = None,
@@ -131,28 +139,40 @@ def fit_overlap(
 ) -> Relation:
     """Relation ``y ≈ gain * x + offset`` of two images of the same overlap.
 
-    The **gain** comes from what the sky gradients cannot fake:
+    The **gain** comes from what the sky gradients cannot fake. Both images first lose
+    their least-squares plane (`detrend`, a linear operation: ``y = a x + b + plane``
+    becomes ``y' = a x'`` exactly).
 
-    * ``pixels``: a Deming line (`fit_linear_relation`) through the pixels of the two
-      images, each minus its least-squares plane (`detrend`). Fitted on the raw pixels
-      the line also follows the sky: each exposure has its own gradient, and a gradient
-      that lines up with faint nebulosity in a narrow overlap tilts the line by several
-      percent while its formal error says a fraction of a percent (measured on a
-      synthetic survey: pair gains 2-17% off; after detrending, within their errors).
-    * ``stars``: a clipped weighted mean of the log ratios of aperture fluxes of the
-      sources detected in both images after a mesh background subtraction
-      (`_flux_ratio_gain`). Insensitive to the PSF and to a few saturated stars, but
-      ~3x noisier than the pixels, which use the PSF as a matched filter.
-    * ``auto`` (default): both; the pixel gain unless the stars' half-light radii differ
-      by more than ``psf_tolerance`` between the images or the two gains disagree by more
-      than 3 combined sigmas: then the aperture gain. A pixel fit compares peak heights,
-      which follow the seeing (measured on 2MASS M17 tiles from different scans: pixel
-      gains 0.945-0.98 where the zero points agree to 0.25%).
+    * ``pixels``: a Deming line (`fit_linear_relation`) through the detrended pixels.
+      Fitted on the raw pixels the line also follows the sky: each exposure has its own
+      gradient, and a gradient that lines up with faint nebulosity in a narrow overlap
+      tilts the line by several percent while its formal error says a fraction of a
+      percent (measured on a synthetic survey: pair gains 2-17% off; after detrending,
+      within their errors). The pixels weigh each star by its squared profile, so a line
+      carried by bright stars compares their peaks, which two resamplings at different
+      sub-pixel phases leave a few percent apart: pair gains 0.1-0.5 % off where the
+      formal error says 0.02-0.05 % (measured on bench_phase5 surveys). The stated error
+      is the formal one, scaled by the Birge ratio of the slopes of square cells (regions
+      that disagree), with a share of the measured model error added in quadrature
+      (`fit_linear_relation`, ``groups``).
+    * ``stars``: errors-in-variables line through the origin of the aperture fluxes
+      (radius 1.5 FWHM, on the detrended images: linear) of the sources found on both
+      images (`skymosaic.photometry._stars.aperture_gain`). A sum over an aperture is not
+      moved by how the resampling shaped a star, and its error is measured, not assumed.
+      The flux ratios of the same sources at 2.5 FWHM check the seeing
+      (`skymosaic.photometry._stars.psf_difference`): when they differ from those at 1.5
+      FWHM by more than 3 sigmas, the images' PSFs differ and the wide aperture's gain
+      is used (a pixel fit compares peak heights, which follow the seeing: on 2MASS M17
+      tiles from different scans pixel gains were 0.945-0.98 where the zero points agree
+      to 0.25 %).
+    * ``auto`` (default): both, and the gain with the smaller stated error, except that
+      the aperture gain is used whenever the PSFs differ or the pixel gain is more than 3
+      combined sigmas from it. The pair's ``reason`` says when the aperture gain is used.
 
-    Too little signal (dynamic range, or fewer than ``min_stars`` sources for
-    ``stars``) gives ``offset_only``. The **level** (``x_ref``, ``y_ref`` and
-    ``offset``) comes from the raw pixels: the clipped median of ``y - gain * x``, so the
-    global solve matches the sky as it is.
+    Too little signal (dynamic range, or fewer than ``min_stars`` sources of S/N >=
+    ``star_snr`` for ``stars``) gives ``offset_only``. The **level** (``x_ref``, ``y_ref``
+    and ``offset``) comes from the raw pixels: the clipped median of ``y - gain * x``, so
+    the global solve matches the sky as it is.
 
     Parameters
     ----------
@@ -163,28 +183,26 @@ def fit_overlap(
     gain_from : {"auto", "stars", "pixels", "none"}
         How the gain is measured (above); ``none``: offset-only relations.
     detrend_order : int
-        Order of the polynomial surface removed before the pixel fit (-1: none).
+        Order of the polynomial surface removed before the gain fits (-1: none).
     gain_mesh : int
-        Background mesh (px) subtracted before source detection and apertures.
+        Background mesh (px) subtracted before source detection (not from the fluxes).
     min_stars : int
-        Fewest usable sources for a gain (``gain_from="stars"``).
+        Fewest usable sources for an aperture gain.
     star_threshold : float
-        Detection threshold in sigma of each image's noise.
+        Detection threshold in sigma of the two images' combined noise.
     star_snr : float
-        Smallest aperture signal-to-noise of a source used for the gain.
-    psf_tolerance : float
-        ``auto`` uses the aperture gain when the median half-light radius ratio of the
-        two images' stars differs from 1 by more than this.
+        Smallest mean aperture signal-to-noise of a source used for the gain.
     max_gain_error : float
         Largest relative gain error of a usable gain; a looser one (a handful of faint
         stars, a line resting on one star) says nothing the prior does not: the relation
         becomes offset-only.
     max_samples : int
-        Random pixels used by the fits (and most sources kept, brightest first).
+        Random pixels used by the pixel fit and the level (and most sources kept,
+        brightest first).
     rng : numpy.random.Generator, optional
         For the sampling (default: seeded, reproducible).
     min_points, min_dynamic_range, clip_sigma, max_iter
-        As in `fit_linear_relation`.
+        As in `fit_linear_relation` (``clip_sigma`` and ``max_iter`` also clip sources).
 
     Returns
     -------
@@ -208,26 +226,21 @@ def fit_overlap(
         dx, dy = detrend(xa, both, detrend_order), detrend(ya, both, detrend_order)
     else:
         dx, dy = xa, ya
-    sigma_x = _finite_or_none(_sky_noise(dx, both))
-    sigma_y = _finite_or_none(_sky_noise(dy, both))
-    if gain_from in ("stars", "auto"):
-        hx, hy = subtract_background(xa, both, gain_mesh), subtract_background(ya, both, gain_mesh)
+    (noise_x, sky_x), (noise_y, sky_y) = _sky_noise(dx, both), _sky_noise(dy, both)
+    sigma_x, sigma_y = _finite_or_none(noise_x), _finite_or_none(noise_y)
     xs, ys = xa.ravel()[flat], ya.ravel()[flat]
-    star_rel, psf_ratio = None, float("nan")
-    if gain_from in ("stars", "auto") and sigma_x and sigma_y:
-        objs = _detect(hx, hy, both, sigma_x, sigma_y, threshold=star_threshold, max_stars=max_samples)
-        fx, fy, area = _star_fluxes(objs, hx, hy, both)
-        psf_ratio = _psf_size_ratio(objs, hx, hy, both)
-        ex, ey = sigma_x * np.sqrt(area), sigma_y * np.sqrt(area)
-        gain, gain_err, n_stars, rms, reason = _flux_ratio_gain(
-            fx, fy, ex, ey, min_snr=star_snr, min_stars=min_stars, clip_sigma=clip_sigma,
+    objs, fwhm = None, float("nan")
+    if sigma_x and sigma_y:
+        hx, hy = subtract_background(xa, both, gain_mesh), subtract_background(ya, both, gain_mesh)
+        objs = _detect(hx, hy, both, sigma_x, sigma_y, threshold=star_threshold,
+                       max_stars=max_samples)
+        fwhm = _fwhm(objs, both)
+    star_rel, psf_note = None, ""
+    if gain_from in ("stars", "auto") and objs is not None:
+        star_rel, psf_note = _star_relation(
+            dx, dy, both, objs, fwhm=fwhm, sigma_x=sigma_x, sigma_y=sigma_y, sky=sky_x & sky_y,
+            rng=rng, min_stars=min_stars, min_snr=star_snr, clip_sigma=clip_sigma,
             max_iter=max_iter)
-        star_rel = Relation(
-            gain=gain if np.isfinite(gain) else 1.0, offset=0.0, gain_err=gain_err,
-            offset_err=float("inf"), n_used=n_stars, residual_rms=rms,
-            status="ok" if np.isfinite(gain) else "offset_only", reason=reason,
-            sigma_x=sigma_x, sigma_y=sigma_y,
-            dynamic_range=float(np.max(fx / ex)) if fx.size else 0.0)
         star_rel = _bounded(star_rel, max_gain_error, "aperture")
     rel = star_rel
     if gain_from in ("pixels", "auto") or star_rel is None:
@@ -237,25 +250,7 @@ def fit_overlap(
             max_iter=max_iter, groups=_cell_labels(both.shape, flat.size).ravel()[flat],
         )
         pix_rel = _bounded(pix_rel, max_gain_error, "pixel")
-        rel = pix_rel
-        if star_rel is not None and star_rel.status == "ok" and pix_rel.status != "ok":
-            rel = star_rel
-        elif star_rel is not None and star_rel.status == "ok" and abs(psf_ratio - 1.0) > psf_tolerance:
-            rel = dataclasses.replace(star_rel, reason=(
-                f"PSF sizes differ (half-light radius ratio {psf_ratio:.3f}): aperture gain used"))
-        elif star_rel is not None and star_rel.status == "ok" and pix_rel.status == "ok":
-            # Pixels compare peak heights (PSF-sensitive, led by the brightest, possibly
-            # saturated stars); apertures compare fluxes. Trust the pixels only when the
-            # two agree within 3 combined sigmas, else the apertures (and say so). (Taking
-            # the aperture gain whenever its stated error is the smaller was measured
-            # worse: star-flux scatter 0.61/0.31/0.63 % against 0.38/0.33/0.49 %,
-            # bench_phase5 --channels 3.)
-            diff = abs(np.log(pix_rel.gain / star_rel.gain))
-            tol = 3.0 * np.hypot(pix_rel.gain_err / pix_rel.gain, star_rel.gain_err / star_rel.gain)
-            if diff > tol:
-                rel = dataclasses.replace(star_rel, reason=(
-                    f"pixel fit {pix_rel.gain:.4f} disagrees with aperture fluxes "
-                    f"{star_rel.gain:.4f}: aperture gain used"))
+        rel = _choose(star_rel, pix_rel, psf_note)
     if rel.status == "failed":
         return rel
     if rel.status == "offset_only":
@@ -273,6 +268,55 @@ def fit_overlap(
         y_ref=rel.gain * x_ref + med,
         level_err=float(level_err),
     )
+
+
+def _star_relation(dx, dy, both, objs, *, fwhm: float, sigma_x: float, sigma_y: float,
+                   sky: np.ndarray, rng: np.random.Generator, min_stars: int, min_snr: float,
+                   clip_sigma: float, max_iter: int) -> tuple[Relation, str]:
+    """The aperture gain of `fit_overlap` as a `Relation` (level not set yet), and a note
+    (non-empty when the wide aperture was used because the PSFs differ)."""
+    def gain_at(radius: float) -> ApertureGain:
+        return aperture_gain(dx, dy, both, objs, sigma_x=sigma_x, sigma_y=sigma_y, radius=radius,
+                             sky=sky, rng=rng, min_stars=min_stars, min_snr=min_snr,
+                             clip_sigma=clip_sigma, max_iter=max_iter)
+
+    radius = max(APERTURE_FWHM * fwhm, 2.0) if np.isfinite(fwhm) else 2.0
+    res = gain_at(radius)
+    note = ""
+    if np.isfinite(res.gain):
+        wide_r = max(WIDE_APERTURE_FWHM * fwhm, radius + 2.0)
+        diff, diff_err, chi2, n = psf_difference(
+            dx, dy, both, objs, sigma_x=sigma_x, sigma_y=sigma_y, radii=(radius, wide_r),
+            kappa=res.kappa, min_stars=min_stars, clip_sigma=clip_sigma)
+        if abs(diff) > 3.0 * diff_err or chi2 > 1.0 + 4.0 * np.sqrt(2.0 / max(n, 1)):
+            note = (f"PSFs differ (the flux ratios change by {diff:+.2%} +- {diff_err:.2%}, chi2/n "
+                    f"{chi2:.1f}, from {radius:.1f} to {wide_r:.1f} px): wide aperture gain used")
+            res = gain_at(wide_r)
+    ok = bool(np.isfinite(res.gain))
+    return Relation(
+        gain=res.gain if ok else 1.0, offset=0.0, gain_err=res.gain_err if ok else float("inf"),
+        offset_err=float("inf"), n_used=res.n_used, residual_rms=res.birge,
+        status="ok" if ok else "offset_only", reason=note if ok else res.reason,
+        sigma_x=sigma_x, sigma_y=sigma_y, dynamic_range=res.max_snr), note
+
+
+def _choose(star_rel: Relation | None, pix_rel: Relation, psf_note: str) -> Relation:
+    """``auto``: the aperture gain when the PSFs differ, when it is the more precise or
+    when the pixel gain is more than 3 combined sigmas from it; else the pixel gain."""
+    if star_rel is None or star_rel.status != "ok":
+        return pix_rel
+    if pix_rel.status != "ok" or psf_note:
+        return star_rel
+    es, ep = star_rel.gain_err / star_rel.gain, pix_rel.gain_err / pix_rel.gain
+    if es <= ep:
+        return dataclasses.replace(star_rel, reason=(
+            f"aperture gain used: +-{es:.2%} ({star_rel.n_used} sources) against the pixel "
+            f"fit's +-{ep:.2%}"))
+    if abs(np.log(pix_rel.gain / star_rel.gain)) > 3.0 * np.hypot(es, ep):
+        return dataclasses.replace(star_rel, reason=(
+            f"pixel fit {pix_rel.gain:.4f} disagrees with aperture fluxes {star_rel.gain:.4f}: "
+            f"aperture gain used"))
+    return pix_rel
 
 
 def _bounded(rel: Relation, max_gain_error: float, what: str) -> Relation:
@@ -309,8 +353,8 @@ def pairwise_relations(
 ) -> list[PairRelation]:
     """Fit ``T_j ≈ a*T_i + c`` on every overlap and channel.
 
-    Pixels valid in both tiles are used (`fit_overlap`: the gain from the compact sources
-    once each patch's mesh background is removed, the level from the raw pixels); at most
+    Pixels valid in both tiles are used (`fit_overlap`: the gain from the detrended pixels
+    or the sources' aperture fluxes, the level from the raw pixels); at most
     ``max_samples`` pixels are drawn at random (seeded per pair, so results do not depend
     on the order of overlaps).
 

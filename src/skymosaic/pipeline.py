@@ -537,7 +537,7 @@ def _grid_mode(run: _Run, catalog: Catalog, plan: StackPlan, canvas: OutputGrid,
         plan=plan, frames=catalog.frames, canvas=canvas, config=config, options=opts, out=run.out,
         scratch=scratch, noise={k: v.noise for k, v in catalog.stats.items()},
         fwhm={k: q.fwhm for k, q in catalog.quality.items()}, threads=run.threads,
-        phase=run.phase, progress=run.progress,
+        phase=run.phase, progress=run.progress, client=run.client,
     )
     if not products:
         run.fail("no tile assembled", "grid mode assembled no tile")

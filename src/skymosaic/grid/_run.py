@@ -10,13 +10,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from astropy.io import fits
 
+from skymosaic._dask import run_tasks
 from skymosaic._tiles import PlacedTile
 from skymosaic._version import __version__
 from skymosaic.assemble import CoaddOptions
@@ -27,8 +29,8 @@ from skymosaic.io import FrameInfo, write_mosaic, write_preview
 from skymosaic.io.stack_plan import PlanRow, StackPlan
 from skymosaic.photometry import PhotometryOptions
 from skymosaic.reproject import OutputGrid
-from skymosaic.stack.classic import stack_settings
-from skymosaic.stack.master import MasterTile, TileInputs, build_master_tile
+from skymosaic.stack.classic import build_tile, stack_settings
+from skymosaic.stack.master import MasterTile, TileInputs
 
 __all__ = ["GridProducts", "find_plan", "run_grid"]
 
@@ -77,59 +79,94 @@ def _load_tile(tile: MasterTile, grid_tile: GridTile) -> PlacedTile:
 def _stack_tiles(
     tiles: list[GridTile], frames: list[FrameInfo], canvas: OutputGrid, config: Config,
     options: CoaddOptions, out: Path, scratch: Path, noise: dict, fwhm: dict, threads: int,
-    progress: Callable[[int], None] | None,
+    progress: Callable[[int], None] | None, client: Any | None = None,
 ) -> tuple[list[PlacedTile], dict[str, str]]:
-    """Stack every tile (in parallel across tiles, the memory budget shared among them)."""
-    workers = max(1, min(threads, len(tiles)))
+    """Stack every tile: in parallel across tiles (the memory budget shared among them) or,
+    given a ``dask.distributed`` client, as one Dask task per tile (classic mode's task:
+    `build_master_tile` on a worker, which reads the frames and writes the tile at the same
+    paths; the tile is then read back here)."""
+    workers = 1 if client is not None else max(1, min(threads, len(tiles)))
     settings = stack_settings(config)
     settings = dataclasses.replace(settings, memory_budget_bytes=max(settings.memory_budget_bytes // workers,
                                                                     16 * 2**20))
     tile_opts = dataclasses.replace(options, threads=max(1, threads // workers),
                                     memory_budget=max(options.memory_budget // workers, 16 * 2**20))
-
-    def one(t: GridTile):
+    jobs = []
+    for t in tiles:
         members = [frames[k] for k in t.frames]
-        inputs = TileInputs(t.tile_id, members, noise=[noise.get(str(f.path)) for f in members],
-                            fwhm=[fwhm.get(str(f.path)) for f in members])
-        try:
-            mt = build_master_tile(
-                inputs, settings=settings, options=tile_opts,
-                pixel_scale_arcsec=canvas.pixel_scale_arcsec, out_dir=out / "tiles",
-                scratch_dir=scratch, valid_min=config.input.valid_min,
-                grid=tile_grid_of(canvas, t.bbox), reuse=not config.run.fresh,
-            )
-            placed = _load_tile(mt, t)
-        except (ValueError, OSError, MemoryError) as err:
-            return t, None, str(err)
-        finally:
+        jobs.append((t, TileInputs(t.tile_id, members, noise=[noise.get(str(f.path)) for f in members],
+                                   fwhm=[fwhm.get(str(f.path)) for f in members])))
+    kwargs = {"settings": settings, "pixel_scale_arcsec": canvas.pixel_scale_arcsec,
+              "out_dir": out / "tiles", "scratch_dir": scratch, "valid_min": config.input.valid_min,
+              "reuse": not config.run.fresh}
+
+    def one(job: tuple[GridTile, TileInputs]) -> tuple[GridTile, PlacedTile | None, str | None]:
+        tile, err = build_tile(job, tile_opts, {**kwargs, "grid": tile_grid_of(canvas, job[0].bbox)})
+        return job[0], *_placed(job[0], tile, err)
+
+    def stacked() -> Iterator[tuple[GridTile, PlacedTile | None, str | None]]:
+        if client is None:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                yield from pool.map(one, jobs)
+            return
+        # one thread per task (the cluster's parallelism is its workers), host backend
+        single = dataclasses.replace(tile_opts, threads=1, backend=None)
+        n_workers = len(client.scheduler_info().get("workers", {})) or 1
+        tasks = [(job[1], tile_grid_of(canvas, job[0].bbox)) for job in jobs]
+        by_id = {job[0].tile_id: job[0] for job in jobs}
+        done = {}
+        for (inputs, _), (tile, err) in run_tasks(client, _build_grid_tile, tasks,
+                                                  window=2 * n_workers, args=(single, kwargs)):
+            done[inputs.tile_id] = _placed(by_id[inputs.tile_id], tile, err)
             if progress is not None:
                 progress(1)
-        return t, placed, None
+        # in plan order, as the threads give them: the assembly does not depend on timing
+        for job in jobs:
+            yield job[0], *done[job[0].tile_id]
 
     placed, failed = [], {}
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for t, tile, err in pool.map(one, tiles):
-            if tile is None:
-                logger.warning("[GRID] tile %s (%d frames) could not be stacked: %s; left out",
-                               t.tile_id, len(t.frames), err)
-                failed[t.tile_id] = err
-            elif not np.isfinite(tile.data).any():
-                logger.warning("[GRID] tile %s has no valid pixel after stacking; left out", t.tile_id)
-                failed[t.tile_id] = "no valid pixel"
-            else:
-                placed.append(tile)
+    for t, tile, err in stacked():
+        if progress is not None and client is None:
+            progress(1)
+        if tile is None:
+            logger.warning("[GRID] tile %s (%d frames) could not be stacked: %s; left out",
+                           t.tile_id, len(t.frames), err)
+            failed[t.tile_id] = err
+        elif not np.isfinite(tile.data).any():
+            logger.warning("[GRID] tile %s has no valid pixel after stacking; left out", t.tile_id)
+            failed[t.tile_id] = "no valid pixel"
+        else:
+            placed.append(tile)
     return placed, failed
+
+
+def _build_grid_tile(task: tuple[TileInputs, OutputGrid], options: CoaddOptions,
+                     kwargs: dict) -> tuple[MasterTile | None, str | None]:
+    """One grid tile on its cutout of the canvas (a Dask task; classic mode's `build_tile`)."""
+    inputs, grid = task
+    return build_tile((0, inputs), options, {**kwargs, "grid": grid})
+
+
+def _placed(t: GridTile, tile: MasterTile | None, err: str | None) -> tuple[PlacedTile | None, str | None]:
+    """The stacked tile read back and placed on the canvas, or why not."""
+    if tile is None:
+        return None, err
+    try:
+        return _load_tile(tile, t), None
+    except (ValueError, OSError, MemoryError) as error:
+        return None, str(error)
 
 
 def run_grid(
     *, plan: StackPlan, frames: list[FrameInfo], canvas: OutputGrid, config: Config,
     options: CoaddOptions, out: Path, scratch: Path, noise: dict, fwhm: dict, threads: int,
-    phase: Callable, progress=None,
+    phase: Callable, progress=None, client: Any | None = None,
 ) -> list[GridProducts]:
     """Grid mode for catalogued frames: one mosaic per filter of the plan.
 
     ``phase`` is the run's phase-timing context manager factory; ``progress`` the run's
-    `Progress` (phases ``stack`` and ``assemble``).
+    `Progress` (phases ``stack`` and ``assemble``); ``client`` a ``dask.distributed``
+    client (``run.scheduler``): the tiles are then stacked as Dask tasks.
     """
     rows: dict[str, PlanRow] = {}
     for row in plan.rows:
@@ -161,7 +198,8 @@ def run_grid(
         with phase("stack"):
             placed, failed = _stack_tiles(
                 tiles, members, canvas, config, options, out, scratch, noise, fwhm, threads,
-                (lambda n: progress.advance("stack", n)) if progress is not None else None)
+                (lambda n: progress.advance("stack", n)) if progress is not None else None,
+                client=client)
         if progress is not None:
             progress.end("stack")
         if not placed:

@@ -145,7 +145,7 @@ def stack_groups(
     return out
 
 
-def _build_tile(job: tuple[int, TileInputs], options: CoaddOptions, kwargs: dict,
+def build_tile(job: tuple[int, TileInputs], options: CoaddOptions, kwargs: dict,
                 progress: Callable[[int], None] | None = None) -> tuple[MasterTile | None, str | None]:
     """`build_master_tile` of one group, or the reason it failed (also a Dask task)."""
     try:
@@ -160,7 +160,7 @@ def _build_tiles(jobs: list[tuple[int, TileInputs]], options: CoaddOptions, kwar
     """``(job, tile, None)`` or ``(job, None, reason)`` for every job, locally or on Dask."""
     if client is None:
         for job in jobs:
-            yield (job, *_build_tile(job, options, kwargs, progress))
+            yield (job, *build_tile(job, options, kwargs, progress))
         return
     from skymosaic._dask import run_tasks
 
@@ -168,7 +168,7 @@ def _build_tiles(jobs: list[tuple[int, TileInputs]], options: CoaddOptions, kwar
     # `skymosaic.assemble._coadd._run_blocks`)
     single = dataclasses.replace(options, threads=1, backend=None)
     workers = len(client.scheduler_info().get("workers", {})) or 1
-    for job, (tile, err) in run_tasks(client, _build_tile, jobs, window=2 * workers, args=(single, kwargs)):
+    for job, (tile, err) in run_tasks(client, build_tile, jobs, window=2 * workers, args=(single, kwargs)):
         if progress is not None and not (tile is not None and tile.reused):
             progress(len(job[1].frames))  # reused tiles are reported by the caller (tile_done)
         yield job, tile, err

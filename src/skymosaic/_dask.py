@@ -25,7 +25,8 @@ T = TypeVar("T")
 
 
 @contextmanager
-def dask_client(scheduler: str | None, *, workers: int = 0, memory_limit_bytes: int | None = None) -> Iterator[Any]:
+def dask_client(scheduler: str | None, *, workers: int = 0, memory_limit_bytes: int | None = None,
+                budget_bytes: int | None = None) -> Iterator[Any]:
     """A ``distributed.Client`` for ``scheduler`` (None yields None: the threaded engine).
 
     Parameters
@@ -37,6 +38,9 @@ def dask_client(scheduler: str | None, *, workers: int = 0, memory_limit_bytes: 
         Worker processes of a local cluster; 0 means one per core.
     memory_limit_bytes : int, optional
         Memory limit of each local worker (Dask's nanny spills and restarts above it).
+    budget_bytes : int, optional
+        The run's memory budget: sets each worker's allocator thresholds
+        (`skymosaic._memory.limit_heap_growth`; default ``memory_limit_bytes``).
 
     Raises
     ------
@@ -61,13 +65,13 @@ def dask_client(scheduler: str | None, *, workers: int = 0, memory_limit_bytes: 
             kwargs["memory_limit"] = memory_limit_bytes
         with LocalCluster(**kwargs) as cluster, Client(cluster) as client:
             logger.info("Dask: local cluster of %d worker process(es)", len(cluster.workers))
-            client.run(limit_heap_growth, memory_limit_bytes)
+            client.run(limit_heap_growth, budget_bytes or memory_limit_bytes)
             yield client
         return
     with Client(scheduler, timeout="30s") as client:
         n = len(client.scheduler_info().get("workers", {}))
         logger.info("Dask: connected to %s (%d worker(s))", scheduler, n)
-        client.run(limit_heap_growth, memory_limit_bytes)
+        client.run(limit_heap_growth, budget_bytes or memory_limit_bytes)
         if n == 0:
             logger.warning("Dask scheduler %s has no worker yet; tasks wait until one joins "
                            "(start one with `dask worker %s`)", scheduler, scheduler)

@@ -329,7 +329,8 @@ def run_pipeline(
         run = _Run(out, config, progress, Manifest(out, fresh=config.run.fresh))
         local = config.run.scheduler == "local"
         with dask_client(config.run.scheduler, workers=config.run.workers,
-                         memory_limit_bytes=config.memory_budget_bytes if local else None) as client:
+                         memory_limit_bytes=config.memory_budget_bytes if local else None,
+                         budget_bytes=config.memory_budget_bytes) as client:
             run.client = client
             return _run_phases(run, inputs)
 

@@ -101,7 +101,7 @@ def _stack_tiles(
               "reuse": not config.run.fresh}
 
     def one(job: tuple[GridTile, TileInputs]) -> tuple[GridTile, PlacedTile | None, str | None]:
-        tile, err = build_tile(job, tile_opts, {**kwargs, "grid": tile_grid_of(canvas, job[0].bbox)})
+        tile, err = _build_grid_tile((job[1], tile_grid_of(canvas, job[0].bbox)), tile_opts, kwargs)
         return job[0], *_placed(job[0], tile, err)
 
     def stacked() -> Iterator[tuple[GridTile, PlacedTile | None, str | None]]:

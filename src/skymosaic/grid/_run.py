@@ -87,15 +87,16 @@ def _stack_tiles(
     paths; the tile is then read back here)."""
     workers = 1 if client is not None else max(1, min(threads, len(tiles)))
     settings = stack_settings(config)
-    settings = dataclasses.replace(settings, memory_budget_bytes=max(settings.memory_budget_bytes // workers,
-                                                                    16 * 2**20))
+    per_tile = max(settings.memory_budget_bytes // workers, 16 * 2**20)
+    settings = dataclasses.replace(settings, memory_budget_bytes=per_tile)
     tile_opts = dataclasses.replace(options, threads=max(1, threads // workers),
                                     memory_budget=max(options.memory_budget // workers, 16 * 2**20))
     jobs = []
     for t in tiles:
         members = [frames[k] for k in t.frames]
-        jobs.append((t, TileInputs(t.tile_id, members, noise=[noise.get(str(f.path)) for f in members],
-                                   fwhm=[fwhm.get(str(f.path)) for f in members])))
+        inputs = TileInputs(t.tile_id, members, noise=[noise.get(str(f.path)) for f in members],
+                            fwhm=[fwhm.get(str(f.path)) for f in members])
+        jobs.append((t, inputs))
     kwargs = {"settings": settings, "pixel_scale_arcsec": canvas.pixel_scale_arcsec,
               "out_dir": out / "tiles", "scratch_dir": scratch, "valid_min": config.input.valid_min,
               "reuse": not config.run.fresh}

@@ -111,7 +111,7 @@ def debayer(raw: np.ndarray, pattern: str) -> np.ndarray:
 
 
 @lru_cache(maxsize=4)
-def _sampling(shape: tuple[int, int], pattern: str) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...]:
+def _sampling(shape: tuple[int, int], pattern: str) -> tuple[tuple[np.ndarray, ...], ...]:
     """Per colour: boolean sites, float32 sites and the convolved sites (never 0).
 
     Every 3x3 neighbourhood of a Bayer mosaic holds every colour, so the convolved
@@ -130,7 +130,7 @@ def _sampling(shape: tuple[int, int], pattern: str) -> tuple[tuple[np.ndarray, n
 
 def _debayer_complete(data: np.ndarray, pattern: str) -> np.ndarray:
     """`debayer` of a frame without missing samples (same values, cached masks)."""
-    out = np.empty((3,) + data.shape, dtype=np.float32)
+    out = np.empty((3, *data.shape), dtype=np.float32)
     for k, (sites, weights, den) in enumerate(_sampling(data.shape, pattern)):
         plane = out[k]
         np.multiply(data, weights, out=plane)

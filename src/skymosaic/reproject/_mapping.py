@@ -157,8 +157,8 @@ def _upsample(values: np.ndarray) -> np.ndarray:
     between (one broadcast expression, in the dtype of ``values``)."""
     n = values.shape[0]
     t = np.arange(DENSE_STEP, dtype=values.dtype) / values.dtype.type(DENSE_STEP)
-    out = np.empty(((n - 1) * DENSE_STEP + 1,) + values.shape[1:], dtype=values.dtype)
-    body = out[:-1].reshape((n - 1, DENSE_STEP) + values.shape[1:])
+    out = np.empty(((n - 1) * DENSE_STEP + 1, *values.shape[1:]), dtype=values.dtype)
+    body = out[:-1].reshape((n - 1, DENSE_STEP, *values.shape[1:]))
     np.multiply((values[1:] - values[:-1])[:, None], t[None, :, None], out=body)
     body += values[:-1, None]
     out[-1] = values[-1]

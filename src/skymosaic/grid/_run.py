@@ -148,7 +148,9 @@ def _build_grid_tile(task: tuple[TileInputs, OutputGrid], options: CoaddOptions,
     return build_tile((0, inputs), options, {**kwargs, "grid": grid})
 
 
-def _placed(t: GridTile, tile: MasterTile | None, err: str | None) -> tuple[PlacedTile | None, str | None]:
+def _placed(
+    t: GridTile, tile: MasterTile | None, err: str | None
+) -> tuple[PlacedTile | None, str | None]:
     """The stacked tile read back and placed on the canvas, or why not."""
     if tile is None:
         return None, err

@@ -91,44 +91,42 @@ def _stack_tiles(
     settings = dataclasses.replace(settings, memory_budget_bytes=per_tile)
     tile_opts = dataclasses.replace(options, threads=max(1, threads // workers),
                                     memory_budget=max(options.memory_budget // workers, 16 * 2**20))
-    jobs = []
+    tasks = {}  # tile id -> (inputs, the tile's cutout of the canvas)
     for t in tiles:
         members = [frames[k] for k in t.frames]
         inputs = TileInputs(t.tile_id, members, noise=[noise.get(str(f.path)) for f in members],
                             fwhm=[fwhm.get(str(f.path)) for f in members])
-        jobs.append((t, inputs))
+        tasks[t.tile_id] = (inputs, tile_grid_of(canvas, t.bbox))
     kwargs = {"settings": settings, "pixel_scale_arcsec": canvas.pixel_scale_arcsec,
               "out_dir": out / "tiles", "scratch_dir": scratch, "valid_min": config.input.valid_min,
               "reuse": not config.run.fresh}
 
-    def one(job: tuple[GridTile, TileInputs]) -> tuple[GridTile, PlacedTile | None, str | None]:
-        tile, err = _build_grid_tile((job[1], tile_grid_of(canvas, job[0].bbox)), tile_opts, kwargs)
-        return job[0], *_placed(job[0], tile, err)
+    def stack(t: GridTile) -> tuple[PlacedTile | None, str | None]:
+        return _placed(t, *_build_grid_tile(tasks[t.tile_id], tile_opts, kwargs))
 
     def stacked() -> Iterator[tuple[GridTile, PlacedTile | None, str | None]]:
+        """Every tile placed (or why not), in plan order; progress counts finished tiles."""
         if client is None:
             with ThreadPoolExecutor(max_workers=workers) as pool:
-                yield from pool.map(one, jobs)
+                for t, result in zip(tiles, pool.map(stack, tiles), strict=True):
+                    if progress is not None:
+                        progress(1)
+                    yield t, *result
             return
         # one thread per task (the cluster's parallelism is its workers), host backend
         single = dataclasses.replace(tile_opts, threads=1, backend=None)
         n_workers = len(client.scheduler_info().get("workers", {})) or 1
-        tasks = [(job[1], tile_grid_of(canvas, job[0].bbox)) for job in jobs]
-        by_id = {job[0].tile_id: job[0] for job in jobs}
-        done = {}
-        for (inputs, _), (tile, err) in run_tasks(client, _build_grid_tile, tasks,
-                                                  window=2 * n_workers, args=(single, kwargs)):
-            done[inputs.tile_id] = _placed(by_id[inputs.tile_id], tile, err)
+        by_id, done = {t.tile_id: t for t in tiles}, {}
+        for (inputs, _), result in run_tasks(client, _build_grid_tile, list(tasks.values()),
+                                             window=2 * n_workers, args=(single, kwargs)):
+            done[inputs.tile_id] = _placed(by_id[inputs.tile_id], *result)
             if progress is not None:
                 progress(1)
         # in plan order, as the threads give them: the assembly does not depend on timing
-        for job in jobs:
-            yield job[0], *done[job[0].tile_id]
+        yield from ((t, *done[t.tile_id]) for t in tiles)
 
     placed, failed = [], {}
     for t, tile, err in stacked():
-        if progress is not None and client is None:
-            progress(1)
         if tile is None:
             logger.warning("[GRID] tile %s (%d frames) could not be stacked: %s; left out",
                            t.tile_id, len(t.frames), err)

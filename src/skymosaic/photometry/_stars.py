@@ -199,13 +199,11 @@ def _line_through_origin(fx: np.ndarray, fy: np.ndarray, area: np.ndarray, vx: f
             options={"xatol": 1e-9})
         gain = float(np.exp(res.x))
         z = (fy - gain * fx) / np.sqrt(variance(gain))
-        scale = max(_MAD_TO_SIGMA * float(np.median(np.abs(z[keep]))), 1.0)
-        new = np.abs(z) <= clip_sigma * scale
-        if np.array_equal(new, keep) or np.count_nonzero(new) < min_stars:
+        new = _reclip(z, keep, clip_sigma, min_stars)
+        if new is None:
             break
         keep = new
-    n = int(np.count_nonzero(keep))
-    birge = float(np.sqrt(np.sum(z[keep] ** 2) / (n - 1))) if n > 1 else 1.0
+    birge = _birge(z, keep)
     # var(g) = 1 / sum(t**2 / V), t the true x flux (t**2 estimated as fx**2 - its noise)
     info = float(np.sum(np.maximum(fx[keep] ** 2 - area[keep] * vx, 0.0) / variance(gain)[keep]))
     if not info > 0:
@@ -313,12 +311,29 @@ def psf_difference(dx: np.ndarray, dy: np.ndarray, valid: np.ndarray, objs, *, s
         w = 1.0 / var[keep]
         mean = float(np.sum(w * d[keep]) / np.sum(w))
         z = (d - mean) / np.sqrt(var)
-        scale = max(_MAD_TO_SIGMA * float(np.median(np.abs(z[keep]))), 1.0)
-        new = np.abs(z) <= clip_sigma * scale
-        if np.array_equal(new, keep) or np.count_nonzero(new) < min_stars:
+        new = _reclip(z, keep, clip_sigma, min_stars)
+        if new is None:
             break
         keep = new
     n = int(np.count_nonzero(keep))
-    birge = float(np.sqrt(np.sum(z[keep] ** 2) / (n - 1))) if n > 1 else 1.0
+    birge = _birge(z, keep)
     chi2 = float(np.mean(d[keep] ** 2 / var[keep]))
     return mean, float(max(birge, 1.0) / np.sqrt(np.sum(1.0 / var[keep]))), chi2, n
+
+
+def _reclip(
+    z: np.ndarray, keep: np.ndarray, clip_sigma: float, min_stars: int
+) -> np.ndarray | None:
+    """The sources kept by one clipping pass on the pulls ``z`` (MAD scale of the kept ones,
+    at least 1), or None when nothing changes or fewer than ``min_stars`` would be left."""
+    scale = max(_MAD_TO_SIGMA * float(np.median(np.abs(z[keep]))), 1.0)
+    new = np.abs(z) <= clip_sigma * scale
+    if np.array_equal(new, keep) or np.count_nonzero(new) < min_stars:
+        return None
+    return new
+
+
+def _birge(z: np.ndarray, keep: np.ndarray) -> float:
+    """Birge ratio of the kept pulls (1 with fewer than two)."""
+    n = int(np.count_nonzero(keep))
+    return float(np.sqrt(np.sum(z[keep] ** 2) / (n - 1))) if n > 1 else 1.0

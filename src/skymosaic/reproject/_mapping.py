@@ -174,15 +174,15 @@ def _densify(
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Both splines on every pixel of ``cutout``, float32, and the error added on the way.
 
-    ``fitted`` is the region the splines cover. When its ends are multiples of
-    `DENSE_STEP`, the splines are evaluated on those nodes and interpolated bilinearly,
-    provided that adds at most ``room`` pixels of error (measured at the fine cells'
-    centres); otherwise they are evaluated on every pixel and the added error is 0.
+    ``fitted`` is the region the splines cover; with ``room >= 0`` its ends must be
+    multiples of `DENSE_STEP` (`_aligned`). The splines are then evaluated on those nodes
+    and interpolated bilinearly, provided that adds at most ``room`` pixels of error
+    (measured at the fine cells' centres); otherwise (or with ``room < 0``) they are
+    evaluated on every pixel and the added error is 0.
     """
     y0, y1, x0, x1 = cutout
     fy0, fy1, fx0, fx1 = fitted
-    aligned = (fy0, fy1, fx0, fx1) == (*_aligned(fy0, fy1), *_aligned(fx0, fx1))
-    if room >= 0 and aligned and min(fy1 - fy0, fx1 - fx0) > 2 * DENSE_STEP:
+    if room >= 0:
         gy = np.arange(fy0, fy1, DENSE_STEP, dtype=np.float64)
         gx = np.arange(fx0, fx1, DENSE_STEP, dtype=np.float64)
         cy, cx = gy[:-1] + 0.5 * DENSE_STEP, gx[:-1] + 0.5 * DENSE_STEP

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -205,7 +206,7 @@ class StackConfig(_Section):
 class PhotometryConfig(_Section):
     """Phase 5 photometric normalisation of the tiles/frames before the coadd."""
 
-    enabled: bool = Field(default=True, description="solve a gain and offset per input and channel")
+    enabled: bool = Field(default=True, description="solve a gain and sky surface per input and channel")
     gauge: Literal["mean"] | int = Field(
         default="mean", description="'mean' (mean log-gain 0, mean offset 0) or a reference input index"
     )
@@ -218,13 +219,31 @@ class PhotometryConfig(_Section):
         "(the more precise of the two; apertures when PSFs differ; docs/photometry.md)")
     match_kernel: Literal["nearest", "bilinear", "bicubic", "lanczos3"] = Field(
         default="lanczos3", description="resampling kernel of the inputs for the pair fits")
-    background: bool = Field(default=True, description="SWarp-like background matching after the solve")
+    sky_surface: Literal["quadratic", "plane", "constant", "none"] = Field(
+        default="quadratic", description="per-input sky surface in the input's own pixels, solved "
+        "with the gains from star-masked overlap differences (smallest surfaces consistent with "
+        "the overlaps); 'none': one offset per input and background matching (docs/photometry.md)")
+    surface_block: int = Field(default=32, ge=4, description="sky-sample block size, output px")
+    surface_ridge: float = Field(default=1e-3, gt=0, description="smallest-surface regularisation "
+                                 "weight, relative to the data")
+    background: bool = Field(default=True, description="with sky_surface = 'none': SWarp-like "
+                             "background matching after the solve")
     background_plane: bool = Field(
-        default=False, description="also match a sky plane per input (Montage-style gradient matching)")
+        default=False, description="deprecated, ignored: sky gradients are part of sky_surface "
+        "(the plane matching it enabled tilted inputs against each other)")
     coverage_renorm: bool = Field(default=False, description="second pass: coverage-based gain per input")
     coverage_sigma_px: float = Field(default=32.0, gt=0, description="blur of the coverage map, px")
     coverage_clip: tuple[float, float] = Field(default=(0.8, 1.25), description="allowed coverage gains")
     diagnostics: bool = Field(default=True, description="write photometry_diagnostics.png")
+
+    @field_validator("background_plane")
+    @classmethod
+    def _deprecated_plane(cls, v: bool) -> bool:
+        if v:
+            logging.getLogger(__name__).warning(
+                "photometry.background_plane is deprecated and ignored: per-input sky gradients "
+                "are solved by photometry.sky_surface (default 'quadratic')")
+        return v
 
     @field_validator("coverage_clip")
     @classmethod

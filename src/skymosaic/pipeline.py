@@ -26,6 +26,7 @@ from skymosaic._dask import dask_client
 from skymosaic._memory import limit_heap_growth
 from skymosaic._manifest import MANIFEST_NAME, Manifest, crash_point, file_signature, fingerprint
 from skymosaic._stats import FrameStats, frame_stats
+from skymosaic._surface import SkySurface
 from skymosaic._version import __version__
 from skymosaic.assemble import CoaddOptions, CoaddResult, FileSource, coadd
 from skymosaic.assemble._coadd import BlockStore, DiskMosaic
@@ -645,13 +646,16 @@ def _stack_phase(run: _Run, catalog: Catalog, grid: OutputGrid, opts: CoaddOptio
 
 
 def _photometry_phase(run: _Run, sources, grid: OutputGrid, opts: CoaddOptions, sources_fp: str) -> dict:
-    """Solve per-input gains/offsets (reused when nothing they depend on changed); any failure
-    falls back to the plain coadd (one warning). Returns the corrections set on the sources,
-    ``{name: [gain, offset]}`` (what the coadd's fingerprint depends on)."""
+    """Solve per-input gains and sky surfaces (reused when nothing they depend on changed);
+    any failure falls back to the plain coadd (one warning). Returns the corrections set on
+    the sources, ``{name: [gain, offset, surface coefficients]}`` (what the coadd's
+    fingerprint depends on)."""
     cfg = run.config.photometry
     if not cfg.enabled or len(sources) < 2:
         return {}
-    fp = fingerprint("photometry", sources_fp, _grid_signature(grid), opts.memory_budget,
+    # The solve does not depend on the memory budget (it measures every overlap at full
+    # resolution whatever the budget), so a resumed run with another budget reuses it.
+    fp = fingerprint("photometry", sources_fp, _grid_signature(grid),
                      run.config.model_dump(mode="json", include={"reproject", "photometry"},
                                            exclude={"reproject": {"edge"},  # the fits are strict
                                                     "photometry": {"coverage_renorm", "coverage_sigma_px",
@@ -666,9 +670,10 @@ def _photometry_phase(run: _Run, sources, grid: OutputGrid, opts: CoaddOptions, 
             saved = _solve_photometry(run, sources, grid, opts)
         run.manifest.record("photometry", fp, meta=saved)
     for s in sources:
-        gain, offset = saved["corrections"].get(s.name, (None, None))
-        s.gain = None if gain is None else np.asarray(gain)
-        s.offset = None if offset is None else np.asarray(offset)
+        gain, offset, *surface = saved["corrections"].get(s.name, (None, None, None))
+        s.gain = None if gain is None else np.asarray(gain, np.float32)
+        s.offset = None if offset is None else np.asarray(offset, np.float32)
+        s.surface = None if not surface or surface[0] is None else SkySurface(np.asarray(surface[0]), s.shape[1:])
     run.report["photometry"] = saved["report"]
     run.diagnostics = saved.get("diagnostics")
     return saved["corrections"]
@@ -691,7 +696,9 @@ def _solve_photometry(run: _Run, sources, grid: OutputGrid, opts: CoaddOptions) 
         "relations_offset_only": rep.n_relations_offset_only, "relations_failed": rep.n_relations_failed,
         "gain_range": [float(match.gains.min()), float(match.gains.max())],
         "offset_range": [float(match.offsets.min()), float(match.offsets.max())],
-        "inputs": {s.name: {"gain": match.gains[k].tolist(), "offset": match.offsets[k].tolist()}
+        "sky_surface": rep.sky_surface,
+        "inputs": {s.name: {"gain": match.gains[k].tolist(), "offset": match.offsets[k].tolist(),
+                            "surface": None if s.surface is None else s.surface.to_list()}
                    for k, s in enumerate(sources)},
         "pairs": rep.pairs, "warnings": rep.warnings, "timings_s": rep.timings,
     }
@@ -699,9 +706,11 @@ def _solve_photometry(run: _Run, sources, grid: OutputGrid, opts: CoaddOptions) 
                 "gains %.4f..%.4f", len(sources), rep.n_overlaps, rep.n_relations_ok,
                 rep.n_relations_offset_only, rep.n_relations_failed, match.gains.min(), match.gains.max())
     corrections = {s.name: [None if s.gain is None else np.asarray(s.gain).tolist(),
-                            None if s.offset is None else np.asarray(s.offset).tolist()] for s in sources}
+                            None if s.offset is None else np.asarray(s.offset).tolist(),
+                            None if s.surface is None else s.surface.to_list()] for s in sources}
     diagnostics = {"gains": match.gains.tolist(),
-                   "pairs": [[p["i"], p["j"], p.get("robust_weight", 1.0)] for p in rep.pairs if p["channel"] == 0]}
+                   "pairs": [[p["i"], p["j"], p.get("robust_weight", 1.0), p.get("sky_step")]
+                             for p in rep.pairs if p["channel"] == 0]}
     return {"corrections": corrections, "report": report, "diagnostics": diagnostics}
 
 
@@ -711,7 +720,7 @@ def _write_diagnostics(out: Path, sources, grid: OutputGrid, diagnostics: dict, 
 
     placed = [source_bbox(s, grid) for s in sources]
     index = [k for k, b in enumerate(placed) if b is not None]
-    pairs = [(index[i], index[j], w) for i, j, w in diagnostics["pairs"]]
+    pairs = [(index[i], index[j], *rest) for i, j, *rest in diagnostics["pairs"]]
     weight, factor = result.weight, 1
     if result.store is not None:  # draw from a binned copy: the weight map may not fit in memory
         factor = max(1, math.ceil(max(grid.shape) / 1600))

@@ -275,7 +275,7 @@ def resample_source(
 
     Only the input rows and columns that map into the cutout are read. Returns
     ``(cut, data (C, h, w), weight (h, w))`` with the source's weight, pixel weights and
-    gain/offset applied (weight 0 and NaN data where the source has no valid sample), or
+    gain/offset/sky surface applied (weight 0 and NaN data where the source has no valid sample), or
     None when the source has no valid pixel there.
     """
     pm = pixel_map(grid.wcs, source.wcs, cut, tolerance=opts.map_tolerance, step=opts.grid_step)
@@ -297,7 +297,8 @@ def resample_source(
     res = resample_weighted(
         source.read(rows, cols), xmap, ymap, kernel=opts.kernel, edge=opts.edge,
         weight=source.weight, pixel_weight=source.read_weight(rows, cols), gain=source.gain,
-        offset=source.offset, backend=opts.backend,
+        offset=source.offset, surface=None if source.surface is None else source.surface.at(c0, r0),
+        backend=opts.backend,
     )
     return None if res is None else (cut, *res)
 

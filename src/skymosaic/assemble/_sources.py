@@ -3,7 +3,8 @@
 The coadd never cares where pixels come from: it asks a source for the rows and columns it
 needs. `FileSource` reads a FITS frame lazily (only the part that is needed), `ArraySource`
 wraps arrays already in memory (master tiles, corrected tiles). Both carry the scalar
-frame weight and an optional per-channel photometric correction ``gain * x + offset``.
+frame weight and an optional per-channel photometric correction ``gain * x + offset +
+S(x, y)``, with ``S`` the source's sky surface (`skymosaic.SkySurface`) in its own pixels.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
+from skymosaic._surface import SkySurface
 from skymosaic.io._frames import FrameError, FrameInfo, frame_footprint, load_frame
 
 __all__ = ["ArraySource", "FileSource", "ImageSource"]
@@ -29,6 +31,7 @@ class ImageSource:
     weight: float = 1.0
     gain: np.ndarray | None = None  # (C,) applied after resampling
     offset: np.ndarray | None = None  # (C,)
+    surface: SkySurface | None = None  # added after the gain, in the source's own pixels
     meta: dict = field(default_factory=dict)
 
     def read(self, rows: slice, cols: slice) -> np.ndarray:

@@ -23,6 +23,7 @@ import numpy as np
 from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
+from skymosaic._surface import SkySurface
 from skymosaic.backend._device import Backend, to_host
 from skymosaic.reproject._resample import resample
 
@@ -46,6 +47,7 @@ def _weighted(
     pixel_weight: Any | None,
     gain: Sequence[float] | np.ndarray | None,
     offset: Sequence[float] | np.ndarray | None,
+    surface: SkySurface | None = None,
 ) -> tuple[Any, Any, Any]:
     """``(data (C, H, W), weight (H, W), footprint (H, W))`` in the namespace of ``pixels``."""
     xp = array_namespace(pixels, xmap, ymap)
@@ -62,6 +64,8 @@ def _weighted(
         out = out * xp.asarray(np.asarray(gain, np.float32), device=dev)[:, None, None]
     if offset is not None:
         out = out + xp.asarray(np.asarray(offset, np.float32), device=dev)[:, None, None]
+    if surface is not None:
+        out = out + surface.evaluate(xmap, ymap, dtype=xp.float32)
     return out, wt, footprint
 
 
@@ -76,6 +80,7 @@ def resample_weighted(
     pixel_weight: np.ndarray | None = None,
     gain: Sequence[float] | np.ndarray | None = None,
     offset: Sequence[float] | np.ndarray | None = None,
+    surface: SkySurface | None = None,
     backend: Backend | None = None,
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Resample a source region and build its weights, with its gain/offset applied.
@@ -96,6 +101,9 @@ def resample_weighted(
         Per-pixel weights of the region (resampled bilinearly, negative = 0).
     gain, offset : sequence of float, optional
         Per-channel photometric correction ``gain * x + offset``.
+    surface : SkySurface, optional
+        The source's sky surface, added after the gain; its origin must be the region's
+        corner (`SkySurface.at`), so it is evaluated at ``(xmap, ymap)``.
     backend : Backend, optional
         Where to compute (default: the host). On a device the output rows are processed
         in chunks sized to free device memory; a device fault falls back to the host
@@ -119,6 +127,7 @@ def resample_weighted(
             pixel_weight=pixel_weight,
             gain=gain,
             offset=offset,
+            surface=surface,
         )
 
     if backend is None:
@@ -145,6 +154,7 @@ def resample_weighted(
                     pixel_weight=dev_pw,
                     gain=gain,
                     offset=offset,
+                    surface=surface,
                 )
                 out[:, r0:r1], wt[r0:r1], fp[r0:r1] = (to_host(a) for a in res)
             return out, wt, fp

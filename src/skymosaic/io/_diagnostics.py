@@ -1,4 +1,5 @@
-"""The photometry diagnostics picture: coverage map, tile outlines, overlap graph, gains."""
+"""The photometry diagnostics picture: coverage map, tile outlines, overlap graph, gains and
+a heat map of the residual sky step of every overlap after the correction."""
 
 from __future__ import annotations
 
@@ -19,11 +20,12 @@ def write_photometry_diagnostics(
     coverage: np.ndarray,
     boxes: Sequence[tuple[int, int, int, int] | None],
     gains: np.ndarray,
-    pairs: Sequence[tuple[int, int, float]],
+    pairs: Sequence[tuple[int, int, float] | tuple[int, int, float, float | None]],
     *,
     max_size: int = 1600,
 ) -> Path:
-    """Draw the coverage map with every input's outline, its gain, and the overlap graph.
+    """Draw the coverage map with every input's outline, its gain, the overlap graph and
+    the residual sky steps.
 
     Parameters
     ----------
@@ -35,8 +37,12 @@ def write_photometry_diagnostics(
         Each input's bounding box on the output grid.
     gains : ndarray, shape (N, C)
         Solved gains; the label shows the mean over channels.
-    pairs : sequence of (i, j, robust_weight)
+    pairs : sequence of (i, j, robust_weight[, sky_step])
         Overlap graph edges; green = trusted, red = down-weighted (robust weight < 0.5).
+        With a ``sky_step`` (median absolute sky difference of the overlap after the
+        correction, data units; None = not measured), the overlap's box is filled with its
+        colour on an inferno scale from 0 to the largest step, shown in a bar at the
+        bottom left.
     """
     h, w = coverage.shape
     scale = min(1.0, max_size / max(h, w))
@@ -56,7 +62,24 @@ def write_photometry_diagnostics(
         y0, y1 = height - y1, height - y0
         cv2.rectangle(img, (int(x0), int(y0)), (int(x1) - 1, int(y1) - 1), (200, 160, 0), 1)
         centres[k] = (int((x0 + x1) / 2), int((y0 + y1) / 2))
-    for i, j, weight in pairs:
+    steps = [(p[0], p[1], float(p[3])) for p in pairs
+             if len(p) > 3 and p[3] is not None and np.isfinite(p[3])]
+    top_step = max((v for *_, v in steps), default=0.0)
+    if top_step > 0:
+        heat = img.copy()
+        for i, j, step in steps:
+            if boxes[i] is None or boxes[j] is None:
+                continue
+            bi, bj = boxes[i], boxes[j]
+            y0, y1 = max(bi[0], bj[0]) * scale, min(bi[1], bj[1]) * scale
+            x0, x1 = max(bi[2], bj[2]) * scale, min(bi[3], bj[3]) * scale
+            if y1 <= y0 or x1 <= x0:
+                continue
+            cv2.rectangle(heat, (int(x0), int(height - y1)), (int(x1) - 1, int(height - y0) - 1),
+                          _inferno(step / top_step), -1)
+        img = cv2.addWeighted(heat, 0.55, img, 0.45, 0)
+        _colour_bar(img, top_step)
+    for i, j, weight, *_ in pairs:
         if i in centres and j in centres:
             colour = (0, 200, 0) if weight >= 0.5 else (0, 0, 230)
             cv2.line(img, centres[i], centres[j], colour, 1, cv2.LINE_AA)
@@ -70,3 +93,23 @@ def write_photometry_diagnostics(
     with atomic_path(path, suffix=".png") as tmp:
         tmp.write_bytes(buf.tobytes())
     return Path(path)
+
+
+def _inferno(t: float) -> tuple[int, int, int]:
+    """BGR colour of ``t`` in [0, 1] on OpenCV's inferno map."""
+    v = np.uint8(round(min(max(t, 0.0), 1.0) * 255))
+    b, g, r = cv2.applyColorMap(np.array([[v]], np.uint8), cv2.COLORMAP_INFERNO)[0, 0]
+    return int(b), int(g), int(r)
+
+
+def _colour_bar(img: np.ndarray, top: float) -> None:
+    """A labelled inferno bar (0 .. ``top``) in the bottom-left corner of ``img``."""
+    h, w = img.shape[:2]
+    bw, bh = min(160, max(w // 3, 40)), 10
+    x0, y0 = 8, h - bh - 22
+    if y0 < 0:
+        return
+    ramp = np.linspace(0, 255, bw).astype(np.uint8)[None, :].repeat(bh, 0)
+    img[y0:y0 + bh, x0:x0 + bw] = cv2.applyColorMap(ramp, cv2.COLORMAP_INFERNO)
+    cv2.putText(img, f"sky step after correction: 0 .. {top:.3g}", (x0, y0 + bh + 14),
+                cv2.FONT_HERSHEY_SIMPLEX, 0.38, (255, 255, 255), 1, cv2.LINE_AA)

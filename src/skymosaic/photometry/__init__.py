@@ -1,5 +1,6 @@
-"""Photometric normalisation: valid masks, overlap graph, pairwise fits, global solve,
-background matching and coverage renormalisation."""
+"""Photometric normalisation: valid masks, overlap graph, pairwise fits, global solve of
+gains and per-input sky surfaces (or offsets and background matching) and coverage
+renormalisation."""
 
 from skymosaic.photometry._background import (
     BackgroundEstimate,
@@ -9,35 +10,66 @@ from skymosaic.photometry._background import (
     match_backgrounds,
 )
 from skymosaic.photometry._coverage import coverage_gains
-from skymosaic.photometry._engine import PhotometryOptions, PhotometryReport, normalize_tiles
+from skymosaic.photometry._engine import (
+    SKY_SURFACES,
+    PhotometryOptions,
+    PhotometryReport,
+    normalize_tiles,
+    solve_corrections,
+    tile_sky_samples,
+)
 from skymosaic.photometry._linefit import Relation, estimate_noise, fit_linear_relation
 from skymosaic.photometry._masks import valid_mask
 from skymosaic.photometry._overlaps import Overlap, bbox_candidate_pairs, find_overlaps
-from skymosaic.photometry._regression import PairRelation, detrend, fit_overlap, pairwise_relations
+from skymosaic.photometry._regression import (
+    PairRelation,
+    detrend,
+    fit_overlap,
+    overlap_relations,
+    pairwise_relations,
+)
+from skymosaic.photometry._surfaces import (
+    SkySamples,
+    SurfaceSolution,
+    overlap_block,
+    sky_samples,
+    solve_sky_surfaces,
+    to_samples,
+)
 from skymosaic.photometry._solve import Solution, apply_gains_offsets, solve_gains_offsets
 
 __all__ = [
-    "BackgroundEstimate",
-    "BackgroundMatch",
-    "Overlap",
-    "PairRelation",
-    "PhotometryOptions",
-    "PhotometryReport",
-    "Relation",
-    "Solution",
+    "SKY_SURFACES",
     "apply_background_match",
     "apply_gains_offsets",
+    "BackgroundEstimate",
+    "BackgroundMatch",
     "bbox_candidate_pairs",
     "coverage_gains",
+    "detrend",
     "estimate_background",
     "estimate_noise",
     "find_overlaps",
-    "detrend",
     "fit_linear_relation",
     "fit_overlap",
     "match_backgrounds",
     "normalize_tiles",
+    "overlap_block",
+    "Overlap",
+    "overlap_relations",
+    "PairRelation",
     "pairwise_relations",
+    "PhotometryOptions",
+    "PhotometryReport",
+    "Relation",
+    "sky_samples",
+    "SkySamples",
+    "Solution",
+    "solve_corrections",
     "solve_gains_offsets",
+    "solve_sky_surfaces",
+    "SurfaceSolution",
+    "tile_sky_samples",
+    "to_samples",
     "valid_mask",
 ]

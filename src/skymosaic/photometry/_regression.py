@@ -13,7 +13,7 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from scipy import ndimage
@@ -36,7 +36,7 @@ from skymosaic.photometry._stars import (
     subtract_background,
 )
 
-__all__ = ["PairRelation", "detrend", "fit_overlap", "pairwise_relations"]
+__all__ = ["PairRelation", "detrend", "fit_overlap", "overlap_relations", "pairwise_relations"]
 
 logger = logging.getLogger(__name__)
 
@@ -349,6 +349,7 @@ def pairwise_relations(
     clip_sigma: float = 3.0,
     gain_mesh: int = 16,
     gain_from: str = "auto",
+    detrend_order: int = 1,
     threads: int = 1,
 ) -> list[PairRelation]:
     """Fit ``T_j ≈ a*T_i + c`` on every overlap and channel.
@@ -373,7 +374,7 @@ def pairwise_relations(
         Per-tile valid masks (default: `valid_mask` with its default epsilon).
     min_points, min_dynamic_range, clip_sigma
         Passed to `fit_linear_relation`.
-    gain_mesh, gain_from
+    gain_mesh, gain_from, detrend_order
         See `fit_overlap`.
     threads : int
         Pairs fitted at once (a thread pool; 0 = all cores). The results do not depend
@@ -401,24 +402,36 @@ def pairwise_relations(
         si = (slice(y0 - ti.y0, y1 - ti.y0), slice(x0 - ti.x0, x1 - ti.x0))
         sj = (slice(y0 - tj.y0, y1 - tj.y0), slice(x0 - tj.x0, x1 - tj.x0))
         both = masks[ov.i][si] & masks[ov.j][sj]
-        n_both = int(np.count_nonzero(both))
-        found = []
-        for c in chans:
-            rel = fit_overlap(
-                ti.data[c][si], tj.data[c][sj], both, gain_mesh=gain_mesh, gain_from=gain_from,
-                max_samples=max_samples, rng=np.random.default_rng([seed, ov.i, ov.j]),
-                min_points=min_points, min_dynamic_range=min_dynamic_range, clip_sigma=clip_sigma,
-            )
-            if rel.status != "ok":
-                logger.debug("pair (%d, %d) channel %d: %s (%s)", ov.i, ov.j, c, rel.status, rel.reason)
-            found.append(PairRelation(ov.i, ov.j, c, rel, n_both))
-        return found
+        return overlap_relations(
+            ov.i, ov.j, ti.data[:, si[0], si[1]], tj.data[:, sj[0], sj[1]], both, chans,
+            seed=seed, gain_mesh=gain_mesh, gain_from=gain_from, detrend_order=detrend_order,
+            max_samples=max_samples, min_points=min_points, min_dynamic_range=min_dynamic_range,
+            clip_sigma=clip_sigma,
+        )
 
     workers = threads or (os.cpu_count() or 1)
     if workers == 1 or len(overlaps) < 2:
         return [r for ov in overlaps for r in fit(ov)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return [r for rels in pool.map(fit, overlaps) for r in rels]
+
+
+def overlap_relations(
+    i: int, j: int, x: np.ndarray, y: np.ndarray, both: np.ndarray, channels: list[int], *,
+    seed: int = 0, **fit: Any,
+) -> list[PairRelation]:
+    """`fit_overlap` of inputs ``i`` and ``j`` on one overlap, per channel: ``x`` and ``y``
+    (C, h, w) on the same output pixels, ``both`` the pixels valid in both. The random
+    subsample is seeded by ``(seed, i, j)``, so it does not depend on the order or the
+    grouping of the work."""
+    n_both = int(np.count_nonzero(both))
+    found = []
+    for c in channels:
+        rel = fit_overlap(x[c], y[c], both, rng=np.random.default_rng([seed, i, j]), **fit)
+        if rel.status != "ok":
+            logger.debug("pair (%d, %d) channel %d: %s (%s)", i, j, c, rel.status, rel.reason)
+        found.append(PairRelation(i, j, c, rel, n_both))
+    return found
 
 
 def _finite_or_none(value: float) -> float | None:

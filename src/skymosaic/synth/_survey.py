@@ -7,7 +7,9 @@ Frame model, per channel ``c`` (this is the contract tests elsewhere rely on)::
 * ``truth`` is `TruthSky.render` on the frame's own WCS (flux per pixel, ADU).
 * ``sky_level`` is the same constant for every frame and channel; ``gradient`` is a plane of
   zero mean over the frame, ``sky_level * sky_gradient`` peak-to-peak per frame width along
-  a random direction (see `SynthFrame.sky_model`).
+  a random direction, plus (``sky_curvature > 0``) a random quadratic form in the frame's
+  own normalised coordinates reaching ``sky_level * sky_curvature`` at its corners or edges
+  (see `SynthFrame.sky_model`): light pollution and moonlight fixed to the sensor.
 * ``gain`` multiplies sky and sky background alike (a transparency/exposure/QE factor);
   ``offset`` is an additive pedestal applied after the gain (bias, unsubtracted sky).
   Hence a least-squares fit ``data ≈ s * truth + b`` over a frame recovers ``s = gain`` and
@@ -63,6 +65,9 @@ class SynthFrame:
     sky_gradient : (float, float)
         ``(gx, gy)``: sky gradient before the gain, ADU per pixel along x and y, zero at
         the frame centre.
+    sky_quadratic : (float, float, float)
+        ``(a, b, c)``: the quadratic sky term ``a u^2 + b u v + c v^2`` before the gain (ADU),
+        with ``u, v`` the pixel coordinates scaled to [-1, 1] across the frame.
     pointing : (int, int)
         ``(iy, ix)`` grid pointing; ``exposure`` is the repeat index at that pointing.
     rotation_deg : float
@@ -85,6 +90,7 @@ class SynthFrame:
     name: str
     sky_level: float = 0.0
     sky_gradient: tuple[float, float] = (0.0, 0.0)
+    sky_quadratic: tuple[float, float, float] = (0.0, 0.0, 0.0)
     pointing: tuple[int, int] = (0, 0)
     exposure: int = 0
     rotation_deg: float = 0.0
@@ -100,15 +106,21 @@ class SynthFrame:
         return int(self.data.shape[-2]), int(self.data.shape[-1])
 
     def sky_model(self) -> np.ndarray:
-        """The sky before the gain, ``sky_level + gradient``, as float32 (H, W)."""
+        """The sky before the gain, ``sky_level + gradient (+ quadratic)``, float32 (H, W)."""
         h, w = self.shape
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
         gx, gy = self.sky_gradient
-        return (
+        sky = (
             np.float32(self.sky_level)
             + np.float32(gx) * (xx - (w - 1) / 2)
             + np.float32(gy) * (yy - (h - 1) / 2)
-        ).astype(np.float32)
+        )
+        a, b, c = self.sky_quadratic
+        if a or b or c:
+            u = xx * np.float32(2.0 / max(w - 1, 1)) - 1
+            v = yy * np.float32(2.0 / max(h - 1, 1)) - 1
+            sky = sky + np.float32(a) * u * u + np.float32(b) * u * v + np.float32(c) * v * v
+        return sky.astype(np.float32)
 
 
 @dataclass(eq=False)
@@ -165,7 +177,7 @@ def _validate_survey_args(**kw) -> None:
     for name in ("pixel_scale_arcsec",):
         if not kw[name] > 0:
             raise ValueError(f"{name} must be > 0, got {kw[name]!r}")
-    for name in ("rotation_deg", "jitter_px", "noise_sigma", "sky_gradient", "hot_pixels"):
+    for name in ("rotation_deg", "jitter_px", "noise_sigma", "sky_gradient", "sky_curvature", "hot_pixels"):
         if kw[name] < 0:
             raise ValueError(f"{name} must be >= 0, got {kw[name]!r}")
     for name in ("gain_range", "offset_range"):
@@ -198,6 +210,7 @@ def make_survey(
     noise_sigma: float = 5.0,
     sky_level: float = 100.0,
     sky_gradient: float = 0.02,
+    sky_curvature: float = 0.0,
     nan_corners: bool = True,
     hot_pixels: int = 0,
     satellite_prob: float = 0.0,
@@ -242,6 +255,9 @@ def make_survey(
         Sky before the gain (ADU per pixel).
     sky_gradient : float
         Peak-to-peak sky change across one frame width, as a fraction of ``sky_level``.
+    sky_curvature : float
+        Largest absolute value of each frame's random quadratic sky term at the frame's
+        corners and edge midpoints, as a fraction of ``sky_level`` (0: planes only); see `SynthFrame.sky_quadratic`.
     nan_corners : bool
         If true, frames rotated by more than 0.1 degree get NaN right triangles at one or two
         random corners (as zero-filled borders of derotated frames); recorded in
@@ -292,7 +308,8 @@ def make_survey(
     spec = _FrameSpec(
         shape=(h, w), pixel_scale_arcsec=pixel_scale_arcsec, channels=channels,
         gain_range=gain_range, offset_range=offset_range, noise_sigma=noise_sigma,
-        sky_level=sky_level, sky_gradient=sky_gradient, nan_corners=nan_corners,
+        sky_level=sky_level, sky_gradient=sky_gradient, sky_curvature=sky_curvature,
+        nan_corners=nan_corners,
         hot_pixels=hot_pixels, satellite_prob=satellite_prob, sip=sip,
     )
     frames: list[SynthFrame] = []
@@ -328,6 +345,7 @@ class _FrameSpec:
     noise_sigma: float
     sky_level: float
     sky_gradient: float
+    sky_curvature: float
     nan_corners: bool
     hot_pixels: int
     satellite_prob: float
@@ -348,10 +366,15 @@ def _observe(truth: TruthSky, spec: _FrameSpec, rng: np.random.Generator, *,
         np.float32)
     phi = rng.uniform(0.0, 2.0 * math.pi)
     g = spec.sky_level * spec.sky_gradient / w
+    quad = (0.0, 0.0, 0.0)
+    if spec.sky_curvature > 0:
+        q = rng.normal(0.0, 1.0, 3)
+        peak = max(abs(q[0] + q[1] + q[2]), abs(q[0] - q[1] + q[2]), abs(q[0]), abs(q[2])) or 1.0
+        quad = tuple(float(v) for v in q * (spec.sky_level * spec.sky_curvature / peak))
     frame = SynthFrame(
         data=np.empty((spec.channels, h, w), np.float32), wcs=wcs, gain=gain, offset=offset,
         header=fits.Header(), name=name, sky_level=float(spec.sky_level),
-        sky_gradient=(g * math.cos(phi), g * math.sin(phi)), pointing=pointing,
+        sky_gradient=(g * math.cos(phi), g * math.sin(phi)), sky_quadratic=quad, pointing=pointing,
         exposure=exposure, rotation_deg=rotation,
     )
     sky = frame.sky_model()

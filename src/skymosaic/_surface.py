@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SURFACE_ORDERS", "SkySurface", "surface_terms"]
+__all__ = ["SURFACE_ORDERS", "SkySurface", "n_terms", "surface_terms"]
 
 #: Surface order by name (the ``photometry.sky_surface`` choices) and its number of terms.
 SURFACE_ORDERS = {"constant": 0, "plane": 1, "quadratic": 2}

@@ -224,7 +224,7 @@ class PhotometryConfig(_Section):
         "with the gains from star-masked overlap differences (smallest surfaces consistent with "
         "the overlaps); 'none': one offset per input and background matching (docs/photometry.md)")
     surface_block: int = Field(default=32, ge=4, description="sky-sample block size, output px")
-    surface_ridge: float = Field(default=1e-3, gt=0, description="smallest-surface regularisation "
+    surface_ridge: float = Field(default=1e-6, gt=0, description="smallest-surface regularisation "
                                  "weight, relative to the data")
     background: bool = Field(default=True, description="with sky_surface = 'none': SWarp-like "
                              "background matching after the solve")

@@ -88,7 +88,7 @@ class PhotometryOptions:
     eps: float | None = 1e-6
     sky_surface: str = "quadratic"
     surface_block: int = 32
-    surface_ridge: float = 1e-3
+    surface_ridge: float = 1e-6
     background: bool = True
     background_target: str | float = "median"
     gain_from: str = "auto"

@@ -24,7 +24,7 @@ satellites and moved sources.
 across the whole field, up to the chosen order, seen by every input in its own pixels --
 cancels in every overlap difference: the overlaps cannot tell it from the sky. The solve
 adds a ridge on the **non-constant** terms, ``lambda * sum |c_k,m>0|^2`` (``lambda = ridge``
-times the median diagonal of the normal matrix), and a far weaker one (``1e-6 lambda``) on
+times the median diagonal of the normal matrix), and a far weaker one (``1e-4 lambda``) on
 the constant terms, and so returns the **smallest gradients consistent with the
 overlaps**: the common gradient it leaves is the one that makes the inputs' own gradients
 average to zero (a global gradient also shifts each input's constant by its value at the
@@ -35,6 +35,13 @@ level. A true gradient across the whole field therefore stays in the mosaic, exa
 real large-scale sky (nebulae), and no input's own mesh background is ever subtracted;
 what is lost is only the part of the inputs' gradients that is common to all of them (with
 N inputs of random gradients, about 1/sqrt(N) of one input's).
+
+The ridge is also a weak prior on the directions the overlaps barely fix: the far corner
+of an input at a corner of the mosaic, where nothing overlaps, is pinned only through the
+cross term ``u v`` against the slopes. ``ridge = 1e-6`` (the default) damps such
+directions where the data say next to nothing and leaves the rest to the data; a ridge of
+1e-3 biased them measurably (large-scale residual after removing a global quadratic:
+2.8 ADU at 1e-3, 1.5 at 1e-5 and 1e-7, on 12 frames of 270 x 480 px).
 
 **Support.** A surface is only as good as the overlaps that pin it: an input with fewer
 than `MIN_SAMPLES_PER_TERM` samples per term of the requested order (small frames, thin
@@ -259,7 +266,7 @@ def solve_sky_surfaces(
     gains: np.ndarray,
     *,
     order: int = 2,
-    ridge: float = 1e-3,
+    ridge: float = 1e-6,
     robust_iter: int = 3,
 ) -> SurfaceSolution:
     """Solve every input's sky surface in one channel (see the module docstring).
@@ -309,7 +316,7 @@ def solve_sky_surfaces(
         normal = (a.T @ aw).tocsc()
         diag = normal.diagonal()
         lam = ridge * float(np.median(diag[diag > 0])) if np.any(diag > 0) else ridge
-        penalty = sp.diags(np.where(cols % m == 0, 1e-6 * lam, lam), format="csc")
+        penalty = sp.diags(np.where(cols % m == 0, 1e-4 * lam, lam), format="csc")
         c = np.atleast_1d(spsolve(normal + penalty, aw.T @ d))
         r = (a @ c - d) * np.sqrt(w)
         if it == robust_iter:

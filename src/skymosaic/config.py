@@ -137,11 +137,16 @@ class OutputConfig(_Section):
 
 
 class CoaddConfig(_Section):
-    """How frames are weighted in the weighted mean."""
+    """How inputs are weighted and outliers rejected in the final coadd."""
 
     weighting: Literal["uniform", "exposure", "noise"] = Field(
         default="noise", description="noise = inverse variance from each frame's robust noise"
     )
+    reject: Literal["auto", "off"] = Field(
+        default="auto", description="outlier rejection across overlapping inputs (trails, hot "
+        "pixels): depth >= 3 clipped mean, depth 2 the brighter input's outliers dropped")
+    reject_kappa: float = Field(default=5.0, gt=0, description="rejection threshold, in combined "
+                                "noise sigmas (with a 10 % relative term for star cores)")
 
 
 class QualityConfig(_Section):

@@ -462,7 +462,7 @@ def _assemble_classic(run: _Run, sources, grid: OutputGrid, opts: CoaddOptions, 
     """
     config, out = run.config, run.out
     base_fp = fingerprint("coadd", sources_fp, correction, _grid_signature(grid),
-                          config.model_dump(mode="json", include={"reproject"}))
+                          config.model_dump(mode="json", include={"reproject", "coadd"}))
     with run.phase("coadd"):
         result = _run_coadd(run, "coadd", base_fp, sources, grid, opts)
     stores = ["coadd"]
@@ -487,7 +487,8 @@ def _assemble_classic(run: _Run, sources, grid: OutputGrid, opts: CoaddOptions, 
     summary = {
         "used": result.used, "rejected": result.rejected, "shape": list(result.data.shape),
         "coverage_fraction": result.coverage_fraction, "max_depth": result.max_depth,
-        "blocks": result.n_blocks, "block_rows": result.block_rows, "products": products, **extra,
+        "blocks": result.n_blocks, "block_rows": result.block_rows, "products": products,
+        "outlier_pixels": result.outliers, **extra,
     }
     if result.used:
         run.manifest.record("mosaic", mosaic_fp, path=out / products["mosaic"], meta=summary)
@@ -504,6 +505,7 @@ def _coadd_options(config: Config, threads: int, scratch: Path, backend: Backend
         map_tolerance=config.reproject.map_tolerance_px,
         grid_step=config.reproject.grid_step_px, memory_budget=config.memory_budget_bytes,
         threads=threads, scratch_dir=str(scratch), backend=backend, block_rows=config.run.block_rows,
+        reject=config.coadd.reject, reject_kappa=config.coadd.reject_kappa,
     )
 
 

@@ -36,9 +36,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from skymosaic.assemble._sources import ImageSource
 from skymosaic.io._frames import FrameError
+from skymosaic.photometry._linefit import estimate_noise
 from skymosaic.reproject._grid import OutputGrid
 from skymosaic.reproject._mapping import pixel_map
 from skymosaic.backend import Backend
@@ -90,6 +92,10 @@ class CoaddOptions:
     scratch_dir: str | None = None
     #: Rows per output block; None plans them from the memory budget (`_plan_blocks`).
     block_rows: int | None = None
+    #: Outlier rejection across overlapping inputs (`reject_outliers`): "off" or "auto".
+    reject: str = "off"
+    #: Rejection threshold in combined noise sigmas (see `reject_outliers`).
+    reject_kappa: float = 5.0
     #: Where sources are resampled (None = the host); see `skymosaic.backend`.
     backend: Backend | None = field(default=None, compare=False, repr=False)
 
@@ -104,6 +110,10 @@ class CoaddOptions:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
         if self.block_rows is not None and self.block_rows < 1:
             raise ValueError(f"block_rows must be >= 1 or None, got {self.block_rows}")
+        if self.reject not in ("off", "auto"):
+            raise ValueError(f"reject must be 'off' or 'auto', got {self.reject!r}")
+        if not (math.isfinite(self.reject_kappa) and self.reject_kappa > 0):
+            raise ValueError(f"reject_kappa must be finite and > 0, got {self.reject_kappa!r}")
 
     @property
     def n_threads(self) -> int:
@@ -211,6 +221,8 @@ class CoaddResult:
     max_depth: int = 0
     store: DiskMosaic | None = None
     blocks_reused: int = 0
+    #: Pixels rejected as outliers across overlapping inputs, per source name.
+    outliers: dict[str, int] = field(default_factory=dict)
 
 
 def source_bbox(source: ImageSource, grid: OutputGrid, *, margin: int = 2) -> tuple[int, int, int, int] | None:
@@ -237,7 +249,8 @@ def _task_bytes(sources: Sequence[ImageSource]) -> int:
 
 def _plan_blocks(grid: OutputGrid, channels: int, sources: Sequence[ImageSource], opts: CoaddOptions,
                  *, on_disk: bool) -> int:
-    """Rows per block so that outputs + one block + in-flight tasks fit in the budget.
+    """Rows per block so that outputs + one block + in-flight tasks fit in the budget
+    (with outlier rejection, the block also keeps its contributions).
 
     At most ``n_threads + 1`` resampling tasks are in flight (`ordered_window`), each
     holding `_task_bytes`; a block holds its float64 sums and its float32 result; an
@@ -249,6 +262,11 @@ def _plan_blocks(grid: OutputGrid, channels: int, sources: Sequence[ImageSource]
     tasks = (opts.n_threads + 1) * _task_bytes(sources)
     in_memory = 0 if on_disk else h * w * (_OUT_BYTES_PER_CHANNEL * channels + _OUT_BYTES_PER_PIXEL)
     per_row = w * (channels * _BLOCK_BYTES_PER_CHANNEL + _BLOCK_BYTES_PER_PIXEL)
+    if opts.reject != "off":
+        # the kept contributions (twice the mean depth, float32 data and weight) and the
+        # rejection's float64 sums
+        depth = 2.0 * sum(s.shape[1] * s.shape[2] for s in sources) / max(h * w, 1)
+        per_row += int(w * (16 * channels + 12 + min(depth, len(sources)) * (4 * channels + 4)))
     room = opts.memory_budget - tasks - in_memory
     rows = room // per_row if room > 0 else 0
     if rows < opts.min_block_rows:
@@ -304,16 +322,33 @@ def resample_source(
 
 
 class _Block:
-    """float64 accumulators for output rows ``[y0, y1)``."""
+    """float64 accumulators for output rows ``[y0, y1)``.
 
-    def __init__(self, y0: int, y1: int, channels: int, width: int) -> None:
+    With ``reject`` the contributions are kept until `finish`, which removes the outliers
+    across them (`reject_outliers`) before summing; ``rejected`` then counts the pixels
+    taken out of each source.
+    """
+
+    def __init__(self, y0: int, y1: int, channels: int, width: int, *, reject: bool = False,
+                 kappa: float = 5.0) -> None:
         self.y0 = y0
         self.acc = np.zeros((channels, y1 - y0, width), np.float64)
         self.wsum = np.zeros((y1 - y0, width), np.float64)
         self.cov = np.zeros((y1 - y0, width), np.uint16)
+        self.reject, self.kappa = reject, kappa
+        self.kept: list[tuple] = []
+        self.rejected: dict[int, int] = {}
 
-    def add(self, cut: tuple[int, int, int, int], img: np.ndarray, wt: np.ndarray) -> None:
-        """Accumulate ``img * wt`` in place (``img`` is consumed: no full-size temporaries)."""
+    def add(self, cut: tuple[int, int, int, int], img: np.ndarray, wt: np.ndarray, k: int = 0,
+            noise: np.ndarray | None = None) -> None:
+        """Accumulate ``img * wt`` in place (``img`` is consumed: no full-size temporaries).
+        With ``reject``, keep it (``noise``: the source's per-channel pixel noise)."""
+        if self.reject:
+            self.kept.append((k, cut, img, wt, noise))
+            return
+        self._sum(cut, img, wt)
+
+    def _sum(self, cut: tuple[int, int, int, int], img: np.ndarray, wt: np.ndarray) -> None:
         cy0, cy1, cx0, cx1 = cut
         sl = (slice(cy0 - self.y0, cy1 - self.y0), slice(cx0, cx1))
         good = wt > 0
@@ -325,12 +360,181 @@ class _Block:
 
     def finish(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The weighted mean (NaN where no weight) float32, weights float32 and coverage."""
+        if self.kept:
+            # the contributions reach _REJECT_GROW rows beyond the block (coadd_block), so
+            # the flags inside it do not depend on where the block ends
+            y_lo = min(c[0] for _, c, *_ in self.kept)
+            y_hi = max(c[1] for _, c, *_ in self.kept)
+            flags = reject_outliers([(c, i, w, n) for _, c, i, w, n in self.kept], y_lo,
+                                    (y_hi - y_lo, self.wsum.shape[1]), kappa=self.kappa)
+            y0, y1 = self.y0, self.y0 + self.wsum.shape[0]
+            for (k, cut, img, wt, _), flag in zip(self.kept, flags, strict=True):
+                r0, r1 = max(cut[0], y0), min(cut[1], y1)
+                if r1 <= r0:
+                    continue
+                rows = slice(r0 - cut[0], r1 - cut[0])
+                img, wt, flag = img[:, rows], wt[rows], flag[rows]
+                n = int(np.count_nonzero(flag))
+                if n:
+                    wt = np.where(flag, np.float32(0), wt)
+                    self.rejected[k] = self.rejected.get(k, 0) + n
+                self._sum((r0, r1, cut[2], cut[3]), img, wt)
+            self.kept = []
         has = self.wsum > 0
         data = np.full(self.acc.shape, np.nan, np.float32)
         for ch in range(self.acc.shape[0]):
             np.divide(self.acc[ch], self.wsum, out=data[ch], where=has, casting="same_kind")
         self.acc = np.empty(0)  # release the float64 sums before the caller copies the result
         return data, self.wsum.astype(np.float32), self.cov
+
+
+#: Relative model error of a pixel in the rejection test (of the larger signal above the
+#: sky): PSF and resampling differences between inputs (see `reject_outliers`).
+_REJECT_RELATIVE = 0.1
+#: Flagged pixels grow by this many pixels into neighbours that are also high (trail
+#: wings), those with ``r`` above `_REJECT_GROW_SIGMA`.
+_REJECT_GROW, _REJECT_GROW_SIGMA = 2, 2.5
+
+
+def source_noise(source: ImageSource, *, window: int = 256) -> np.ndarray:
+    """Robust per-channel pixel noise and sky level of a source, shaped (2, C): on a central
+    window of at most ``window`` x ``window`` of its own pixels, the noise of the raw values
+    (`estimate_noise`) and the median of the corrected ones (gain, offset and sky surface
+    applied, as the coadd sees them). Cached in ``source.meta["noise"]`` (`coadd` refreshes
+    it once per call, so it travels with the source to Dask workers)."""
+    cached = source.meta.get("noise")
+    if cached is not None:
+        return np.asarray(cached, np.float64)
+    c, h, w = source.shape
+    r0, c0 = max(0, (h - window) // 2), max(0, (w - window) // 2)
+    rows, cols = slice(r0, min(h, r0 + window)), slice(c0, min(w, c0 + window))
+    data = np.asarray(source.read(rows, cols), np.float64)
+    finite = np.isfinite(data).all(axis=0)
+    out = np.full((2, c), np.nan)
+    if finite.sum() > 16:
+        corrected = data * (1.0 if source.gain is None else np.asarray(source.gain)[:, None, None])
+        if source.offset is not None:
+            corrected = corrected + np.asarray(source.offset)[:, None, None]
+        if source.surface is not None:
+            yy, xx = np.indices(finite.shape, dtype=np.float64)
+            corrected = corrected + source.surface.at(c0, r0).evaluate(xx, yy)
+        for ch in range(c):
+            out[0, ch] = estimate_noise(data[ch], mask=finite)
+            out[1, ch] = np.median(corrected[ch][finite])
+        if source.gain is not None:
+            out[0] *= np.abs(np.asarray(source.gain, np.float64))
+    source.meta["noise"] = out.tolist()
+    return out
+
+
+def reject_outliers(
+    contributions: Sequence[tuple[tuple[int, int, int, int], np.ndarray, np.ndarray, np.ndarray | None]],
+    y0: int,
+    shape: tuple[int, int],
+    *,
+    kappa: float = 5.0,
+    max_iter: int = 2,
+) -> list[np.ndarray]:
+    """Flag the pixels of overlapping inputs that disagree with the others (trails, hot
+    pixels, satellites, cosmic rays), in a band of output rows.
+
+    Each contribution ``(cut, data (C, h, w), weight (h, w), noise)`` (``noise`` from
+    `source_noise`: the input's pixel noise and sky level, properties of the input and not
+    of the band, so the result does not depend on how the output is cut) is compared, per
+    pixel and channel, with the weighted mean ``m`` of the *other* unflagged inputs there:
+    ``r = (x - m) / s``, ``s^2 = sigma^2 + var(m) + (0.1 (max(x, m) - sky))^2``. The
+    relative term keeps seeing differences from being taken for outliers: two images of a
+    star differ by at most ~40 % of the larger (``|r| <= 4``), while a trail or hot pixel on
+    the sky differs by nearly all of itself (``r`` up to 10). Per pass, the
+    input with the largest ``|r|`` at a pixel is flagged when ``|r| > kappa`` and at least 3
+    unflagged inputs overlap there (a clipped mean, one outlier per pass, ``max_iter``
+    passes); where only 2 do, the higher one when ``r > kappa`` (a trail or hot pixel is
+    brighter than the sky; the other input gives the pixel). Flags then grow by 2 px into
+    neighbours with ``r > 2.5`` (a trail's wings). A pixel is never taken from every input.
+
+    Returns
+    -------
+    list of ndarray of bool
+        One (h, w) mask per contribution, True = rejected.
+    """
+    n_ch = contributions[0][1].shape[0] if contributions else 0
+    views, sig, sky = [], [], []
+    for cut, _, wt, noise in contributions:
+        views.append((slice(cut[0] - y0, cut[1] - y0), slice(cut[2], cut[3])))
+        ns = np.zeros((2, n_ch)) if noise is None else np.asarray(noise, np.float64)
+        ns = np.where(np.isfinite(ns), ns, 0.0)
+        sig.append(ns[0])
+        sky.append(ns[1])
+    goods = [wt > 0 for _, _, wt, _ in contributions]
+    flags = [np.zeros(g.shape, bool) for g in goods]
+
+    def residuals(k: int, s_wx, s_w, s_w2v, depth):
+        """``r`` (C, h, w) of contribution k against the other unflagged ones, and where it
+        is defined (>= 1 other input)."""
+        _, img, wt, _ = contributions[k]
+        sl, good = views[k], goods[k]
+        own = good & ~flags[k]
+        w = np.where(own, wt, 0.0)
+        rest = s_w[sl] - w
+        d = depth[sl] - own
+        test = good & (d >= 1) & (rest > 0)
+        safe = np.where(test, rest, 1.0)
+        r = np.zeros(img.shape)
+        for c in range(n_ch):
+            x = np.where(good, img[c], 0.0)
+            m = (s_wx[c][sl] - w * x) / safe
+            var_m = (s_w2v[c][sl] - w * w * sig[k][c] ** 2) / (safe * safe)
+            signal = np.maximum(np.maximum(x, m) - sky[k][c], 0.0)
+            s2 = sig[k][c] ** 2 + np.maximum(var_m, 0.0) + (_REJECT_RELATIVE * signal) ** 2
+            r[c] = np.where(test, (x - m) / np.sqrt(np.where(s2 > 0, s2, np.inf)), 0.0)
+        return r, test, d
+
+    def sums():
+        s_wx, s_w2v = np.zeros((n_ch, *shape)), np.zeros((n_ch, *shape))
+        s_w, depth = np.zeros(shape), np.zeros(shape, np.int32)
+        for k, (_, img, wt, _) in enumerate(contributions):
+            sl, own = views[k], goods[k] & ~flags[k]
+            w = np.where(own, wt, 0.0)
+            s_wx[(slice(None), *sl)] += w * np.where(own[None], img, 0.0)
+            s_w[sl] += w
+            s_w2v[(slice(None), *sl)] += (w * w)[None] * (sig[k] ** 2)[:, None, None]
+            depth[sl] += own
+        return s_wx, s_w, s_w2v, depth
+
+    for _ in range(max_iter):
+        totals = sums()
+        best = np.zeros(shape)
+        owner = np.full(shape, -1, np.int32)
+        for k in range(len(contributions)):
+            r, test, d = residuals(k, *totals)
+            # depth counts the other unflagged inputs: >= 2 others = a clipped mean (both
+            # signs); 1 other = only the brighter input is an outlier
+            score = np.where(d >= 2, np.abs(r).max(axis=0), np.where(d == 1, r.max(axis=0), 0.0))
+            score = np.where(test & ~flags[k], score, 0.0)
+            sl = views[k]
+            better = score > best[sl]
+            best[sl] = np.where(better, score, best[sl])
+            owner[sl] = np.where(better, k, owner[sl])
+        hit = best > kappa
+        if not hit.any():
+            break
+        for k in range(len(contributions)):
+            sl = views[k]
+            flags[k] |= hit[sl] & (owner[sl] == k)
+    if any(f.any() for f in flags):
+        totals = sums()
+        for k, flag in enumerate(flags):
+            if flag.any():
+                r, test, _ = residuals(k, *totals)
+                grown = ndimage.binary_dilation(flag, iterations=_REJECT_GROW)
+                flags[k] = flag | (grown & test & (r.max(axis=0) > _REJECT_GROW_SIGMA))
+    # never take a pixel from every input
+    kept = np.zeros(shape, np.int32)
+    for k, flag in enumerate(flags):
+        kept[views[k]] += goods[k] & ~flag
+    for k, flag in enumerate(flags):
+        flag &= kept[views[k]] > 0
+    return flags
 
 
 @dataclass
@@ -354,12 +558,14 @@ class BlockOutput:
     coverage: np.ndarray
     contributed: list[int]
     errors: dict[int, str]
+    rejected: dict[int, int] = field(default_factory=dict)  # outlier pixels per source
 
     def stats(self) -> dict:
         """What the run report needs from this block (kept in the manifest on resume)."""
         return {
             "y1": self.y0 + self.weight.shape[0], "contributed": self.contributed,
             "errors": {str(k): v for k, v in self.errors.items()},
+            "outliers": {str(k): v for k, v in self.rejected.items()},
             "finite": int(np.isfinite(self.data).all(axis=0).sum()),
             "max_depth": int(self.coverage.max()) if self.coverage.size else 0,
         }
@@ -389,12 +595,19 @@ def coadd_block(job: BlockJob, grid: OutputGrid, opts: CoaddOptions, *, pool: Ex
     flight); without one, one after the other (a Dask task). The sums run in the same
     order either way, so the result is identical to the bit.
     """
-    block = _Block(job.y0, job.y1, job.channels, job.width)
+    block = _Block(job.y0, job.y1, job.channels, job.width, reject=opts.reject != "off",
+                   kappa=opts.reject_kappa)
+    halo = _REJECT_GROW if block.reject else 0
 
     def run(task):
         k, source, cut = task
         try:
-            return k, resample_source(source, grid, cut, opts), None
+            noise = source_noise(source) if block.reject else None
+            if halo:  # rows either side, so that the rejection's growth sees across the block's ends
+                b = source_bbox(source, grid)
+                cut = (max(cut[0] - halo, b[0], 0), min(cut[1] + halo, b[1], grid.shape[0]), cut[2], cut[3])
+            res = resample_source(source, grid, cut, opts)
+            return k, None if res is None else (*res, noise), None
         except FrameError as err:
             return k, None, str(err)
 
@@ -407,10 +620,12 @@ def coadd_block(job: BlockJob, grid: OutputGrid, opts: CoaddOptions, *, pool: Ex
         if error is not None:
             errors[k] = error
         elif result is not None:
-            block.add(*result)
-            contributed.append(k)
+            cut, img, wt, noise = result
+            block.add(cut, img, wt, k=k, noise=noise)
+            if cut[0] < job.y1 and cut[1] > job.y0:
+                contributed.append(k)
     data, weight, coverage = block.finish()
-    return BlockOutput(job.y0, data, weight, coverage, contributed, errors)
+    return BlockOutput(job.y0, data, weight, coverage, contributed, errors, block.rejected)
 
 
 def _blocks(height: int, rows: int) -> Iterator[tuple[int, int]]:
@@ -491,6 +706,14 @@ def coadd(
     h, w = grid.shape
     bboxes = [source_bbox(s, grid) for s in sources]
     outside = {k for k, b in enumerate(bboxes) if b is None}
+    if opts.reject != "off":  # once per source, here: it travels with the source to Dask workers
+        for k, s in enumerate(sources):
+            if k not in outside:
+                s.meta.pop("noise", None)  # the corrections may have changed since
+                try:
+                    source_noise(s)
+                except FrameError:
+                    pass  # the block that reads it reports the error
     disk = _open_disk(store, grid, n_ch, opts)
     block_rows = (store.block_rows if store is not None and store.block_rows
                   else _plan_blocks(grid, n_ch, sources, opts, on_disk=disk is not None))
@@ -502,8 +725,10 @@ def coadd(
     for y0, y1 in _blocks(h, block_rows):
         if y0 in done:
             continue
+        halo = _REJECT_GROW if opts.reject != "off" else 0  # see coadd_block
         tasks = [(k, sources[k], (max(y0, b[0]), min(y1, b[1]), b[2], b[3]))
-                 for k, b in enumerate(bboxes) if b is not None and b[0] < y1 and b[1] > y0]
+                 for k, b in enumerate(bboxes)
+                 if b is not None and b[0] < y1 + halo and b[1] > y0 - halo]
         jobs.append(BlockJob(y0, y1, w, n_ch, tasks))
     if progress is not None:
         progress(0, sum(len(j.tasks) for j in jobs))
@@ -548,9 +773,12 @@ def _collect(sources: Sequence[ImageSource], outside: set[int], done: dict[int, 
     """Merge the per-block statistics into the result's lists and figures."""
     rejected = {sources[k].name: "outside the output grid" for k in sorted(outside)}
     contributed: set[int] = set()
+    outliers: dict[str, int] = {}
     for y0 in sorted(done):
         stats = done[y0]
         contributed.update(int(k) for k in stats["contributed"])
+        for k, n in stats.get("outliers", {}).items():
+            outliers[sources[int(k)].name] = outliers.get(sources[int(k)].name, 0) + int(n)
         for k, reason in stats["errors"].items():
             name = sources[int(k)].name
             if name not in rejected:
@@ -566,4 +794,5 @@ def _collect(sources: Sequence[ImageSource], outside: set[int], done: dict[int, 
         n_blocks=len(done), block_rows=block_rows,
         coverage_fraction=finite / n_pixels if n_pixels else 0.0,
         max_depth=max((int(s["max_depth"]) for s in done.values()), default=0),
+        outliers=dict(sorted(outliers.items())),
     )

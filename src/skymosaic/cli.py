@@ -158,7 +158,11 @@ def run(
     weighting: Annotated[Optional[str], typer.Option(help="uniform | exposure | noise")] = None,
     wcs_dir: Annotated[Optional[list[Path]], typer.Option(help="folder with .wcs sidecars")] = None,
     bayer_pattern: Annotated[Optional[str], typer.Option(help="force RGGB/GRBG/GBRG/BGGR")] = None,
-    memory_budget: Annotated[Optional[float], typer.Option(help="memory budget in MiB")] = None,
+    memory_budget: Annotated[Optional[str], typer.Option(
+        help="memory budget: MiB, or a size with a unit (4GB = 10^9 B, 4GiB = 2^30 B, 800M)")] = None,
+    max_output_pixels: Annotated[Optional[str], typer.Option(
+        help="largest output grid in pixels (default 2e9; '2G', '500M'): the run stops before "
+             "writing when the grid is larger")] = None,
     threads: Annotated[Optional[int], typer.Option(help="worker threads (0 = all cores)")] = None,
     gpu: Annotated[Optional[str], typer.Option(help="auto | on | off: CuPy GPU backend (docs/gpu.md)")] = None,
     no_preview: Annotated[bool, typer.Option("--no-preview", help="skip the PNG preview")] = False,
@@ -184,6 +188,7 @@ def run(
         "coadd.weighting": weighting, "input.wcs_dirs": [str(p) for p in wcs_dir] if wcs_dir else None,
         "input.bayer_pattern": bayer_pattern.upper() if bayer_pattern else None,
         "run.memory_budget_mb": memory_budget, "run.threads": threads,
+        "output.max_output_pixels": max_output_pixels,
         "run.use_gpu": gpu.lower() if gpu else None,
         "output.preview": False if no_preview else None, "run.log_level": log_level,
         "grid.plan": str(plan) if plan else None, "grid.auto_plan": False if no_plan else None,

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
+import skymosaic.io._stream as stream
 from skymosaic._space import (
     DiskFullError,
     disk_full_guard,
@@ -87,7 +88,8 @@ def _no_pixels_written(out: Path) -> None:
 
 @pytest.mark.parametrize(("text", "expected"), [
     ("4GB", 4 * 10**9), ("4GiB", 4 * 2**30), ("800M", 800 * 10**6), ("800MiB", 800 * 2**20),
-    ("300MB", 300 * 10**6), ("0.5TB", 5 * 10**11), ("1.5 GiB", int(1.5 * 2**30)), ("4gb", 4 * 10**9),
+    ("300MB", 300 * 10**6), ("0.5TB", 5 * 10**11), ("1.5 GiB", int(1.5 * 2**30)),
+    ("4gb", 4 * 10**9),
     ("2kB", 2000), ("3KiB", 3072), ("100B", 100), ("300", 300 * 2**20), (300, 300 * 2**20),
     (0.5, 2**19),
 ])
@@ -100,7 +102,8 @@ def test_parse_size_default_unit():
     assert parse_size(2, default_unit="GiB") == 2 * 2**30
 
 
-@pytest.mark.parametrize("bad", ["4XB", "abc", "", "GB", "-3GB", "4 G B", "1e999GB", "nan", True, None, [4]])
+@pytest.mark.parametrize("bad", ["4XB", "abc", "", "GB", "-3GB", "4 G B", "1e999GB", "nan", True,
+                                 None, [4]])
 def test_parse_size_names_the_bad_value(bad):
     with pytest.raises(ValueError, match="bad size") as info:
         parse_size(bad)
@@ -158,7 +161,8 @@ def test_config_bad_sizes_named(key, value, match):
 
 def test_estimate_matches_what_the_run_writes(survey_dir, no_quality, tmp_path):
     out = tmp_path / "out"
-    assert main(["run", str(survey_dir), "-o", str(out), "-c", str(no_quality), "--no-preview"]) == 0
+    assert main(["run", str(survey_dir), "-o", str(out), "-c", str(no_quality),
+                 "--no-preview"]) == 0
     report = json.loads((out / "run.json").read_text())
     pre = report["preflight"]
     assert pre["ok"] and pre["problems"] == [] and pre["culprits"] == []
@@ -254,7 +258,7 @@ def test_run_tiny_disk_exit_2_names_far_frame(far_dir, no_quality, tmp_path, mon
 
 def test_run_pipeline_raises_preflight_error(far_dir, no_quality, tmp_path):
     config = load_config(no_quality)
-    with pytest.raises(PreflightError, match="far_0000.fits") as info:
+    with pytest.raises(PreflightError, match=r"far_0000\.fits") as info:
         run_pipeline([far_dir], tmp_path / "out", config)
     assert info.value.estimate.culprits[0].name == "far_0000.fits"
 
@@ -283,18 +287,17 @@ def _enospc(*args, **kwargs):
 
 def test_atomic_path_disk_full_names_the_file(tmp_path):
     target = tmp_path / "x.json"
-    with pytest.raises(DiskFullError, match=r"no space left to write .*x\.json") as info:
-        with atomic_path(target) as tmp:
-            tmp.write_text("{}")
-            _enospc()
+    with pytest.raises(DiskFullError, match=r"no space left to write .*x\.json") as info, \
+            atomic_path(target) as tmp:
+        tmp.write_text("{}")
+        _enospc()
     assert info.value.path == target and not isinstance(info.value, OSError)
     assert not target.exists() and list(tmp_path.iterdir()) == []
 
 
 def test_disk_full_guard_passes_other_errors(tmp_path):
-    with pytest.raises(PermissionError):
-        with disk_full_guard(tmp_path / "y"):
-            raise PermissionError(errno.EACCES, "denied")
+    with pytest.raises(PermissionError), disk_full_guard(tmp_path / "y"):
+        raise PermissionError(errno.EACCES, "denied")
 
 
 def test_disk_mosaic_preallocates(tmp_path, monkeypatch):
@@ -306,14 +309,14 @@ def test_disk_mosaic_preallocates(tmp_path, monkeypatch):
         DiskMosaic.create(tmp_path / "full", 3, (40, 50))
 
 
-def test_run_disk_full_while_writing_then_resume(survey_dir, no_quality, tmp_path, monkeypatch, capsys):
+def test_run_disk_full_while_writing_then_resume(survey_dir, no_quality, tmp_path, monkeypatch,
+                                                 capsys):
     """ENOSPC while the FITS is written: exit 2 naming the file, the coadd kept; a rerun
     resumes from it."""
-    import skymosaic.io._stream as stream
-
     out = tmp_path / "out"
+    args = ["run", str(survey_dir), "-o", str(out), "-c", str(no_quality), "--no-preview"]
     monkeypatch.setattr(stream, "_stream", _enospc)
-    assert main(["run", str(survey_dir), "-o", str(out), "-c", str(no_quality), "--no-preview"]) == 2
+    assert main(args) == 2
     err = capsys.readouterr().err
     assert "no space left to write" in err and "mosaic.fits" in err and "rerun" in err
     report = json.loads((out / "run.json").read_text())
@@ -321,7 +324,7 @@ def test_run_disk_full_while_writing_then_resume(survey_dir, no_quality, tmp_pat
     assert not (out / "mosaic.fits").exists()
     assert (out / "coadd" / "data.npy").is_file()
     monkeypatch.undo()
-    assert main(["run", str(survey_dir), "-o", str(out), "-c", str(no_quality), "--no-preview"]) == 0
+    assert main(args) == 0
     report = json.loads((out / "run.json").read_text())
     assert report["status"] == "ok" and "coadd" in report["resume"]["reused"]
     data = fits.getdata(out / "mosaic.fits")

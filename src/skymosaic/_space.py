@@ -48,8 +48,9 @@ _BYTE_UNITS = {
 _COUNT_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 _NUMBER = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
 
-_ALLOWED_SIZES = "a number (in {default}) or a number with a unit: B, kB, MB, GB, TB (powers of " \
-                 "1000; k, M, G, T alike), KiB, MiB, GiB, TiB (powers of 1024), e.g. '4GB', '800MiB'"
+_ALLOWED_SIZES = ("a number (in {default}) or a number with a unit: B, kB, MB, GB, TB (powers "
+                  "of 1000; k, M, G, T alike), KiB, MiB, GiB, TiB (powers of 1024), e.g. '4GB', "
+                  "'800MiB'")
 
 
 def parse_size(value: str | float | int, *, default_unit: str = "MiB") -> int:
@@ -85,7 +86,7 @@ def parse_size(value: str | float | int, *, default_unit: str = "MiB") -> int:
         raise ValueError(f"bad size {value!r}: expected {allowed}")
     if not (math.isfinite(number) and number >= 0):
         raise ValueError(f"bad size {value!r}: must be a finite number >= 0")
-    return int(round(number * factor))
+    return round(number * factor)
 
 
 def parse_count(value: str | float | int) -> float:

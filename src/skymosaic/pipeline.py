@@ -59,8 +59,8 @@ from skymosaic.stack.quality import FrameQuality, measure_quality
 __all__ = [
     "DiskFullError",
     "NoUsableFramesError",
-    "PreflightError",
     "NullProgress",
+    "PreflightError",
     "Progress",
     "RunResult",
     "build_catalog",

@@ -47,6 +47,7 @@ from skymosaic.assemble import DiskMosaic, coadd_memory_floor
 from skymosaic.config import Config
 from skymosaic.io import FrameInfo, frame_footprint
 from skymosaic.reproject import OutputGrid, optimal_grid
+from skymosaic.stack.classic import group_frames
 
 __all__ = ["PreflightError", "PreflightEstimate", "estimate_run"]
 
@@ -138,9 +139,11 @@ class PreflightEstimate:
             f"output {format_bytes(self.output_bytes)}"
             + (f" ({self.n_mosaics} mosaics)" if self.n_mosaics > 1 else "")
             + f"; scratch: coadd store {format_bytes(self.store_bytes)}, master tiles "
-              f"{format_bytes(self.tiles_bytes)}, stacking {format_bytes(self.stack_scratch_bytes)}",
+              f"{format_bytes(self.tiles_bytes)}, stacking "
+              f"{format_bytes(self.stack_scratch_bytes)}",
             f"disk needed at the peak {format_bytes(self.disk_needed_bytes)}"
-            + (f" (of which {format_bytes(self.reusable_bytes)} already in OUT)" if self.reusable_bytes else ""),
+            + (f" (of which {format_bytes(self.reusable_bytes)} already in OUT)"
+               if self.reusable_bytes else ""),
         ]
         lines += [f"free space at {d.path}: {format_bytes(d.free)}" for d in self.disks]
         lines.append(f"memory: budget {format_bytes(self.memory_budget_bytes)}, the "
@@ -152,7 +155,8 @@ class PreflightEstimate:
         """Why the run cannot start: every exceeded limit, the frames to blame, what to do."""
         text = prefix + "; ".join(self.problems)
         if self.grid_from_header:
-            return text + ". The grid comes from output.wcs_header: use a smaller header or a coarser scale."
+            return text + (". The grid comes from output.wcs_header: use a smaller header or a "
+                           "coarser scale.")
         if self.culprits:
             names = ", ".join(f"{c.name} ({c.distance_deg:.1f} deg from the median position "
                               "of the frames)" for c in self.culprits)
@@ -209,7 +213,8 @@ def _footprints(frames: Sequence[FrameInfo]) -> list[np.ndarray]:
 
 def _grid_of(footprints: Sequence[np.ndarray], config: Config, scale: float,
              rotation: str | None = None) -> OutputGrid:
-    return optimal_grid(footprints, pixel_scale_arcsec=scale, rotation=rotation or config.output.rotation,
+    return optimal_grid(footprints, pixel_scale_arcsec=scale,
+                        rotation=rotation or config.output.rotation,
                         projection=config.output.projection, max_pixels=math.inf)
 
 
@@ -228,8 +233,8 @@ def _distances(footprints: Sequence[np.ndarray]) -> np.ndarray:
     return np.degrees(np.arccos(np.clip(centres @ median, -1.0, 1.0)))
 
 
-def _culprits(frames: Sequence[FrameInfo], footprints: list[np.ndarray], config: Config, scale: float,
-              target_pixels: float) -> tuple[list[Culprit], tuple[int, int] | None]:
+def _culprits(frames: Sequence[FrameInfo], footprints: list[np.ndarray], config: Config,
+              scale: float, target_pixels: float) -> tuple[list[Culprit], tuple[int, int] | None]:
     """The frames farthest from the others whose removal brings the grid to ``target_pixels``.
 
     Frames are removed in order of distance from the median position, the grid recomputed
@@ -243,11 +248,11 @@ def _culprits(frames: Sequence[FrameInfo], footprints: list[np.ndarray], config:
     order = [int(k) for k in np.argsort(-dist, kind="stable")]
     full = _grid_of(footprints, config, scale)
     full_pixels = full.shape[0] * full.shape[1]
-    shape = None
+    shape: tuple[int, int] | None = None
     for n in range(1, min(_MAX_CULPRITS, len(frames) - 1) + 1):
         drop = set(order[:n])
         grid = _grid_of([fp for k, fp in enumerate(footprints) if k not in drop], config, scale)
-        shape = tuple(grid.shape)
+        shape = (int(grid.shape[0]), int(grid.shape[1]))
         if shape[0] * shape[1] <= target_pixels:
             break
     else:
@@ -259,8 +264,6 @@ def _culprits(frames: Sequence[FrameInfo], footprints: list[np.ndarray], config:
 
 def _quiet_groups(frames: Sequence[FrameInfo], config: Config) -> list[list[int]]:
     """The classic clustering, without its log lines (the run logs them when it clusters)."""
-    from skymosaic.stack.classic import group_frames
-
     cluster_log = logging.getLogger("skymosaic.plan")
     disabled, cluster_log.disabled = cluster_log.disabled, True
     try:
@@ -301,8 +304,8 @@ def _grid_mode_figures(frames: Sequence[FrameInfo], grid: OutputGrid, config: Co
     return tiles, memory
 
 
-def estimate_run(frames: Sequence[FrameInfo], grid: OutputGrid, config: Config, *, out: Path | None = None,
-                 mode: str | None = None, n_mosaics: int = 1,
+def estimate_run(frames: Sequence[FrameInfo], grid: OutputGrid, config: Config, *,
+                 out: Path | None = None, mode: str | None = None, n_mosaics: int = 1,
                  groups: Sequence[Sequence[int]] | None = None) -> PreflightEstimate:
     """The pre-flight estimate of a run of ``frames`` onto ``grid`` (see the module docstring).
 
@@ -336,8 +339,9 @@ def estimate_run(frames: Sequence[FrameInfo], grid: OutputGrid, config: Config, 
     c = frames[0].channels
     h, w = grid.shape
     scale = grid.pixel_scale_arcsec
-    output = n_mosaics * (fits_bytes(c, (h, w)) + (_preview_bytes(c, (h, w), config.output.preview_max_size)
-                                                   if config.output.preview else 0))
+    preview = (_preview_bytes(c, (h, w), config.output.preview_max_size)
+               if config.output.preview else 0)
+    output = n_mosaics * (fits_bytes(c, (h, w)) + preview)
     budget = config.memory_budget_bytes
     widest = max(f.width for f in frames)
     if mode == "grid":
@@ -347,8 +351,8 @@ def estimate_run(frames: Sequence[FrameInfo], grid: OutputGrid, config: Config, 
     else:
         renorm = config.photometry.enabled and config.photometry.coverage_renorm and len(frames) > 1
         store = DiskMosaic.nbytes(c, (h, w)) * (2 if renorm else 1)
-        tiles, cube, widest_tile = (_classic_scratch(frames, config, scale, groups) if mode == "classic"
-                                     else (0, 0, 0))
+        tiles, cube, widest_tile = (_classic_scratch(frames, config, scale, groups)
+                                    if mode == "classic" else (0, 0, 0))
         memory = coadd_memory_floor(w, c, max(widest, widest_tile))
         # tiles stay; the cube lives while its tile is stacked, the store while the FITS is written
         peak = tiles + max(cube, store + output)
@@ -356,8 +360,8 @@ def estimate_run(frames: Sequence[FrameInfo], grid: OutputGrid, config: Config, 
     disks: list[Disk] = []
     if out is not None:
         out = Path(out)
-        reusable = _allocated([p for name in ("coadd", "coadd_renorm") for p in (out / name).glob("*.npy")]
-                              + sorted((out / "tiles").glob("*.fits")))
+        stores = [p for name in ("coadd", "coadd_renorm") for p in (out / name).glob("*.npy")]
+        reusable = _allocated(stores + sorted((out / "tiles").glob("*.fits")))
         needs = {out: max(0, peak - reusable)}
         scratch = out / ".scratch"
         if cube and scratch.exists() and _device(scratch) != _device(out):
@@ -401,16 +405,18 @@ def _find_problems(e: PreflightEstimate) -> float:
     target = float(e.pixels)
     if e.pixels > e.max_output_pixels:
         e.problems.append(f"the output grid of {w} x {h} px is {format_count(e.pixels)}px "
-                          f"({e.pixels:,} px), over the limit of {format_count(e.max_output_pixels)}px "
+                          f"({e.pixels:,} px), over the limit of "
+                          f"{format_count(e.max_output_pixels)}px "
                           "(output.max_output_pixels, --max-output-pixels)")
         target = min(target, e.max_output_pixels)
     for d in e.disks:
         if d.needed > d.free:
             e.problems.append(f"the run needs {format_bytes(d.needed)} of disk at {d.path} "
                               f"(output {format_bytes(e.output_bytes)}, coadd store "
-                              f"{format_bytes(e.store_bytes)}, master tiles {format_bytes(e.tiles_bytes)}, "
-                              f"stacking {format_bytes(e.stack_scratch_bytes)}) and {format_bytes(d.free)} "
-                              "is free")
+                              f"{format_bytes(e.store_bytes)}, master tiles "
+                              f"{format_bytes(e.tiles_bytes)}, stacking "
+                              f"{format_bytes(e.stack_scratch_bytes)}) and "
+                              f"{format_bytes(d.free)} is free")
             target = min(target, e.pixels * d.free / max(d.needed, 1))
     if e.mode == "grid":
         total = psutil.virtual_memory().total
@@ -420,9 +426,9 @@ def _find_problems(e: PreflightEstimate) -> float:
                               f"{format_bytes(total)} of RAM")
             target = min(target, e.pixels * total / e.memory_needed_bytes)
         elif e.memory_needed_bytes > e.memory_budget_bytes:
-            logger.warning("[GRID] the %d x %d px canvas is assembled in memory (at least %s), more "
-                           "than the memory budget of %s", w, h, format_bytes(e.memory_needed_bytes),
-                           format_bytes(e.memory_budget_bytes))
+            logger.warning("[GRID] the %d x %d px canvas is assembled in memory (at least %s), "
+                           "more than the memory budget of %s", w, h,
+                           format_bytes(e.memory_needed_bytes), format_bytes(e.memory_budget_bytes))
     elif e.memory_needed_bytes > e.memory_budget_bytes:
         e.problems.append(f"the memory budget of {format_bytes(e.memory_budget_bytes)} "
                           f"(run.memory_budget_mb, --memory-budget) is below the "

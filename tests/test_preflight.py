@@ -329,3 +329,29 @@ def test_run_disk_full_while_writing_then_resume(survey_dir, no_quality, tmp_pat
     assert report["status"] == "ok" and "coadd" in report["resume"]["reused"]
     data = fits.getdata(out / "mosaic.fits")
     assert np.isfinite(data).any()
+
+
+# --- real data -----------------------------------------------------------------------------
+
+
+def test_seestar_m94_and_a_ngc7023_frame(testdata, tmp_path, capsys):
+    """Six M94 frames and one NGC 7023 frame (62.7 deg away), as in issue 16: the run stops
+    before writing, naming the NGC 7023 frame (headers and pixel checks only)."""
+    folder = testdata / "seestar_s50_osc"
+    m94 = sorted((folder / "raw").glob("2_*.fit.gz"))
+    ngc = sorted((folder / "raw").glob("sample_Light_NGC_7023_*.fit.gz"))[:1]
+    if len(m94) != 6 or not ngc:
+        pytest.skip(f"expected the 6 M94 frames and an NGC 7023 frame in {folder / 'raw'}")
+    inputs = tmp_path / "mixed"
+    inputs.mkdir()
+    for p in [*m94, *ngc]:
+        (inputs / p.name).symlink_to(p)
+    out = tmp_path / "out"
+    assert main(["run", str(inputs), "-o", str(out), "--wcs-dir", str(folder / "wcs"),
+                 "--threads", "2"]) == 2
+    err = capsys.readouterr().err
+    assert ngc[0].name in err and "over the limit of 2 Gpx" in err
+    _no_pixels_written(out)
+    pre = json.loads((out / "run.json").read_text())["preflight"]
+    assert pre["pixels"] > 5e9 and [c["name"] for c in pre["culprits"]] == [ngc[0].name]
+    assert pre["culprits"][0]["distance_deg"] > 55

@@ -355,3 +355,32 @@ def test_seestar_m94_and_a_ngc7023_frame(testdata, tmp_path, capsys):
     pre = json.loads((out / "run.json").read_text())["preflight"]
     assert pre["pixels"] > 5e9 and [c["name"] for c in pre["culprits"]] == [ngc[0].name]
     assert pre["culprits"][0]["distance_deg"] > 55
+
+
+def test_run_disk_full_while_stacking_is_not_a_tile_fallback(tmp_path, no_quality, monkeypatch,
+                                                             capsys):
+    """ENOSPC in a master tile's scratch cube stops the run (it is not "coadd the tile's
+    frames one by one")."""
+    frames = write_survey(make_survey(n_x=1, n_y=1, frames_per_pointing=3, frame_shape=(64, 80),
+                                      channels=3, seed=2), tmp_path / "stackme")
+    out = tmp_path / "out"
+    monkeypatch.setattr("os.pwrite", _enospc)
+    assert main(["run", str(frames[0].parent), "-o", str(out), "-c", str(no_quality)]) == 2
+    err = capsys.readouterr().err
+    assert "no space left to write" in err and "_cube.npy" in err
+    report = json.loads((out / "run.json").read_text())
+    assert report["status"].startswith("failed: disk full")
+    assert not (out / "mosaic.fits").exists()
+
+
+def test_grid_mode_far_frame_exit_2(far_dir, no_quality, tmp_path, capsys):
+    plan = tmp_path / "stack_plan.csv"
+    assert main(["plan", str(far_dir), "-o", str(plan)]) == 0
+    out = tmp_path / "out"
+    assert main(["run", str(far_dir), "-o", str(out), "-c", str(no_quality), "--plan",
+                 str(plan)]) == 2
+    err = capsys.readouterr().err
+    assert "pre-flight check failed" in err and "far_0000.fits" in err
+    _no_pixels_written(out)
+    report = json.loads((out / "run.json").read_text())
+    assert report["mode"] == "grid" and report["preflight"]["mode"] == "grid"

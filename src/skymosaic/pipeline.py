@@ -50,6 +50,7 @@ from skymosaic.io._stream import binned_plane, write_mosaic_from_disk, write_pre
 from skymosaic.io._writer import atomic_path, write_json
 from skymosaic.io.stack_plan import PlanRow, write_stack_plan
 from skymosaic.photometry import PhotometryOptions
+from skymosaic.plan import Clustering
 from skymosaic.preflight import PreflightError, PreflightEstimate, estimate_run
 from skymosaic.reproject import OutputGrid, grid_from_header, optimal_grid
 from skymosaic.stack.master import MasterTile
@@ -371,7 +372,7 @@ def _disk_full(run: _Run, err: DiskFullError) -> None:
         logger.error("run.json could not be written either: %s", again)
 
 
-def _clustering(run: _Run, catalog: Catalog):
+def _clustering(run: _Run, catalog: Catalog) -> Clustering:
     """The classic grouping of the frames, reused from the manifest when the catalog and the
     ``[cluster]`` settings are unchanged; computed once per run (the pre-flight check needs
     it first)."""
@@ -645,7 +646,7 @@ class _Run:
         self.backend = select_backend(config.run.use_gpu)  # use_gpu = "on" without a GPU fails here
         self.client = None  # a dask.distributed Client when run.scheduler is set
         self.catalog_fp = ""
-        self.clustering = None  # the classic grouping, once computed (`_clustering`)
+        self.clustering: Clustering | None = None  # the classic grouping (`_clustering`)
         self.diagnostics: dict | None = None  # what the photometry diagnostics plot needs
         self.timings: dict[str, float] = {}
         self.report: dict = {"skymosaic": __version__, "config_digest": config_digest(config),

@@ -95,6 +95,38 @@ def test_usage_errors_exit_2(tmp_path, capsys):
     assert main(["run", str(tmp_path), "-o", str(tmp_path / "o"), "--threads", "two"]) == 2
 
 
+def test_memory_budget_with_units(frames_dir, tmp_path):
+    out = tmp_path / "out"
+    assert main(["run", str(frames_dir), "-o", str(out), "--threads", "1", "--no-preview",
+                 "--memory-budget", "1GiB", "--max-output-pixels", "2G"]) == 0
+    config = load_config(out / "config.toml")
+    assert config.run.memory_budget_mb == 1024 and config.output.max_output_pixels == 2e9
+    report = json.loads((out / "run.json").read_text())
+    assert report["preflight"]["memory_budget_bytes"] == 2**30 and report["preflight"]["ok"]
+    assert main(["run", str(frames_dir), "-o", str(tmp_path / "o2"), "--memory-budget", "4GB",
+                 "--threads", "1", "--no-preview"]) == 0
+    assert load_config(tmp_path / "o2" / "config.toml").memory_budget_bytes == 4 * 10**9
+
+
+def test_bad_memory_budget_exit_2(frames_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["run", str(frames_dir), "-o", str(out), "--memory-budget", "4XB"]) == 2
+    err = capsys.readouterr().err
+    assert "'run.memory_budget_mb' = '4XB'" in err and "GiB" in err
+    assert not out.exists()
+    assert main(["run", str(frames_dir), "-o", str(out), "--max-output-pixels", "many"]) == 2
+    assert "'many'" in capsys.readouterr().err
+
+
+def test_inspect_and_plan_print_the_estimate(frames_dir, tmp_path, capsys):
+    assert main(["inspect", str(frames_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "estimate of a run" in out and "output grid" in out and "disk needed" in out
+    assert main(["plan", str(frames_dir), "-o", str(tmp_path / "plan.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "estimate of a run" in out and "memory: budget" in out
+
+
 def test_internal_error_exit_1(frames_dir, tmp_path, monkeypatch, capsys):
     def boom(*args, **kwargs):
         raise RuntimeError("something broke")

@@ -1,7 +1,8 @@
 """Command line: parse, call the Python API, print a summary. Nothing else lives here.
 
-Exit codes: 0 success; 1 unexpected internal error; 2 bad usage, bad configuration, or
-no usable input.
+Exit codes: 0 success; 1 unexpected internal error; 2 bad usage, bad configuration, no
+usable input, a pre-flight limit exceeded (output pixels, disk space, memory budget), or a
+disk that filled up during the run (a rerun resumes).
 """
 
 from __future__ import annotations
@@ -31,7 +32,14 @@ from rich.text import Text
 from skymosaic._version import __version__
 from skymosaic.config import Config, ConfigError, load_config
 from skymosaic.io.stack_plan import StackPlanError
-from skymosaic.pipeline import NoUsableFramesError, Progress, RunResult, run_pipeline
+from skymosaic.pipeline import (
+    DiskFullError,
+    NoUsableFramesError,
+    PreflightError,
+    Progress,
+    RunResult,
+    run_pipeline,
+)
 
 __all__ = ["app", "main"]
 
@@ -140,10 +148,13 @@ def _run_with_config(inputs: list[str], out: Path, config: Config) -> RunResult:
     try:
         with _bars() as bars:
             return run_pipeline(inputs, out, config, progress=RichProgress(bars))
-    except (NoUsableFramesError, FileNotFoundError, StackPlanError, ConfigError) as err:
+    except (NoUsableFramesError, FileNotFoundError, StackPlanError, ConfigError, PreflightError) as err:
         # ConfigError here: a setting that only fails when the run starts (use_gpu = "on"
-        # without a GPU)
+        # without a GPU); PreflightError: a limit exceeded, before anything was written
         raise _fail(str(err), EXIT_USAGE) from err
+    except DiskFullError as err:
+        raise _fail(f"{err}; the artifacts finished so far are kept in {out} (manifest.json): free "
+                    "some space and rerun the same command to resume", EXIT_USAGE) from err
 
 
 @app.command()
@@ -158,7 +169,11 @@ def run(
     weighting: Annotated[Optional[str], typer.Option(help="uniform | exposure | noise")] = None,
     wcs_dir: Annotated[Optional[list[Path]], typer.Option(help="folder with .wcs sidecars")] = None,
     bayer_pattern: Annotated[Optional[str], typer.Option(help="force RGGB/GRBG/GBRG/BGGR")] = None,
-    memory_budget: Annotated[Optional[float], typer.Option(help="memory budget in MiB")] = None,
+    memory_budget: Annotated[Optional[str], typer.Option(
+        help="memory budget: MiB, or a size with a unit (4GB = 10^9 B, 4GiB = 2^30 B, 800M)")] = None,
+    max_output_pixels: Annotated[Optional[str], typer.Option(
+        help="largest output grid in pixels (default 2e9; '2G', '500M'): the run stops before "
+             "writing when the grid is larger")] = None,
     threads: Annotated[Optional[int], typer.Option(help="worker threads (0 = all cores)")] = None,
     gpu: Annotated[Optional[str], typer.Option(help="auto | on | off: CuPy GPU backend (docs/gpu.md)")] = None,
     no_preview: Annotated[bool, typer.Option("--no-preview", help="skip the PNG preview")] = False,
@@ -184,6 +199,7 @@ def run(
         "coadd.weighting": weighting, "input.wcs_dirs": [str(p) for p in wcs_dir] if wcs_dir else None,
         "input.bayer_pattern": bayer_pattern.upper() if bayer_pattern else None,
         "run.memory_budget_mb": memory_budget, "run.threads": threads,
+        "output.max_output_pixels": max_output_pixels,
         "run.use_gpu": gpu.lower() if gpu else None,
         "output.preview": False if no_preview else None, "run.log_level": log_level,
         "grid.plan": str(plan) if plan else None, "grid.auto_plan": False if no_plan else None,
@@ -197,18 +213,44 @@ def run(
     Console().print(_summary_table(result))
 
 
+def _print_estimate(frames, config: Config) -> None:
+    """The pre-flight estimate of a run of ``frames`` (see `skymosaic.preflight`)."""
+    from skymosaic.pipeline import estimate_frames
+
+    out = Console()
+    try:
+        estimate = estimate_frames(frames, config)
+    except ValueError as err:  # no usable grid (a bad output header, ...)
+        out.print(f"estimate: no output grid: {escape(str(err))}")
+        return
+    out.print("estimate of a run (headers only; `run` also checks the free space of OUT):")
+    for line in estimate.lines():
+        out.print(f"  {escape(line)}")
+    if not estimate.ok:
+        out.print(f"[bold yellow]a run would stop before writing:[/] {escape(estimate.message(prefix=''))}")
+
+
 @app.command()
 def inspect(
     inputs: Annotated[list[str], typer.Argument(help="FITS files, folders or glob patterns")],
     wcs_dir: Annotated[Optional[list[Path]], typer.Option(help="folder with .wcs sidecars")] = None,
+    config_file: Annotated[Optional[Path], typer.Option(
+        "--config", "-c", help="TOML configuration (for the estimate)")] = None,
+    pixel_scale: Annotated[Optional[float], typer.Option(help="output scale in arcsec/px (estimate)")] = None,
+    max_output_pixels: Annotated[Optional[str], typer.Option(help="pixel limit of the estimate")] = None,
 ) -> None:
-    """Print the frame catalog (headers only) as a table."""
+    """Print the frame catalog (headers only) as a table, and the estimate of a run."""
     from skymosaic.io import FrameError, discover_inputs, scan_frame
 
     try:
+        config = load_config(config_file, {"output.pixel_scale_arcsec": pixel_scale,
+                                           "output.max_output_pixels": max_output_pixels})
         paths = discover_inputs(inputs)
+    except ConfigError as err:
+        raise _fail(str(err), EXIT_USAGE) from err
     except FileNotFoundError as err:
         raise _fail(str(err), EXIT_USAGE) from err
+    usable = []
     table = Table(title=f"{len(paths)} file(s)")
     for col in ("file", "kind", "size", "exp (s)", "filter", "date", "WCS", "scale \"/px", "problem"):
         table.add_column(col)
@@ -220,6 +262,8 @@ def inspect(
             n_bad += 1
             table.add_row(p.name, "", "", "", "", "", "", "", str(err))
             continue
+        if f.wcs is not None:
+            usable.append(f)
         wcs = "none" if f.wcs is None else ("sidecar" if f.wcs_source.startswith("sidecar") else "header")
         kind = f"{f.kind} {f.bayer_pattern}" if f.bayer_pattern else f.kind
         table.add_row(
@@ -231,6 +275,10 @@ def inspect(
     Console().print(table)
     if paths and n_bad == len(paths):
         raise typer.Exit(EXIT_USAGE)
+    channels = {f.channels for f in usable}
+    if usable:  # mono and colour frames are not coadded together: estimate the majority
+        keep = max(channels, key=lambda c: (sum(f.channels == c for f in usable), c))
+        _print_estimate([f for f in usable if f.channels == keep], config)
 
 
 @app.command()
@@ -256,6 +304,7 @@ def plan(
         raise _fail(str(err), EXIT_USAGE) from err
     Console().print(f"{sum(len(g) for g in groups)} frame(s) in {len(groups)} group(s) written to "
                     f"[bold]{path}[/]; {len(catalog.rejected)} file(s) left out")
+    _print_estimate(catalog.frames, config)
 
 
 @app.command()

@@ -17,6 +17,8 @@ from typing import Any, Literal
 import psutil
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from skymosaic._space import parse_count, parse_size
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -134,6 +136,15 @@ class OutputConfig(_Section):
     name: str = Field(
         default="mosaic", pattern=r"^[A-Za-z0-9._-]+$", description="base name of the output files"
     )
+    max_output_pixels: float = Field(
+        default=2e9, gt=0, description="largest output grid, pixels (H x W); larger grids stop the "
+        "run before anything is written (pre-flight check, docs/scale.md); a number or '2G', '500M'",
+    )
+
+    @field_validator("max_output_pixels", mode="before")
+    @classmethod
+    def _count(cls, v: Any) -> Any:
+        return parse_count(v) if isinstance(v, str) else v
 
 
 class CoaddConfig(_Section):
@@ -183,7 +194,13 @@ class ClusterConfig(_Section):
 
     min_overlap: float = Field(default=0.5, gt=0, le=1, description="link frames overlapping more than this fraction")
     max_frames: int | None = Field(default=None, ge=2, description="split groups larger than this")
-    max_group_mb: float | None = Field(default=None, gt=0, description="split groups whose frames exceed this size")
+    max_group_mb: float | None = Field(default=None, gt=0, description="split groups whose frames exceed "
+                                       "this size, MiB (or a size with a unit: '2GB', '1.5GiB')")
+
+    @field_validator("max_group_mb", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> Any:
+        return _mib(v)
 
 
 class StackConfig(_Section):
@@ -258,6 +275,21 @@ class PhotometryConfig(_Section):
         return v
 
 
+def _mib(value: Any, *, minimum: float = 0.0) -> Any:
+    """A size with a unit (``"4GB"``, ``"4GiB"``, ``"800M"``) in MiB; other values unchanged
+    (bare numbers are MiB already; pydantic checks their type and range).
+
+    A string below ``minimum`` MiB is refused here, so that the message shows the value as
+    given (``'10MB'``), not its conversion.
+    """
+    if not isinstance(value, str):
+        return value
+    mib = parse_size(value) / 2**20
+    if mib < minimum:
+        raise ValueError(f"{value!r} is {mib:.4g} MiB, below the minimum of {minimum:g} MiB")
+    return mib
+
+
 def _default_budget_mb() -> float:
     return round(0.25 * psutil.virtual_memory().total / 2**20)
 
@@ -266,7 +298,8 @@ class RunConfig(_Section):
     """Resources and logging."""
 
     memory_budget_mb: float = Field(
-        default_factory=_default_budget_mb, ge=64, description="memory budget in MiB (default 25% of RAM)"
+        default_factory=_default_budget_mb, ge=64, description="memory budget in MiB (default 25% of "
+        "RAM), or a size with a unit: '4GB' (10^9 bytes), '4GiB' (2^30), '800M' (10^6)",
     )
     threads: int = Field(default=0, ge=0, description="worker threads, 0 = all cores")
     use_gpu: Literal["auto", "on", "off"] = Field(
@@ -288,6 +321,11 @@ class RunConfig(_Section):
         default=None, ge=1, description="output rows per coadd block (a Dask task); not set: "
         "planned from the memory budget",
     )
+
+    @field_validator("memory_budget_mb", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> Any:
+        return _mib(v, minimum=64)
 
     @field_validator("log_level", mode="before")
     @classmethod

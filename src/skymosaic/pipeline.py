@@ -24,6 +24,7 @@ from astropy.wcs import WCS
 
 from skymosaic._dask import dask_client
 from skymosaic._memory import limit_heap_growth
+from skymosaic._space import DiskFullError
 from skymosaic._manifest import MANIFEST_NAME, Manifest, crash_point, file_signature, fingerprint
 from skymosaic._stats import FrameStats, frame_stats
 from skymosaic._surface import SkySurface
@@ -49,17 +50,22 @@ from skymosaic.io._stream import binned_plane, write_mosaic_from_disk, write_pre
 from skymosaic.io._writer import atomic_path, write_json
 from skymosaic.io.stack_plan import PlanRow, write_stack_plan
 from skymosaic.photometry import PhotometryOptions
+from skymosaic.plan import Clustering
+from skymosaic.preflight import PreflightError, PreflightEstimate, estimate_run
 from skymosaic.reproject import OutputGrid, grid_from_header, optimal_grid
 from skymosaic.stack.master import MasterTile
 from skymosaic.stack.classic import StackedGroups, group_frames, select_by_quality, stack_groups
 from skymosaic.stack.quality import FrameQuality, measure_quality
 
 __all__ = [
+    "DiskFullError",
     "NoUsableFramesError",
     "NullProgress",
+    "PreflightError",
     "Progress",
     "RunResult",
     "build_catalog",
+    "estimate_frames",
     "run_pipeline",
 ]
 
@@ -218,8 +224,18 @@ def choose_grid(frames: Sequence[FrameInfo], config: Config) -> OutputGrid:
         return grid_from_header(config.output.wcs_header)
     scale = config.output.pixel_scale_arcsec or float(np.median([f.pixel_scale_arcsec for f in frames]))
     footprints = [frame_footprint(f.wcs, f.shape[1:], samples=9) for f in frames]
+    # no size limit here: the pre-flight check (`skymosaic.preflight`) judges the size and
+    # names the frames that make the grid large
     return optimal_grid(footprints, pixel_scale_arcsec=scale, rotation=config.output.rotation,
-                        projection=config.output.projection)
+                        projection=config.output.projection, max_pixels=math.inf)
+
+
+def estimate_frames(frames: Sequence[FrameInfo], config: Config) -> PreflightEstimate:
+    """The pre-flight estimate of a run of ``frames`` (headers only; `skymosaic plan` and
+    `skymosaic inspect` print it): the grid `choose_grid` picks, its size, the bytes it
+    writes and the memory it needs, checked against every limit but the free disk space
+    (which a run checks in its output folder)."""
+    return estimate_run(frames, choose_grid(frames, config), config)
 
 
 def frame_weight(info: FrameInfo, stats: FrameStats | None, weighting: str) -> float:
@@ -317,6 +333,12 @@ def run_pipeline(
         When no frame is usable (the report is still written to ``run.json``).
     FileNotFoundError
         When an input does not exist.
+    PreflightError
+        When the output grid, the disk space or the memory budget do not suffice
+        (`skymosaic.preflight`): before any pixel is written.
+    DiskFullError
+        When a write fails for lack of space; the artifacts finished so far stay in
+        ``out_dir`` (a rerun resumes from them).
     """
     config = config or Config()
     progress = progress or Progress()
@@ -333,7 +355,57 @@ def run_pipeline(
                          memory_limit_bytes=config.memory_budget_bytes if local else None,
                          budget_bytes=config.memory_budget_bytes) as client:
             run.client = client
-            return _run_phases(run, inputs)
+            try:
+                return _run_phases(run, inputs)
+            except DiskFullError as err:
+                _disk_full(run, err)
+                raise
+
+
+def _disk_full(run: _Run, err: DiskFullError) -> None:
+    """Log a write that failed for lack of space and record it in run.json, if it fits."""
+    logger.error("%s; the artifacts finished so far are kept in %s (%s): free some space and "
+                 "rerun to resume", err, run.out, MANIFEST_NAME)
+    try:
+        run.finish(f"failed: disk full ({err.path})")
+    except (DiskFullError, OSError) as again:
+        logger.error("run.json could not be written either: %s", again)
+
+
+def _clustering(run: _Run, catalog: Catalog) -> Clustering:
+    """The classic grouping of the frames, reused from the manifest when the catalog and the
+    ``[cluster]`` settings are unchanged; computed once per run (the pre-flight check needs
+    it first)."""
+    if run.clustering is not None:
+        return run.clustering
+    with run.phase("cluster"):
+        cluster_fp = fingerprint("clustering", run.catalog_fp,
+                                 run.config.model_dump(mode="json", include={"cluster"}))
+        clustering = run.manifest.load_pickle("clustering", cluster_fp)
+        if clustering is None:
+            clustering = group_frames(catalog.frames, run.config)
+            run.manifest.store_pickle("clustering", cluster_fp, clustering)
+    run.clustering = clustering
+    return clustering
+
+
+def _preflight(run: _Run, catalog: Catalog, plan: StackPlan | None, grid: OutputGrid) -> None:
+    """Stop before any pixel is written when the run exceeds a limit (`skymosaic.preflight`)."""
+    mode, n_mosaics, groups = None, 1, None
+    if plan is not None:
+        mode, n_mosaics = "grid", max(1, len({row.filter for row in plan.rows}))
+    elif run.config.stack.enabled:
+        groups = _clustering(run, catalog).groups
+    estimate = estimate_run(catalog.frames, grid, run.config, out=run.out, mode=mode,
+                            n_mosaics=n_mosaics, groups=groups)
+    run.report["preflight"] = estimate.to_dict()
+    for line in estimate.lines():
+        logger.info("pre-flight: %s", line)
+    if not estimate.ok:
+        message = estimate.message()
+        logger.error("%s", message)
+        run.finish("failed: pre-flight check")
+        raise PreflightError(message, estimate)
 
 
 def _run_phases(run: _Run, inputs: Sequence[str | os.PathLike]) -> RunResult:
@@ -346,6 +418,7 @@ def _run_phases(run: _Run, inputs: Sequence[str | os.PathLike]) -> RunResult:
         grid = _canonical_grid(choose_grid(catalog.frames, config))
     logger.info("output grid %d x %d px at %.3f arcsec/px", grid.shape[1], grid.shape[0],
                 grid.pixel_scale_arcsec)
+    _preflight(run, catalog, plan, grid)
     scratch = out / ".scratch"
     scratch.mkdir(exist_ok=True)
     if plan is not None:
@@ -575,6 +648,7 @@ class _Run:
         self.backend = select_backend(config.run.use_gpu)  # use_gpu = "on" without a GPU fails here
         self.client = None  # a dask.distributed Client when run.scheduler is set
         self.catalog_fp = ""
+        self.clustering: Clustering | None = None  # the classic grouping (`_clustering`)
         self.diagnostics: dict | None = None  # what the photometry diagnostics plot needs
         self.timings: dict[str, float] = {}
         self.report: dict = {"skymosaic": __version__, "config_digest": config_digest(config),
@@ -610,12 +684,7 @@ def _stack_phase(run: _Run, catalog: Catalog, grid: OutputGrid, opts: CoaddOptio
     (`skymosaic.stack.build_master_tile`) and recorded in the manifest as it is finished.
     """
     config, manifest = run.config, run.manifest
-    with run.phase("cluster"):
-        cluster_fp = fingerprint("clustering", run.catalog_fp, config.model_dump(mode="json", include={"cluster"}))
-        clustering = manifest.load_pickle("clustering", cluster_fp)
-        if clustering is None:
-            clustering = group_frames(catalog.frames, config)
-            manifest.store_pickle("clustering", cluster_fp, clustering)
+    clustering = _clustering(run, catalog)
     logger.info("%d frame(s) in %d group(s)", len(catalog.frames), len(clustering.groups))
     noise = {k: v.noise for k, v in catalog.stats.items()}
     fwhm = {k: q.fwhm for k, q in catalog.quality.items()}

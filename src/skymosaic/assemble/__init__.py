@@ -3,7 +3,9 @@
 from skymosaic.assemble._coadd import (
     CoaddOptions,
     CoaddResult,
+    DiskMosaic,
     coadd,
+    coadd_memory_floor,
     resample_source,
     source_bbox,
 )
@@ -13,9 +15,11 @@ __all__ = [
     "ArraySource",
     "CoaddOptions",
     "CoaddResult",
+    "DiskMosaic",
     "FileSource",
     "ImageSource",
     "coadd",
+    "coadd_memory_floor",
     "resample_source",
     "source_bbox",
 ]

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from skymosaic._space import disk_full_guard, preallocate
 from skymosaic.assemble._sources import ImageSource
 from skymosaic.io._frames import FrameError
 from skymosaic.photometry._linefit import estimate_noise
@@ -54,6 +55,7 @@ __all__ = [
     "DiskMosaic",
     "coadd",
     "coadd_block",
+    "coadd_memory_floor",
     "ordered_window",
     "resample_source",
     "source_bbox",
@@ -125,10 +127,19 @@ class DiskMosaic:
     ``coverage.npy`` (H, W) float32 / uint16 in ``folder``.
 
     The files are memory-mapped only for the rows being written or read and unmapped
-    right after, so the process never keeps more than one block of them resident.
+    right after, so the process never keeps more than one block of them resident. They
+    are preallocated when created: a disk too small for them raises
+    `skymosaic._space.DiskFullError` then, instead of a SIGBUS at the first block that
+    does not fit.
     """
 
     NAMES = ("data", "weight", "coverage")
+
+    @staticmethod
+    def nbytes(channels: int, shape: tuple[int, int]) -> int:
+        """Bytes on disk of a ``channels`` x ``shape`` store (without the small .npy headers)."""
+        h, w = shape
+        return h * w * (_OUT_BYTES_PER_CHANNEL * channels + _OUT_BYTES_PER_PIXEL)
 
     def __init__(self, folder: str | os.PathLike) -> None:
         self.folder = Path(folder)
@@ -141,8 +152,10 @@ class DiskMosaic:
         h, w = shape
         for name, dtype, full in (("data", np.float32, (channels, h, w)), ("weight", np.float32, (h, w)),
                                   ("coverage", np.uint16, (h, w))):
-            arr = np.lib.format.open_memmap(store.path(name), mode="w+", dtype=dtype, shape=full)
-            del arr
+            with disk_full_guard(store.path(name)):
+                arr = np.lib.format.open_memmap(store.path(name), mode="w+", dtype=dtype, shape=full)
+                del arr
+            preallocate(store.path(name))
         return store
 
     def path(self, name: str) -> Path:
@@ -165,10 +178,11 @@ class DiskMosaic:
         """Write output rows ``[y0, y0 + len)`` and flush them to disk."""
         y1 = y0 + weight.shape[0]
         for name, block in (("data", data), ("weight", weight), ("coverage", coverage)):
-            arr = self.open(name, "r+")
-            arr[..., y0:y1, :] = block
-            arr.flush()
-            del arr
+            with disk_full_guard(self.path(name)):
+                arr = self.open(name, "r+")
+                arr[..., y0:y1, :] = block
+                arr.flush()
+                del arr
 
     def read_rows(self, name: str, y0: int, y1: int) -> np.ndarray:
         """A copy of rows ``[y0, y1)`` of ``name``."""
@@ -245,6 +259,20 @@ def _task_bytes(sources: Sequence[ImageSource]) -> int:
     """Peak temporaries of one resampling task (the largest source)."""
     largest = max((s.shape[0] * s.shape[1] * s.shape[2] for s in sources), default=0)
     return largest * 4 * _TASK_FACTOR
+
+
+def coadd_memory_floor(width: int, channels: int, source_width: int, *,
+                       min_block_rows: int = CoaddOptions.min_block_rows) -> int:
+    """The least memory (bytes) a coadd onto a ``width`` px wide grid needs, output on disk.
+
+    One block of ``min_block_rows`` rows (the smallest `_plan_blocks` falls back to) and one
+    thread, i.e. two resampling tasks in flight (`ordered_window`), each over a cutout of
+    as many rows of the widest source (``source_width`` px, ``channels`` planes). A task
+    reads only the part of its source that maps into the block, so this is a floor, not
+    the budget the block planner aims at: below it no block layout fits.
+    """
+    block = min_block_rows * width * (channels * _BLOCK_BYTES_PER_CHANNEL + _BLOCK_BYTES_PER_PIXEL)
+    return block + 2 * min_block_rows * source_width * channels * 4 * _TASK_FACTOR
 
 
 def _plan_blocks(grid: OutputGrid, channels: int, sources: Sequence[ImageSource], opts: CoaddOptions,

@@ -19,6 +19,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
+from skymosaic._space import DiskFullError, is_disk_full
 from skymosaic._version import __version__
 
 __all__ = [
@@ -36,11 +37,18 @@ __all__ = [
 def atomic_path(path: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success move it over ``path``.
 
-    On any exception the temporary file is removed and ``path`` is untouched.
+    On any exception the temporary file is removed and ``path`` is untouched. A write
+    that fails because the disk is full raises `skymosaic._space.DiskFullError` naming
+    ``path``.
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix or ".tmp", dir=final.parent)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix or ".tmp", dir=final.parent)
+    except OSError as err:
+        if is_disk_full(err):
+            raise DiskFullError(final, err) from err
+        raise
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -50,6 +58,10 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
         os.umask(umask)
         os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, final)
+    except OSError as err:
+        if is_disk_full(err):
+            raise DiskFullError(final, err) from err
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from skymosaic._space import disk_full_guard
 from skymosaic._version import __version__
 from skymosaic.assemble._coadd import CoaddOptions, ordered_window, resample_source, source_bbox
 from skymosaic.assemble._sources import FileSource
@@ -206,8 +207,9 @@ class NpyReader:
     @classmethod
     def create(cls, path: str | os.PathLike, shape: tuple[int, ...], dtype) -> NpyReader:
         """A new file of ``shape`` (sparse: no data written yet)."""
-        mapped = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
-        del mapped
+        with disk_full_guard(path):
+            mapped = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+            del mapped
         return cls(path)
 
     def write_frame(self, k: int, block: np.ndarray, *, channel: int | None = None) -> None:
@@ -220,7 +222,7 @@ class NpyReader:
                              f"a file shaped {self.shape}")
         flat = int(np.ravel_multi_index(index, self.shape[: len(index)]))
         view, position = memoryview(block).cast("B"), self.offset + flat * block.nbytes
-        with open(self.path, "r+b") as fh:
+        with disk_full_guard(self.path), open(self.path, "r+b") as fh:
             while view:  # a pwrite may write fewer bytes than asked
                 done = os.pwrite(fh.fileno(), view, position)
                 view, position = view[done:], position + done

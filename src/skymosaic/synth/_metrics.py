@@ -386,8 +386,8 @@ def star_flux_scatter(
     ``max_stars``, are measured with the same circular aperture (radius
     ``aperture_arcsec``, default 1.5 FWHM) and local annulus (2.5-4 FWHM) in the mosaic
     and in the truth rendered exactly on the mosaic grid, so aperture losses cancel. Stars
-    with a missing pixel in the aperture are dropped. With ``ratio = f_mosaic / f_truth``
-    and ``s = median(ratio)`` (the global scale), the result is
+    with a missing pixel in the aperture or the annulus's box are dropped. With
+    ``ratio = f_mosaic / f_truth`` and ``s = median(ratio)`` (the global scale), the result is
     ``1.4826 * median(|ratio / s - 1|)``.
 
     Parameters
@@ -420,11 +420,12 @@ def star_flux_scatter(
     if not r_ap > 0:
         raise ValueError(f"aperture_arcsec must be > 0, got {aperture_arcsec!r}")
     r_in, r_out = max(2.5 * fwhm / scale, r_ap + 1.0), max(4.0 * fwhm / scale, r_ap + 3.0)
-    idx, x, y = _star_candidates(
+    _, x, y = _star_candidates(
         cw, (h, w), truth, channel=channel, r_out_px=r_out,
         isolation_arcsec=r_out * scale + fwhm, min_flux=min_flux, max_flux=max_flux,
     )
-    idx, x, y = idx[: 2 * max_stars], x[: 2 * max_stars], y[: 2 * max_stars]
+    x, y = _annulus_covered(m[channel], x, y, r_out)
+    x, y = x[: 2 * max_stars], y[: 2 * max_stars]
     if truth_image is None:
         truth_image = truth.render(cw, (h, w), channels=m.shape[0])
     t = _as_chw(truth_image, "truth_image")
@@ -440,6 +441,22 @@ def star_flux_scatter(
     s = float(np.median(ratio))
     logger.debug("star_flux_scatter: %d stars, global scale %.4f", ratio.size, s)
     return _MAD_TO_SIGMA * float(np.median(np.abs(ratio / s - 1.0)))
+
+
+def _annulus_covered(img: np.ndarray, x: np.ndarray, y: np.ndarray, r_out: float):
+    """Positions whose box of half-side ``r_out`` has no NaN pixel.
+
+    sep refuses a whole call if one object's annulus has no valid pixel (a star next to a
+    NaN corner inside the mosaic's bounding box), so such stars are dropped beforehand.
+    """
+    h, w = img.shape
+    r = math.ceil(r_out) + 1
+    keep = np.zeros(x.size, dtype=bool)
+    for k, (xk, yk) in enumerate(zip(x, y, strict=True)):
+        ix, iy = round(float(xk)), round(float(yk))
+        box = img[max(0, iy - r): min(h, iy + r + 1), max(0, ix - r): min(w, ix + r + 1)]
+        keep[k] = bool(np.isfinite(box).all())
+    return x[keep], y[keep]
 
 
 def _aperture(img: np.ndarray, x, y, *, radii: tuple[float, float, float]):

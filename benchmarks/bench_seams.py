@@ -229,8 +229,11 @@ def _run_swarp(frames: Path, work: Path, grid: Path, out: Path, threads: int) ->
         })
         images = [str(p) for p in sorted(d.glob("*.fits")) if not p.name.endswith(".weight.fits")]
         _sh(["SWarp", *images, "-c", str(conf)], cwd=work)
-        with fits.open(name) as hdul:
-            planes.append(np.asarray(hdul[0].data, dtype=np.float32))
+        with fits.open(name) as hdul, fits.open(work / f"coadd_{c}.weight.fits") as whdul:
+            plane = np.asarray(hdul[0].data, dtype=np.float32)
+            # SWarp writes 0, not NaN, where no input lands (BLANK_BADPIXELS or not)
+            plane[~(np.asarray(whdul[0].data) > 0)] = np.nan
+            planes.append(plane)
         for p in work.glob("*.resamp*.fits"):
             p.unlink()
     _stack_planes(planes, header, out)

@@ -1,9 +1,12 @@
 """Synthetic surveys with a known truth, and mosaic quality metrics."""
 
 from skymosaic.synth._metrics import (
+    BorderSteps,
+    border_step_ratio,
     coverage_fraction,
     fit_affine,
     frame_border_mask,
+    large_scale_residual,
     residual_map,
     residual_rms,
     seam_score,
@@ -19,13 +22,16 @@ from skymosaic.synth._survey import Survey, SynthFrame, make_survey, write_surve
 
 __all__ = [
     "SEESTAR_PIXEL_SCALE_ARCSEC",
+    "BorderSteps",
     "Survey",
     "SynthFrame",
     "TruthSky",
+    "border_step_ratio",
     "celestial_wcs",
     "coverage_fraction",
     "fit_affine",
     "frame_border_mask",
+    "large_scale_residual",
     "make_seestar_frames",
     "make_survey",
     "make_truth_sky",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
@@ -22,9 +23,12 @@ from scipy.spatial import cKDTree
 from skymosaic.synth._sky import TruthSky, _tan_project
 
 __all__ = [
+    "BorderSteps",
+    "border_step_ratio",
     "coverage_fraction",
     "fit_affine",
     "frame_border_mask",
+    "large_scale_residual",
     "residual_map",
     "residual_rms",
     "seam_score",
@@ -382,8 +386,8 @@ def star_flux_scatter(
     ``max_stars``, are measured with the same circular aperture (radius
     ``aperture_arcsec``, default 1.5 FWHM) and local annulus (2.5-4 FWHM) in the mosaic
     and in the truth rendered exactly on the mosaic grid, so aperture losses cancel. Stars
-    with a missing pixel in the aperture are dropped. With ``ratio = f_mosaic / f_truth``
-    and ``s = median(ratio)`` (the global scale), the result is
+    with a missing pixel in the aperture or the annulus's box are dropped. With
+    ``ratio = f_mosaic / f_truth`` and ``s = median(ratio)`` (the global scale), the result is
     ``1.4826 * median(|ratio / s - 1|)``.
 
     Parameters
@@ -416,11 +420,12 @@ def star_flux_scatter(
     if not r_ap > 0:
         raise ValueError(f"aperture_arcsec must be > 0, got {aperture_arcsec!r}")
     r_in, r_out = max(2.5 * fwhm / scale, r_ap + 1.0), max(4.0 * fwhm / scale, r_ap + 3.0)
-    idx, x, y = _star_candidates(
+    _, x, y = _star_candidates(
         cw, (h, w), truth, channel=channel, r_out_px=r_out,
         isolation_arcsec=r_out * scale + fwhm, min_flux=min_flux, max_flux=max_flux,
     )
-    idx, x, y = idx[: 2 * max_stars], x[: 2 * max_stars], y[: 2 * max_stars]
+    x, y = _annulus_covered(m[channel], x, y, r_out)
+    x, y = x[: 2 * max_stars], y[: 2 * max_stars]
     if truth_image is None:
         truth_image = truth.render(cw, (h, w), channels=m.shape[0])
     t = _as_chw(truth_image, "truth_image")
@@ -438,6 +443,22 @@ def star_flux_scatter(
     return _MAD_TO_SIGMA * float(np.median(np.abs(ratio / s - 1.0)))
 
 
+def _annulus_covered(img: np.ndarray, x: np.ndarray, y: np.ndarray, r_out: float):
+    """Positions whose box of half-side ``r_out`` has no NaN pixel.
+
+    sep refuses a whole call if one object's annulus has no valid pixel (a star next to a
+    NaN corner inside the mosaic's bounding box), so such stars are dropped beforehand.
+    """
+    h, w = img.shape
+    r = math.ceil(r_out) + 1
+    keep = np.zeros(x.size, dtype=bool)
+    for k, (xk, yk) in enumerate(zip(x, y, strict=True)):
+        ix, iy = round(float(xk)), round(float(yk))
+        box = img[max(0, iy - r): min(h, iy + r + 1), max(0, ix - r): min(w, ix + r + 1)]
+        keep[k] = bool(np.isfinite(box).all())
+    return x[keep], y[keep]
+
+
 def _aperture(img: np.ndarray, x, y, *, radii: tuple[float, float, float]):
     """sep circular aperture sums with annulus background; returns (flux, has_masked).
 
@@ -449,3 +470,377 @@ def _aperture(img: np.ndarray, x, y, *, radii: tuple[float, float, float]):
     flux, _, flags = sep.sum_circle(data, x, y, r_ap, mask=invalid, bkgann=(r_in, r_out),
                                     subpix=5)
     return np.asarray(flux), (np.asarray(flags) & sep.APER_HASMASKED) != 0
+
+
+# -- border steps and large-scale residual ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BorderSteps:
+    """Result of `border_step_ratio`.
+
+    Attributes
+    ----------
+    border : float
+        Mean step across the footprint edges (residual units, e.g. ADU).
+    control : float
+        Mean of the same statistic across the control lines inside the footprints.
+    ratio : float
+        ``border / control`` (1 = seamless); NaN if either has no segment.
+    n_border, n_control : int
+        Segments (times channels) that entered each mean.
+    frame_steps : tuple of float
+        Mean border step of each input's own edges, in input order (NaN: no usable segment).
+    """
+
+    border: float
+    control: float
+    ratio: float
+    n_border: int
+    n_control: int
+    frame_steps: tuple[float, ...] = field(default=())
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain-type dict (JSON-ready)."""
+        return {"border": self.border, "control": self.control, "ratio": self.ratio,
+                "n_border": self.n_border, "n_control": self.n_control,
+                "frame_steps": list(self.frame_steps)}
+
+
+@dataclass(frozen=True)
+class _EdgeBands:
+    """Band pixels of one input's edge, in a window ``(y0, y1, x0, x1)`` of the mosaic.
+
+    Each label array is int32 over the window: segment number + 1 inside the band, 0 elsewhere.
+    """
+
+    window: tuple[int, int, int, int]
+    n_seg: int
+    border_in: np.ndarray
+    border_out: np.ndarray
+    control_in: np.ndarray
+    control_out: np.ndarray
+
+
+def _edge_bands(item: Any, out_wcs: WCS, shape: tuple[int, int], *, band: int, segment: int,
+                control_inset: int) -> _EdgeBands | None:
+    """Segment-labelled bands either side of one input's footprint edge and control line.
+
+    The outline is projected onto the mosaic grid, cut into pieces of ``segment`` px of
+    arc length; every pixel takes the segment of its nearest outline pixel, its side from
+    the filled footprint polygon and its depth from the distance to the outline. Pixels on
+    the outline itself (distance < 1) belong to no band.
+    """
+    h, w = shape
+    wcs, outlines = _frame_outline(item)
+    polys = []
+    for line in outlines:
+        world = wcs.celestial.pixel_to_world_values(line[:, 0], line[:, 1])
+        x, y = out_wcs.celestial.world_to_pixel_values(*world)
+        pts = np.column_stack([x, y])
+        pts = pts[np.all(np.isfinite(pts), axis=1)]
+        if len(pts) >= 3:
+            polys.append(_densify(pts, step=0.5))
+    if not polys:
+        return None
+    allp = np.concatenate(polys)
+    pad = control_inset + band + 2
+    x0 = max(0, math.floor(allp[:, 0].min()) - pad)
+    x1 = min(w, math.ceil(allp[:, 0].max()) + pad + 1)
+    y0 = max(0, math.floor(allp[:, 1].min()) - pad)
+    y1 = min(h, math.ceil(allp[:, 1].max()) + pad + 1)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    wh, ww = y1 - y0, x1 - x0
+    inside = np.zeros((wh, ww), dtype=np.uint8)
+    labels = np.zeros((wh, ww), dtype=np.int32)
+    shift = 4  # cv2 fixed-point: coordinates in 1/16 pixel
+    n_seg = 0
+    for pts in polys:
+        local = pts - (x0, y0)
+        lim = 4.0 * (wh + ww)
+        fixed = np.rint(np.clip(local, -lim, lim) * (1 << shift)).astype(np.int32)
+        cv2.fillPoly(inside, [fixed], 1, shift=shift)
+        arc = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(local, axis=0).T))])
+        seg = n_seg + (arc // segment).astype(np.int32)
+        n_seg = int(seg.max()) + 1
+        ix, iy = np.rint(local[:, 0]).astype(np.int64), np.rint(local[:, 1]).astype(np.int64)
+        ok = (ix >= 0) & (ix < ww) & (iy >= 0) & (iy < wh)
+        labels[iy[ok], ix[ok]] = seg[ok] + 1
+    if not labels.any():
+        return None
+    dist, (ny, nx) = ndimage.distance_transform_edt(labels == 0, return_indices=True)
+    near = labels[ny, nx]
+    del ny, nx
+    ins = inside.astype(bool)
+
+    def lab(sel: np.ndarray) -> np.ndarray:
+        return np.where(sel, near, 0).astype(np.int32)
+
+    return _EdgeBands(
+        window=(y0, y1, x0, x1), n_seg=n_seg,
+        border_in=lab(ins & (dist >= 1) & (dist <= band)),
+        border_out=lab(~ins & (dist >= 1) & (dist <= band)),
+        control_in=lab(ins & (dist > control_inset) & (dist <= control_inset + band)),
+        control_out=lab(ins & (dist >= max(1, control_inset - band)) & (dist <= control_inset)),
+    )
+
+
+def _band_steps(res: np.ndarray, usable: np.ndarray, lab_in: np.ndarray, lab_out: np.ndarray,
+                *, n_seg: int, need: float, min_pixels: int) -> np.ndarray:
+    """|median(inside) - median(outside)| per segment; NaN where a band is not usable.
+
+    A band is usable when it has at least ``need`` pixels in the window, 90 % of them are
+    finite in the residual, and ``min_pixels`` of them are ``usable`` (finite, not masked).
+    """
+    finite = np.isfinite(res)
+    idx = np.arange(1, n_seg + 1)
+    meds = []
+    ok = np.ones(n_seg, dtype=bool)
+    for lab in (lab_in, lab_out):
+        total = np.bincount(lab.ravel(), minlength=n_seg + 1)[1:]
+        fin = np.bincount(lab[finite], minlength=n_seg + 1)[1:]
+        use_lab = np.where(usable, lab, 0)
+        n_use = np.bincount(use_lab.ravel(), minlength=n_seg + 1)[1:]
+        ok &= (total >= need) & (fin >= 0.9 * total) & (n_use >= min_pixels)
+        if not ok.any():
+            return np.full(n_seg, np.nan)
+        vals = np.where(usable, res, 0.0)
+        meds.append(np.asarray(ndimage.median(vals, use_lab, idx), dtype=np.float64))
+    step = np.abs(meds[0] - meds[1])
+    step[~ok] = np.nan
+    return step
+
+
+def _noise_from_differences(res: np.ndarray) -> float:
+    """Pixel noise of a residual from horizontal neighbour differences (robust, pooled)."""
+    d = (res[:, ::4, 1:] - res[:, ::4, :-1]).ravel()
+    d = d[np.isfinite(d)].astype(np.float64)
+    if d.size == 0:
+        raise ValueError("no pair of neighbouring valid pixels to estimate the noise from")
+    return _MAD_TO_SIGMA * float(np.median(np.abs(d - np.median(d)))) / math.sqrt(2.0)
+
+
+def _star_mask(truth: np.ndarray, scale: np.ndarray, threshold: float, grow: int) -> np.ndarray:
+    """Pixels where ``scale * (truth - smooth(truth))`` exceeds ``threshold``, grown ``grow`` px.
+
+    The local background is the truth smoothed with a Gaussian of sigma 8 px, so compact
+    sources (stars, galaxy cores) are masked and smooth nebulosity is not.
+    """
+    out = np.zeros(truth.shape[1:], dtype=bool)
+    for c in range(truth.shape[0]):
+        t = np.nan_to_num(truth[c], nan=float(np.nanmedian(truth[c])))
+        excess = (t - ndimage.gaussian_filter(t, 8.0)) * float(abs(scale[c]))
+        out |= excess > threshold
+    if grow > 0 and out.any():
+        out = ndimage.binary_dilation(out, iterations=grow)
+    return out
+
+
+def border_step_ratio(
+    mosaic: Any,
+    truth: Any,
+    frames_or_outlines: Sequence[Any],
+    wcs: WCS,
+    *,
+    band: int = 8,
+    segment: int = 64,
+    control_inset: int = 24,
+    source_sigma: float | None = 3.0,
+    noise_sigma: float | None = None,
+    source_grow: int = 3,
+    mask: Any = None,
+) -> BorderSteps:
+    """Mean sky step across the inputs' footprint edges over the same step inside them.
+
+    Definition: ``r`` = `residual_map` (mosaic minus ``scale * truth + offset``, one fit
+    per channel). Each input's footprint edge (its outline projected onto the mosaic grid,
+    as in `frame_border_mask`) is cut into pieces of ``segment`` px; per piece and channel,
+    ``step = |median(r) in the band of depth band px just inside the footprint - median(r)
+    in the band just outside|``. A piece counts only where both bands lie in the mosaic's
+    valid area (90 % finite) with at least ``segment * band / 8`` usable pixels each. The
+    control is the same statistic across the line ``control_inset`` px inside each
+    footprint (bands of depth ``band`` either side of it), where no edge of that input
+    lies. ``ratio = mean(border steps) / mean(control steps)``: 1 = seamless (a perfect
+    correction scores a little above 1, the noise of the medians being the same on both
+    sides); a step of ``s`` along every edge adds about ``s`` to the border mean.
+
+    Parameters
+    ----------
+    mosaic, truth : array (C, H, W) or (H, W)
+        The truth rendered on the mosaic grid; a single-channel truth serves every channel.
+    frames_or_outlines : sequence
+        The inputs, as `frame_border_mask` takes them: ``(wcs, (H, W))``,
+        ``(wcs, valid_mask)`` or objects with ``.wcs`` and ``.data``.
+    wcs : astropy.wcs.WCS
+        Mosaic WCS.
+    band, segment, control_inset : int
+        Band depth, segment length and control-line depth, in mosaic pixels.
+    source_sigma : float or None
+        Pixels where the fitted truth exceeds its local background (Gaussian sigma 8 px)
+        by more than ``source_sigma * noise_sigma`` are left out of the medians (stars and
+        galaxy cores; smooth nebulosity stays in), grown by ``source_grow`` px. None: no
+        source mask.
+    noise_sigma : float or None
+        Pixel noise of the mosaic; default: estimated from neighbour differences of ``r``.
+    source_grow : int
+        Dilation of the source mask, in pixels (>= 0).
+    mask : bool (H, W), optional
+        True = exclude from the fit and from the bands.
+
+    Returns
+    -------
+    BorderSteps
+
+    Raises
+    ------
+    ValueError
+        On invalid sizes or shapes (checked before any work).
+
+    Examples
+    --------
+    >>> from skymosaic.synth import make_survey
+    >>> s = make_survey(n_x=2, n_y=1, frame_shape=(96, 96), seed=1)
+    >>> wcs, shape = s.mosaic_grid()
+    >>> truth = s.truth.render(wcs, shape)
+    >>> rng = np.random.default_rng(0)
+    >>> mosaic = 2.0 * truth + 10.0 + rng.normal(0.0, 1.0, truth.shape)
+    >>> res = border_step_ratio(mosaic, truth, s.frames, wcs, segment=32)
+    >>> 0.5 < res.ratio < 2.0
+    True
+    """
+    for name, val, low in (("band", band, 1), ("segment", segment, 2),
+                           ("control_inset", control_inset, 1), ("source_grow", source_grow, 0)):
+        if int(val) != val or val < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {val!r}")
+    if control_inset <= band:
+        raise ValueError(f"control_inset ({control_inset}) must exceed band ({band}): the "
+                         "control bands would touch the edge")
+    if source_sigma is not None and not source_sigma > 0:
+        raise ValueError(f"source_sigma must be > 0 or None, got {source_sigma!r}")
+    if noise_sigma is not None and not noise_sigma > 0:
+        raise ValueError(f"noise_sigma must be > 0 or None, got {noise_sigma!r}")
+    m, t, _ = _pair(mosaic, truth, mask)
+    res = residual_map(m, t, mask=mask)
+    usable = np.isfinite(res)
+    if source_sigma is not None:
+        noise = _noise_from_differences(res) if noise_sigma is None else float(noise_sigma)
+        scale, _ = fit_affine(m, t, mask=mask)
+        usable &= ~_star_mask(t, scale, source_sigma * noise, source_grow)[None]
+    shape = (int(m.shape[1]), int(m.shape[2]))
+    need = 0.5 * segment * band
+    min_pixels = max(4, segment * band // 8)
+    border, control, per_frame = [], [], []
+    for item in frames_or_outlines:
+        eb = _edge_bands(item, wcs, shape, band=band, segment=segment,
+                         control_inset=control_inset)
+        if eb is None:
+            per_frame.append(math.nan)
+            continue
+        y0, y1, x0, x1 = eb.window
+        mine = []
+        for c in range(res.shape[0]):
+            rc, uc = res[c, y0:y1, x0:x1], usable[c, y0:y1, x0:x1]
+            kw = {"n_seg": eb.n_seg, "need": need, "min_pixels": min_pixels}
+            b = _band_steps(rc, uc, eb.border_in, eb.border_out, **kw)
+            k = _band_steps(rc, uc, eb.control_in, eb.control_out, **kw)
+            mine.append(b[np.isfinite(b)])
+            control.append(k[np.isfinite(k)])
+        mine_all = np.concatenate(mine)
+        border.append(mine_all)
+        per_frame.append(float(mine_all.mean()) if mine_all.size else math.nan)
+    b_all = np.concatenate(border) if border else np.zeros(0)
+    c_all = np.concatenate(control) if control else np.zeros(0)
+    b_mean = float(b_all.mean()) if b_all.size else math.nan
+    c_mean = float(c_all.mean()) if c_all.size else math.nan
+    ratio = b_mean / c_mean if b_all.size and c_all.size and c_mean > 0 else math.nan
+    logger.debug("border_step_ratio: %d border, %d control segments", b_all.size, c_all.size)
+    return BorderSteps(border=b_mean, control=c_mean, ratio=ratio, n_border=int(b_all.size),
+                       n_control=int(c_all.size), frame_steps=tuple(per_frame))
+
+
+def _quadratic_design(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return np.column_stack([np.ones_like(x), x, y, x * x, x * y, y * y])
+
+
+def large_scale_residual(
+    mosaic: Any,
+    truth: Any,
+    *,
+    block: int = 32,
+    remove_quadratic: bool = False,
+    mask: Any = None,
+    min_valid: float = 0.5,
+) -> float:
+    """RMS of block medians of the residual, in units of the truth's robust sigma.
+
+    Definition: ``r`` = `residual_map` (mosaic minus ``scale * truth + offset``, one fit
+    per channel); the mosaic is cut into ``block`` x ``block`` px blocks (a partial last
+    row and column of blocks dropped); blocks with at least ``min_valid`` of their pixels
+    finite give ``median(r)``. With ``remove_quadratic``, the least-squares quadratic
+    surface in output pixel coordinates (6 terms) is first subtracted from the block
+    medians: what remains cannot be a sky surface common to all inputs. The result is
+    ``sqrt(mean(median**2))`` divided by ``scale * 1.4826 * MAD(truth)`` over the valid
+    pixels, per channel, then the root mean square over channels.
+
+    Parameters
+    ----------
+    mosaic, truth : array (C, H, W) or (H, W)
+    block : int
+        Block side in pixels (>= 2).
+    remove_quadratic : bool
+        Remove the best-fitting global quadratic surface first.
+    mask : bool (H, W), optional
+        True = exclude from the fit and the medians.
+    min_valid : float
+        Smallest valid fraction of a block, in (0, 1].
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    ValueError
+        On invalid arguments, a constant truth, or too few valid blocks (1, or 6 with
+        ``remove_quadratic``).
+
+    Examples
+    --------
+    >>> yy, xx = np.mgrid[0:128, 0:128]
+    >>> truth = np.sin(xx / 9.0) + np.cos(yy / 7.0)
+    >>> large_scale_residual(3.0 * truth + 1.0, truth) < 1e-6
+    True
+    """
+    if int(block) != block or block < 2:
+        raise ValueError(f"block must be an integer >= 2, got {block!r}")
+    if not 0 < min_valid <= 1:
+        raise ValueError(f"min_valid must be in (0, 1], got {min_valid!r}")
+    m, t, valid = _pair(mosaic, truth, mask)
+    res = residual_map(m, t, mask=mask)
+    scale, _ = fit_affine(m, t, mask=mask)
+    _, h, w = res.shape
+    nby, nbx = h // block, w // block
+    if nby * nbx == 0:
+        raise ValueError(f"image {h}x{w} is smaller than one block of {block} px")
+    yc, xc = np.mgrid[0:nby, 0:nbx].astype(np.float64)
+    yc, xc = (yc + 0.5) * block / max(h, 1), (xc + 0.5) * block / max(w, 1)
+    sq = []
+    for c in range(res.shape[0]):
+        tv = t[c][valid[c]].astype(np.float64)
+        sigma = _MAD_TO_SIGMA * float(np.median(np.abs(tv - np.median(tv)))) * abs(scale[c])
+        if not sigma > 0:
+            raise ValueError(f"channel {c}: the truth has zero robust sigma")
+        blocks = res[c, : nby * block, : nbx * block].reshape(nby, block, nbx, block)
+        blocks = blocks.transpose(0, 2, 1, 3).reshape(nby, nbx, block * block)
+        frac = np.isfinite(blocks).mean(axis=2)
+        good = frac >= min_valid
+        if good.sum() < (6 if remove_quadratic else 1):
+            raise ValueError(f"channel {c}: only {int(good.sum())} valid block(s)")
+        med = np.nanmedian(blocks[good], axis=1).astype(np.float64)
+        if remove_quadratic:
+            design = _quadratic_design(xc[good], yc[good])
+            coef = np.linalg.lstsq(design, med, rcond=None)[0]
+            med = med - design @ coef
+        sq.append(float(np.mean(med**2)) / sigma**2)
+    return math.sqrt(float(np.mean(sq)))

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from scipy import ndimage
 
 from skymosaic._tiles import PlacedTile
 from skymosaic.photometry._linefit import (
@@ -27,6 +26,7 @@ from skymosaic.photometry._linefit import (
     estimate_noise,
     fit_linear_relation,
 )
+from skymosaic.photometry._masks import grow_mask, valid_mask
 from skymosaic.photometry._stars import (
     ApertureGain,
     _detect,
@@ -79,19 +79,26 @@ def detrend(image: np.ndarray, valid: np.ndarray, order: int = 1) -> np.ndarray:
     the relation: its bias depends on the noise.)
     """
     img = np.asarray(image, dtype=np.float64)
-    yy, xx = np.nonzero(valid)
-    if yy.size < 10:
-        return np.where(valid, img - (np.nanmedian(img[valid]) if yy.size else 0.0), np.nan)
+    ok = np.asarray(valid, dtype=bool)
+    n_valid = int(np.count_nonzero(ok))
+    if n_valid < 10:
+        return np.where(ok, img - (np.median(img[ok]) if n_valid else 0.0), np.nan)
     h, w = img.shape
-    u, v = (xx - 0.5 * w) / max(w, 1), (yy - 0.5 * h) / max(h, 1)
-    cols = [np.ones_like(u)]
-    for k in range(1, order + 1):
-        cols += [u ** (k - j) * v**j for j in range(k + 1)]
-    design = np.stack(cols, axis=1)
-    coef, *_ = np.linalg.lstsq(design, img[yy, xx], rcond=None)
-    out = np.full(img.shape, np.nan)
-    out[yy, xx] = img[yy, xx] - design @ coef
-    return out
+    u, v = (np.arange(w) - 0.5 * w) / max(w, 1), (np.arange(h) - 0.5 * h) / max(h, 1)
+    terms = [(k - j, j) for k in range(order + 1) for j in range(k + 1)]  # u^a v^b
+    # The normal equations from moments: sum over valid pixels of u^a v^b (and of
+    # image * u^a v^b) is Vpow^T @ mask @ Upow, one pass over the image; u and v lie in
+    # [-0.5, 0.5], so the (at most 10 x 10) system is well conditioned.
+    upow = u[:, None] ** np.arange(2 * order + 1)  # (w, 2 order + 1)
+    vpow = v[:, None] ** np.arange(2 * order + 1)
+    masked = np.where(ok, img, 0.0)
+    m_mask = vpow.T @ ok.astype(np.float64) @ upow  # [b, a]: sum of u^a v^b
+    m_img = vpow.T @ masked @ upow
+    normal = np.array([[m_mask[b1 + b2, a1 + a2] for a2, b2 in terms] for a1, b1 in terms])
+    rhs = np.array([m_img[b, a] for a, b in terms])
+    coef = np.linalg.lstsq(normal, rhs, rcond=None)[0]
+    surface = sum(c * np.outer(v**b, u**a) for c, (a, b) in zip(coef, terms, strict=True))
+    return np.where(ok, img - surface, np.nan)
 
 
 def _sky_noise(image: np.ndarray, valid: np.ndarray) -> tuple[float, np.ndarray]:
@@ -102,9 +109,8 @@ def _sky_noise(image: np.ndarray, valid: np.ndarray) -> tuple[float, np.ndarray]
     for _ in range(2):
         if not np.isfinite(sigma) or sigma <= 0:
             break
-        level = np.nanmedian(np.where(valid, image, np.nan))
-        bright = ndimage.binary_dilation(np.abs(np.where(valid, image, level) - level) > 3 * sigma,
-                                         iterations=2)
+        level = np.median(image[valid])
+        bright = grow_mask(np.abs(np.where(valid, image, level) - level) > 3 * sigma, 2)
         if np.count_nonzero(valid & ~bright) < 0.2 * np.count_nonzero(valid):
             break
         sky = valid & ~bright
@@ -385,8 +391,6 @@ def pairwise_relations(
     list of PairRelation
         One per overlap and channel, failed ones included (status ``failed``).
     """
-    from skymosaic.photometry._masks import valid_mask  # noqa: PLC0415 (avoid cycle)
-
     n_ch = tiles[0].data.shape[0] if tiles else 0
     chans = list(range(n_ch)) if channels is None else [int(c) for c in channels]
     for c in chans:

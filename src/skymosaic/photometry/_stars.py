@@ -17,9 +17,10 @@ import logging
 from typing import NamedTuple
 
 import numpy as np
-from scipy import ndimage, optimize
+from scipy import optimize
 
 from skymosaic.photometry._linefit import _MAD_TO_SIGMA, _deming_slope, _robust_sigma
+from skymosaic.photometry._masks import distance_inside
 
 __all__ = ["ApertureGain", "aperture_gain", "aperture_noise_factor", "psf_difference",
            "subtract_background"]
@@ -113,7 +114,7 @@ def _cut(objs, valid: np.ndarray, radius: float) -> np.ndarray:
     off, at 5 times its error, on bench_phase5 RGB seed 3; leaving such stars out of the
     pixel fits cost more than it gained on narrow overlaps.)
     """
-    inside = ndimage.distance_transform_edt(np.pad(valid, 1))[1:-1, 1:-1]
+    inside = distance_inside(valid)
     iy = np.clip(np.round(objs["y"]).astype(int), 0, valid.shape[0] - 1)
     ix = np.clip(np.round(objs["x"]).astype(int), 0, valid.shape[1] - 1)
     return inside[iy, ix] <= radius + 1.0
@@ -139,7 +140,7 @@ def aperture_noise_factor(diff: np.ndarray, sky: np.ndarray, noise2: float,
     """
     if not noise2 > 0:
         return 1.0
-    inside = ndimage.distance_transform_edt(np.pad(sky, 1))[1:-1, 1:-1]
+    inside = distance_inside(sky)
     cand = np.flatnonzero(inside.ravel() > _KAPPA_RADIUS + 1.0)
     if cand.size < 30:
         return 1.0

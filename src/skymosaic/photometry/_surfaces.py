@@ -57,11 +57,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
-from scipy import ndimage
 from scipy.sparse.linalg import spsolve
 
 from skymosaic._surface import n_terms, surface_terms
 from skymosaic.photometry._linefit import estimate_noise
+from skymosaic.photometry._masks import grow_mask, nanmedian_rows
 
 __all__ = ["MIN_SAMPLES_PER_TERM", "SkySamples", "SurfaceSolution", "overlap_block", "sky_samples",
            "solve_sky_surfaces", "to_samples"]
@@ -167,15 +167,13 @@ def sky_samples(
         if not (np.isfinite(sig) and sig > 0):
             continue
         blocks = _blocks(np.where(both, img, np.nan), y0, x0, block, np.nan)
-        med = np.full(blocks.shape[:2], np.nan)
-        has = np.isfinite(blocks).any(axis=-1)  # (no warnings filter: not thread-safe)
-        med[has] = np.nanmedian(blocks[has], axis=-1)
+        med = nanmedian_rows(blocks.reshape(-1, blocks.shape[-1])).reshape(blocks.shape[:2])
         h, w = img.shape
         py, px = y0 % block, x0 % block
         rows, cols = (np.arange(h) + py) // block, (np.arange(w) + px) // block
         with np.errstate(invalid="ignore"):
             sources |= img - med[rows[:, None], cols[None, :]] > star_sigma * sig
-    sources = ndimage.binary_dilation(sources, iterations=2)
+    sources = grow_mask(sources, 2)
     use = both & ~sources
     n = _blocks(use.astype(np.float64), y0, x0, block, 0.0).sum(axis=-1)
     keep = n >= _MIN_FILL * block * block

@@ -208,8 +208,13 @@ class StackConfig(_Section):
 
     enabled: bool = Field(default=True, description="false: coadd every frame directly (no master tiles)")
     min_frames: int = Field(default=2, ge=1, description="smaller groups go to the coadd frame by frame")
-    normalization: Literal["none", "additive", "multiplicative", "linear"] = Field(
-        default="linear", description="photometric normalisation to the reference frame"
+    normalization: Literal["none", "additive", "multiplicative", "linear", "stars"] = Field(
+        default="stars", description="photometric normalisation to the reference frame (stars: "
+        "gains from the reference's stars, sky surfaces from the binned difference)"
+    )
+    sky_surface: Literal["constant", "plane", "quadratic"] = Field(
+        default="quadratic", description="normalization = stars: order of each frame's sky "
+        "surface relative to the reference"
     )
     weighting: list[Literal["exposure", "noise", "fwhm"]] = Field(
         default_factory=lambda: ["noise"], description="frame weights (product of these)"

@@ -114,8 +114,9 @@ def _lanczos3_weights(frac: np.ndarray) -> np.ndarray:
         t = f - np.float32(k)
         with np.errstate(divide="ignore", invalid="ignore"):
             w[m] = (_TAP_SIGN[m] * s1) * (s3 * _TAP_COS3[m] - c3 * _TAP_SIN3[m]) / (t * t)
-        if k == 0:  # the limit at t -> 0 (the formula loses precision below 1e-4)
-            np.copyto(w[m], np.float32(np.pi**2 / 3), where=np.abs(t) < 1e-4)
+        # the limit at t -> 0 (the formula loses precision below 1e-4): tap 0 at frac 0,
+        # and tap 1 at frac 1 (x - floor(x) rounds to 1 in float32 just below an integer)
+        np.copyto(w[m], np.float32(np.pi**2 / 3), where=np.abs(t) < 1e-4)
     w /= w.sum(axis=0, keepdims=True)
     return w
 

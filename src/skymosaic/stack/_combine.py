@@ -51,13 +51,16 @@ import numpy as np
 from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
+from skymosaic._surface import SURFACE_ORDERS
 from skymosaic.assemble._coadd import ordered_window
 from skymosaic.backend import Backend, to_host
 from skymosaic.stack._normalize import (
     NORMALIZATION_METHODS,
     estimate_normalization,
+    estimate_star_normalization,
     select_reference,
 )
+from skymosaic.stack._starnorm import add_surfaces
 from skymosaic.stack._reject import (
     REJECTION_METHODS,
     count_rejected,
@@ -100,7 +103,7 @@ class StackSettings:
 
     Parameters
     ----------
-    normalization : {"none", "additive", "multiplicative", "linear"}
+    normalization : {"none", "additive", "multiplicative", "linear", "stars"}
         Photometric normalisation of every frame onto the reference (see
         `estimate_normalization`).
     reference : int or "auto"
@@ -127,6 +130,9 @@ class StackSettings:
     sample_pixels : int
         Size of the normalisation sample: frames are block-averaged to at most this many
         bins per channel (see `estimate_normalization`).
+    sky_surface : {"constant", "plane", "quadratic"}
+        With ``normalization="stars"``: order of each frame's sky surface relative to the
+        reference (`estimate_star_normalization`).
     """
 
     normalization: str = "linear"
@@ -142,12 +148,14 @@ class StackSettings:
     memory_budget_bytes: int = 1 << 30
     chunk_rows: int | None = None
     sample_pixels: int = 65536
+    sky_surface: str = "quadratic"
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
             ("normalization", self.normalization, NORMALIZATION_METHODS),
             ("rejection", self.rejection, REJECTION_METHODS),
             ("combine", self.combine, COMBINE_METHODS),
+            ("sky_surface", self.sky_surface, tuple(SURFACE_ORDERS)),
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
@@ -197,7 +205,10 @@ class StackResult:
     rejected_per_channel : ndarray (N, C) int64
         The same, per channel.
     gains, offsets : ndarray (N, C) float64
-        Normalisation applied: ``gains * frame + offsets``.
+        Normalisation applied: ``gains * frame + offsets`` (+ the sky surfaces).
+    surfaces : ndarray (N, C, M) or None
+        With ``normalization="stars"``: each frame's sky surface on the reference's scale
+        (`skymosaic.SkySurface` coefficients over the cube's ``(H, W)``), added after the gain.
     frame_weights : ndarray (N, C) float64
         Combination weights (mean 1 per channel).
     reference : int or None
@@ -222,6 +233,7 @@ class StackResult:
     chunk_rows: int
     elapsed_s: float = 0.0
     meta: dict = field(default_factory=dict)
+    surfaces: np.ndarray | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (no pixel arrays) for ``run.json``."""
@@ -235,6 +247,7 @@ class StackResult:
             "reference": self.reference,
             "gains": self.gains.tolist(),
             "offsets": self.offsets.tolist(),
+            "sky_surfaces": None if self.surfaces is None else self.surfaces.tolist(),
             "frame_weights": self.frame_weights.tolist(),
             "rejected_per_frame": self.rejected_per_frame.tolist(),
             "rejected_fraction_per_frame": (self.rejected_per_frame / max(n_samples, 1)).tolist(),
@@ -390,16 +403,23 @@ def stack_cube(
             reference = select_reference(
                 cube, noise=noise, fwhm=fwhm, sample_pixels=settings.sample_pixels, binned=binned
             )
-    gains, offsets = estimate_normalization(
-        cube,
-        reference=0 if reference is None else reference,
-        method=settings.normalization,
-        sample_pixels=settings.sample_pixels,
-        noise=noise,
-        names=names,
-        threads=threads,
-        binned=binned,
-    )
+    surfaces = None
+    if settings.normalization == "stars":
+        gains, offsets, surfaces = estimate_star_normalization(
+            cube, reference=reference, surface_order=SURFACE_ORDERS[settings.sky_surface],
+            sample_pixels=settings.sample_pixels, names=names, threads=threads, binned=binned,
+        )
+    else:
+        gains, offsets = estimate_normalization(
+            cube,
+            reference=0 if reference is None else reference,
+            method=settings.normalization,
+            sample_pixels=settings.sample_pixels,
+            noise=noise,
+            names=names,
+            threads=threads,
+            binned=binned,
+        )
     fweights = frame_weights(
         n, c, exposure=exposure, noise=noise, fwhm=fwhm, gains=gains, methods=settings.weighting
     )
@@ -419,7 +439,7 @@ def stack_cube(
         settings.combine,
         rows,
     )
-    chunks = _ChunkJob(cube, pixel_weights, gains, offsets, fweights, settings, progress)
+    chunks = _ChunkJob(cube, pixel_weights, gains, offsets, fweights, settings, progress, surfaces)
     if backend is None:
         data, weight, nmap, rejected = chunks.run(rows, None, threads)
     else:
@@ -450,6 +470,7 @@ def stack_cube(
         settings=settings,
         chunk_rows=rows,
         elapsed_s=elapsed,
+        surfaces=surfaces,
     )
 
 
@@ -464,6 +485,7 @@ class _ChunkJob:
     fweights: np.ndarray
     settings: StackSettings
     progress: Callable[[int, int], None] | None
+    surfaces: np.ndarray | None = None
 
     def run(
         self, rows: int, backend: Backend | None, threads: int = 1
@@ -486,6 +508,8 @@ class _ChunkJob:
             # returned an array of its own (`NpyReader`) is not copied twice
             private = block.flags.owndata and block.flags.writeable and block.dtype == np.float32
             x = block if private else np.array(block, dtype=np.float32, copy=True)
+            if self.surfaces is not None:  # on the host, so every backend adds the same
+                add_surfaces(x, self.surfaces, self.gains, r0, (h, w))
             pw = None
             if self.pixel_weights is not None:
                 pw = np.array(self.pixel_weights[:, r0:r1, :], dtype=np.float32, copy=True)

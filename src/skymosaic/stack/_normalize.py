@@ -23,6 +23,9 @@ Methods
 ``"linear"``          errors-in-variables line fit of reference against frame over all
                       pixels valid in both (sky *and* stars, so both gain and offset are
                       constrained), via `skymosaic.photometry.fit_linear_relation`.
+``"stars"``           (default) gain from aperture fluxes of the reference's stars at full
+                      resolution, and a sky surface instead of the offset
+                      (`estimate_star_normalization`, `skymosaic.stack._starnorm`).
 
 ``level`` is a sigma-clipped median (3 sigma, MAD scale), i.e. the sky level: stars and
 trails do not bias it. A frame that cannot be fitted (too few common pixels, a
@@ -43,11 +46,12 @@ import numpy as np
 
 from skymosaic.photometry._linefit import fit_linear_relation
 
-__all__ = ["NORMALIZATION_METHODS", "estimate_normalization", "select_reference"]
+__all__ = ["NORMALIZATION_METHODS", "estimate_normalization", "estimate_star_normalization",
+           "select_reference"]
 
 logger = logging.getLogger(__name__)
 
-NORMALIZATION_METHODS = ("none", "additive", "multiplicative", "linear")
+NORMALIZATION_METHODS = ("none", "additive", "multiplicative", "linear", "stars")
 _MAD_TO_SIGMA = 1.482602218505602
 #: Fewer common valid pixels than this in the sample: the frame keeps (1, 0).
 MIN_COMMON_PIXELS = 50
@@ -290,6 +294,8 @@ def estimate_normalization(
     n, c, h, w = _check_cube(cube)
     if method not in NORMALIZATION_METHODS:
         raise ValueError(f"method must be one of {NORMALIZATION_METHODS}, got {method!r}")
+    if method == "stars":
+        raise ValueError("method 'stars' solves sky surfaces: use estimate_star_normalization")
     _check_sample(sample_pixels)
     if reference != "auto" and (
         isinstance(reference, bool)
@@ -363,3 +369,68 @@ def estimate_normalization(
         offsets.max(),
     )
     return gains, offsets
+
+
+def estimate_star_normalization(
+    cube: np.ndarray,
+    *,
+    reference: int,
+    surface_order: int = 2,
+    sample_pixels: int = SAMPLE_PIXELS,
+    names: Sequence[str] | None = None,
+    threads: int = 1,
+    binned: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-frame gains and sky surfaces onto the reference frame (method ``"stars"``).
+
+    See `skymosaic.stack._starnorm`: gains from the reference's stars measured in every
+    frame at full resolution (the binned ``linear`` fit's gain where a frame has too few),
+    and per channel a sky surface of ``surface_order`` (0, 1, 2) in the cube's pixels from
+    the binned sample of ``reference - gain * frame``. Every frame is read once, whole.
+
+    Returns
+    -------
+    gains : ndarray (N, C)
+    offsets : ndarray (N, C)
+        Zeros (the surfaces' constant terms take their place).
+    surfaces : ndarray (N, C, M)
+        `skymosaic.SkySurface` coefficients over the ``(H, W)`` frame; the reference's
+        row is (1, 0, 0).
+    """
+    from skymosaic._surface import n_terms  # noqa: PLC0415
+    from skymosaic.stack._starnorm import star_normalization  # noqa: PLC0415
+
+    n, c, h, w = _check_cube(cube)
+    _check_sample(sample_pixels)
+    ref = int(reference)
+    if not 0 <= ref < n:
+        raise ValueError(f"reference must be a frame index in [0, {n}), got {reference!r}")
+    gains, offsets = np.ones((n, c)), np.zeros((n, c))
+    surfaces = np.zeros((n, c, n_terms(surface_order)))
+    factor = bin_factor(h, w, sample_pixels)
+    if binned is not None:
+        _frame_bins(cube, binned, factor)  # shape check
+
+    def frame_at(k: int) -> tuple[np.ndarray, np.ndarray]:
+        frame = np.asarray(cube[k], dtype=np.float32)
+        return frame, (binned[k] if binned is not None else block_mean(frame, factor))
+
+    def linear_gain(bins: np.ndarray, ref_bins: np.ndarray, ch: int) -> float:
+        g, _, status = _fit_channel(bins, ref_bins, "linear", (None, None))
+        return g if not status or status.startswith("offset only") else float("nan")
+
+    ref_frame, ref_bins = frame_at(ref)
+    others = [k for k in range(n) if k != ref]
+    fits = star_normalization(frame_at, ref_frame, ref_bins, others, factor=factor,
+                              order=surface_order, linear_gain=linear_gain, threads=threads)
+    fallbacks = []
+    for k, (g, coeffs, notes) in fits.items():
+        gains[k], surfaces[k] = g, coeffs
+        fallbacks += [f"{names[k] if names is not None else f'frame {k}'} {note}" for note in notes]
+    if fallbacks:
+        logger.info("star normalisation: %d of %d frame channels without enough stars took the "
+                    "binned pixel-fit gain, e.g. %s", len(fallbacks), len(others) * c,
+                    "; ".join(fallbacks[:3]))
+    logger.info("star normalisation onto frame %d: gains %.4g..%.4g, sky surfaces of order %d",
+                ref, gains.min(), gains.max(), surface_order)
+    return gains, offsets, surfaces

@@ -77,7 +77,7 @@ def stack_settings(config: Config) -> StackSettings:
     return StackSettings(
         normalization=s.normalization, weighting=tuple(s.weighting), rejection=s.rejection,
         kappa_low=s.kappa_low, kappa_high=s.kappa_high, max_iter=s.max_iter, n_low=s.n_low,
-        n_high=s.n_high, combine=s.combine,
+        n_high=s.n_high, combine=s.combine, sky_surface=s.sky_surface,
         memory_budget_bytes=max(config.memory_budget_bytes // 4, 16 * 2**20),
     )
 

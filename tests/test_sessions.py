@@ -205,3 +205,15 @@ def test_run_json_lists_the_nights(two_nights):
     assert two["median_background"] - one["median_background"] == pytest.approx(0.3 * SKY, abs=3.0)
     assert two["median_noise"] > one["median_noise"]
     assert two["median_fwhm"] == pytest.approx(one["median_fwhm"], rel=0.1)
+
+
+def test_the_brighter_night_weighs_less_in_direct_mode(two_nights, tmp_path):
+    """Without master tiles, the coadd weights each frame by its inverse noise variance
+    (`skymosaic.pipeline.frame_weight`): the same ordering."""
+    config = load_config(None, {"run.threads": 2, "output.preview": False, "stack.enabled": False})
+    result = run_pipeline([two_nights["paths"][0].parent], tmp_path / "direct", config)
+    weights = {f["path"].rsplit("/", 1)[-1]: f["weight"] for f in result.report["frames"]["list"]}
+    names = [p.name for p in two_nights["paths"]]
+    first = [weights[n] for n in names[:N1] if n != names[CLOUDY]]
+    second = [weights[n] for n in names[N1:]]
+    assert max(second) < min(first)

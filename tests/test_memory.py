@@ -40,7 +40,8 @@ report = {}
 if sys.argv[1] != "baseline":
     cfg = load_config(None, {"run.memory_budget_mb": float(sys.argv[3]), "run.threads": 2,
                              "quality.enabled": False, "photometry.enabled": False,
-                             "stack.enabled": False, "targets.split": False})  # 4 far frames, 1 grid
+                             "stack.enabled": False,
+                             "targets.split": False})  # 4 far frames, one grid
     result = run_pipeline([sys.argv[1]], sys.argv[2], cfg)
     report = {"shape": list(result.data_shape), "blocks": result.report["output"]["blocks"]}
 report["maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -18,7 +18,7 @@ import pytest
 from astropy.io import fits
 
 from skymosaic.config import ConfigError, load_config
-from skymosaic.io import scan_frame
+from skymosaic.io import load_frame, scan_frame
 from skymosaic.pipeline import run_pipeline
 from skymosaic.stack.quality import measure_quality, select_frames
 from skymosaic.stack.sessions import observing_nights, parse_date_obs, session_keys
@@ -39,7 +39,8 @@ def test_night_spanning_utc_midnight_with_longitude_is_one_night():
 def test_longitude_puts_local_noon_between_nights_of_one_utc_date():
     # Australia (150 E): 01:00 UTC is 11:00 local (end of the night of the 25th), 09:00 UTC
     # is 19:00 local (start of the night of the 26th)
-    nights = observing_nights(["2025-03-26T01:00:00", "2025-03-26T09:00:00"], longitudes=[150.0, 150.0])
+    dates = ["2025-03-26T01:00:00", "2025-03-26T09:00:00"]
+    nights = observing_nights(dates, longitudes=[150.0, 150.0])
     assert nights == ["2025-03-25", "2025-03-26"]
 
 
@@ -66,7 +67,8 @@ def test_night_across_utc_midnight_without_longitude_is_one_night():
 def test_gap_longer_than_the_limit_starts_a_new_night():
     dates = ["2024-03-01T19:00:00", "2024-03-01T19:10:00", "2024-03-01T23:30:00"]
     # 19:10 + 600 s ends at 19:20; 4 h 10 min later the next frame starts
-    assert observing_nights(dates, exposures=[600.0] * 3) == ["2024-03-01", "2024-03-01", "2024-03-01#2"]
+    nights = observing_nights(dates, exposures=[600.0] * 3)
+    assert nights == ["2024-03-01", "2024-03-01", "2024-03-01#2"]
     assert observing_nights(dates, exposures=[600.0] * 3, gap_hours=5.0) == ["2024-03-01"] * 3
 
 
@@ -74,7 +76,8 @@ def test_gaps_are_counted_per_group():
     # target a at 19:00 and 23:30, target b at 21:00 in between: a has a 4.5 h gap of its own
     dates = ["2024-03-01T19:00:00", "2024-03-01T21:00:00", "2024-03-01T23:30:00"]
     assert observing_nights(dates) == ["2024-03-01"] * 3
-    assert observing_nights(dates, groups=["a", "b", "a"]) == ["2024-03-01", "2024-03-01", "2024-03-01#2"]
+    nights = observing_nights(dates, groups=["a", "b", "a"])
+    assert nights == ["2024-03-01", "2024-03-01", "2024-03-01#2"]
 
 
 def test_no_date_obs_is_no_night():
@@ -139,8 +142,8 @@ def two_nights(tmp_path_factory):
     """One pointing, 8 frames on 2024-03-15 and 5 two weeks later with a 30 % brighter sky
     (noise x sqrt(1.3)); frame 2 through clouds (85 % of the starlight lost, sky x 3)."""
     root = tmp_path_factory.mktemp("nights")
-    truth = make_truth_sky(center=(150.0, 2.0), size_deg=(0.3, 0.3), pixel_scale_arcsec=4.0, channels=1,
-                           fwhm_arcsec=10.0, seed=5, n_stars=3000)
+    truth = make_truth_sky(center=(150.0, 2.0), size_deg=(0.3, 0.3), pixel_scale_arcsec=4.0,
+                           channels=1, fwhm_arcsec=10.0, seed=5, n_stars=3000)
     survey = make_survey(n_x=1, n_y=1, frame_shape=(96, 128), pixel_scale_arcsec=4.0, channels=1,
                          frames_per_pointing=N1 + N2, gain_range=(1, 1), offset_range=(0, 0),
                          noise_sigma=SIGMA, sky_level=SKY, sky_gradient=0.0, seed=5, jitter_px=2.0,
@@ -148,7 +151,8 @@ def two_nights(tmp_path_factory):
     rng = np.random.default_rng(1)
     for k, f in enumerate(survey.frames):
         second = k >= N1
-        start = datetime(2024, 3, 15, 21, 0) + timedelta(days=14 * second, seconds=70 * (k - N1 * second))
+        start = datetime(2024, 3, 15, 21, 0) + timedelta(days=14 * second,
+                                                         seconds=70 * (k - N1 * second))
         f.header["DATE-OBS"] = start.isoformat(timespec="milliseconds")
         if second:
             extra = rng.normal(0.0, SIGMA * np.sqrt(0.3), f.data.shape).astype(np.float32)
@@ -165,8 +169,6 @@ def two_nights(tmp_path_factory):
 
 def test_pooled_nights_would_reject_the_brighter_night(two_nights):
     """The data have teeth: judged as one session, the brighter night is rejected wholesale."""
-    from skymosaic.io import load_frame
-
     quals = [measure_quality(load_frame(scan_frame(p))) for p in two_nights["paths"]]
     pooled = select_frames(quals, [p.name for p in two_nights["paths"]])
     assert all(not ok for ok in pooled.accepted[N1:])

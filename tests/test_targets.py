@@ -32,7 +32,8 @@ def _square(ra: float, dec: float, size: float = 0.5) -> np.ndarray:
 
 def test_overlap_chain_is_one_target_and_far_groups_are_two():
     # a chain of 4 frames along RA (each overlaps the next by half), and 2 frames 20 deg away
-    fps = np.stack([_square(100 + 0.25 * k, 10) for k in range(4)] + [_square(120, 10), _square(120.1, 10)])
+    fps = np.stack([_square(100 + 0.25 * k, 10) for k in range(4)]
+                   + [_square(120, 10), _square(120.1, 10)])
     split = split_targets(fps, objects=[None] * 6, names=[f"f{k}" for k in range(6)])
     assert [t.frames for t in split.targets] == [[0, 1, 2, 3], [4, 5]]
     assert split.lone == {}
@@ -42,8 +43,9 @@ def test_overlap_chain_is_one_target_and_far_groups_are_two():
 
 
 def test_names_from_object_or_coordinates():
-    fps = np.stack([_square(83.82, -5.39), _square(83.9, -5.39), _square(200, 40), _square(200.1, 40),
-                    _square(300, 60), _square(300.1, 60), _square(10, 0), _square(10.1, 0)])
+    fps = np.stack([_square(83.82, -5.39), _square(83.9, -5.39), _square(200, 40),
+                    _square(200.1, 40), _square(300, 60), _square(300.1, 60), _square(10, 0),
+                    _square(10.1, 0)])
     objects = ["", None,  # missing: coordinates
                "M 94", "M 94",  # shared: the object, sanitised
                "NGC 7023", "IC 1396",  # contradictory: coordinates
@@ -173,7 +175,8 @@ def test_lone_frame_is_left_out_with_a_warning(folders, mixed_run):
 @pytest.mark.parametrize(("key", "name"), [("a", "M_94"), ("b", "NGC_7023")])
 def test_each_mosaic_equals_its_target_run_alone(folders, mixed_run, key, name):
     alone = run_pipeline([folders[key][0].parent], folders["root"] / f"alone_{key}", _config())
-    assert not alone.targets and alone.mosaic_path == folders["root"] / f"alone_{key}" / "mosaic.fits"
+    assert not alone.targets
+    assert alone.mosaic_path == folders["root"] / f"alone_{key}" / "mosaic.fits"
     data, wcs, weight = read_mosaic(alone.mosaic_path)
     split, swcs, sweight = read_mosaic(folders["root"] / "out" / name / "mosaic.fits")
     assert swcs.to_header_string() == wcs.to_header_string()
@@ -183,14 +186,15 @@ def test_each_mosaic_equals_its_target_run_alone(folders, mixed_run, key, name):
 
 def test_target_option_picks_one(folders, tmp_path):
     out = tmp_path / "one"
-    assert main(["run", str(folders["mixed"]), "-o", str(out), "--target", "ngc7023", "--threads", "2",
-                 "--no-preview", "-c", str(_no_quality(tmp_path))]) == 0
+    assert main(["run", str(folders["mixed"]), "-o", str(out), "--target", "ngc7023",
+                 "--threads", "2", "--no-preview", "-c", str(_no_quality(tmp_path))]) == 0
     report = json.loads((out / "run.json").read_text())
     assert (out / "mosaic.fits").is_file() and not (out / "targets.json").exists()
     used = {f["path"].rsplit("/", 1)[-1] for f in report["frames"]["list"] if f["used"]}
     assert used == {p.name for p in folders["b"]}
     assert sorted(report["targets"]["found"]) == ["M_94", "NGC_7023", "stray"]
-    assert sorted(report["targets"]["not_selected"]) == sorted(p.name for p in [*folders["a"], *folders["lone"]])
+    others = [*folders["a"], *folders["lone"]]
+    assert sorted(report["targets"]["not_selected"]) == sorted(p.name for p in others)
 
 
 def test_unknown_target_is_a_clear_error(folders, tmp_path, capsys):
@@ -201,7 +205,8 @@ def test_unknown_target_is_a_clear_error(folders, tmp_path, capsys):
 
 
 def test_region_picks_the_frames_inside(folders, tmp_path):
-    result = run_pipeline([folders["mixed"]], tmp_path / "r", _config(**{"targets.region": "150,2,1"}))
+    config = _config(**{"targets.region": "150,2,1"})
+    result = run_pipeline([folders["mixed"]], tmp_path / "r", config)
     assert not result.targets and result.report["frames"]["used"] == 4
     assert result.mosaic_path == tmp_path / "r" / "mosaic.fits"
 
@@ -222,7 +227,8 @@ def test_single_target_folder_layout_is_unchanged(folders, tmp_path):
 
 
 def test_empty_region_is_a_clear_error(folders, tmp_path):
-    with pytest.raises(NoUsableFramesError, match="no frame has its centre within 1 deg of RA 0, Dec 89"):
+    message = "no frame has its centre within 1 deg of RA 0, Dec 89"
+    with pytest.raises(NoUsableFramesError, match=message):
         run_pipeline([folders["mixed"]], tmp_path / "none", _config(**{"targets.region": "0,89,1"}))
 
 
@@ -248,7 +254,8 @@ def test_seestar_m94_and_ngc7023_give_two_mosaics(testdata, tmp_path):
     for p in [*m94, *ngc]:
         (inputs / p.name).symlink_to(p)
     out = tmp_path / "out"
-    config = load_config(None, {"run.threads": 2, "output.preview": False, "input.wcs_dirs": [str(folder / "wcs")],
+    config = load_config(None, {"run.threads": 2, "output.preview": False,
+                                "input.wcs_dirs": [str(folder / "wcs")],
                                 "output.pixel_scale_arcsec": 9.5, "photometry.diagnostics": False})
     result = run_pipeline([inputs], out, config)
     rows = json.loads((out / "targets.json").read_text())["targets"]

@@ -146,8 +146,8 @@ def _targets_table(result: RunResult) -> Table:
         table.add_column(col)
     for t in rep["targets"]:
         ra, dec = t["center_deg"]
-        table.add_row(t["name"], f"{t.get('frames_used', 0)}/{t['n_frames']}", f"{ra:.3f}, {dec:+.3f}",
-                      t["status"], t.get("mosaic") or t["output"])
+        table.add_row(t["name"], f"{t.get('frames_used', 0)}/{t['n_frames']}",
+                      f"{ra:.3f}, {dec:+.3f}", t["status"], t.get("mosaic") or t["output"])
     for name in rep.get("lone", []):
         table.add_row(name, "1", "", "left out: lone far frame", "")
     rejected = result.report["frames"]["rejected"]
@@ -205,7 +205,8 @@ def run(
         help="Dask: 'local' (worker processes here) or tcp://HOST:PORT (docs/scale.md)")] = None,
     workers: Annotated[Optional[int], typer.Option(help="worker processes of --scheduler local")] = None,
     target: Annotated[Optional[str], typer.Option(
-        help="mosaic only this target (its OBJECT or folder name) of a folder holding several")] = None,
+        help="mosaic only this target (its OBJECT or folder name) of a folder holding several",
+    )] = None,
     region: Annotated[Optional[str], typer.Option(
         help="RA,DEC,RADIUS in degrees: mosaic only the frames centred in this circle")] = None,
 ) -> None:

@@ -210,16 +210,18 @@ class ClusterConfig(_Section):
 class TargetsConfig(_Section):
     """Several sky-disjoint targets in one run (classic mode, docs/targets.md)."""
 
-    split: bool = Field(default=True, description="each sky-disjoint group of frames is its own mosaic in "
-                        "OUT/<target>/ (one target: OUT/ as usual) and lone far frames are left out; "
-                        "false: one mosaic of every frame")
-    link_diagonals: float = Field(default=1.5, gt=0, le=10, description="frames whose centres are closer "
-                                  "than this many field diagonals are on one target")
-    select: str | None = Field(default=None, description="mosaic only this target (its name or OBJECT; "
-                               "--target)")
+    split: bool = Field(
+        default=True, description="each sky-disjoint group of frames is its own mosaic in "
+        "OUT/<target>/ (one target: OUT/ as usual) and lone far frames are left out; false: one "
+        "mosaic of every frame")
+    link_diagonals: float = Field(
+        default=1.5, gt=0, le=10, description="frames whose centres are closer than this many "
+        "field diagonals are on one target")
+    select: str | None = Field(
+        default=None, description="mosaic only this target (its name or OBJECT; --target)")
     region: tuple[float, float, float] | None = Field(
-        default=None, description="mosaic only the frames centred within RADIUS of (RA, DEC): [ra, dec, "
-        "radius] in degrees (--region RA,DEC,RADIUS)")
+        default=None, description="mosaic only the frames centred within RADIUS of (RA, DEC): "
+        "[ra, dec, radius] in degrees (--region RA,DEC,RADIUS)")
 
     @field_validator("region", mode="before")
     @classmethod
@@ -233,7 +235,8 @@ class TargetsConfig(_Section):
 
     @field_validator("region")
     @classmethod
-    def _region_range(cls, v: tuple[float, float, float] | None) -> tuple[float, float, float] | None:
+    def _region_range(cls, v: tuple[float, float, float] | None
+                      ) -> tuple[float, float, float] | None:
         if v is not None and not (-90 <= v[1] <= 90 and 0 < v[2] <= 180):
             raise ValueError(f"needs -90 <= DEC <= 90 and 0 < RADIUS <= 180 degrees, got {list(v)}")
         return v

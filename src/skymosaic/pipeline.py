@@ -420,7 +420,8 @@ def _run_phases(run: _Run, inputs: Sequence[str | os.PathLike]) -> RunResult:
     return _mosaic_phases(run, paths, plan, catalog)
 
 
-def _mosaic_phases(run: _Run, paths: Sequence[Path], plan: StackPlan | None, catalog: Catalog) -> RunResult:
+def _mosaic_phases(run: _Run, paths: Sequence[Path], plan: StackPlan | None,
+                   catalog: Catalog) -> RunResult:
     """Grid, pre-flight check, stack, photometry, coadd and products of one target."""
     config, out = run.config, run.out
     if not catalog.frames:
@@ -511,8 +512,9 @@ def _catalog_phase(run: _Run, inputs: Sequence[str | os.PathLike]) -> tuple[list
         verify_frames(catalog, config, progress=run.progress, threads=run.threads)
     if config.quality.enabled and catalog.frames:
         with run.phase("quality"):
-            catalog.frames, rejected, sessions = select_by_quality(
-                catalog.frames, catalog.quality, config, targets=run.target_of if len(run.targets) > 1 else None)
+            targets = run.target_of if len(run.targets) > 1 else None
+            catalog.frames, rejected, sessions = select_by_quality(catalog.frames, catalog.quality,
+                                                                   config, targets=targets)
             for path, reason in rejected.items():
                 catalog.reject(path, reason)
             catalog.sessions = run.report["sessions"] = [s.to_dict() for s in sessions]
@@ -958,9 +960,9 @@ def find_run_targets(run: _Run, catalog: Catalog) -> None:
         return
     frames = catalog.frames
     try:
-        found = split_targets(np.stack([f.footprint for f in frames]), objects=[f.object for f in frames],
-                              names=[f.name for f in frames], link_diagonals=cfg.link_diagonals,
-                              select=cfg.select, region=cfg.region)
+        found = split_targets(np.stack([np.asarray(f.footprint) for f in frames]),
+                              objects=[f.object for f in frames], names=[f.name for f in frames],
+                              link_diagonals=cfg.link_diagonals, select=cfg.select, region=cfg.region)
     except TargetError as err:
         run.fail("no such target", str(err))
     for k, reason in found.lone.items():
@@ -968,8 +970,8 @@ def find_run_targets(run: _Run, catalog: Catalog) -> None:
     run.targets = found.targets
     run.target_of = {str(frames[k].path): t.name for t in found.targets for k in t.frames}
     catalog.frames = [f for f in frames if str(f.path) in run.target_of]
-    run.report["targets"] = {"targets": [t.to_dict() for t in found.targets], "found": found.all_targets,
-                             "lone": [frames[k].name for k in found.lone],
+    run.report["targets"] = {"targets": [t.to_dict() for t in found.targets],
+                             "found": found.all_targets, "lone": [frames[k].name for k in found.lone],
                              "not_selected": [frames[k].name for k in found.not_selected]}
     if len(found.targets) > 1:
         logger.info("%d targets: %s", len(found.targets), ", ".join(
@@ -981,7 +983,8 @@ def _target_run(run: _Run, catalog: Catalog, target: Target) -> tuple[_Run, Cata
     out = run.out / target.name
     out.mkdir(exist_ok=True)
     sub = copy.copy(run)  # shares the config, progress, backend and Dask client
-    sub.out, sub.manifest, sub.clustering, sub.diagnostics = out, Manifest(out, fresh=run.config.run.fresh), None, None
+    sub.out, sub.manifest = out, Manifest(out, fresh=run.config.run.fresh)
+    sub.clustering, sub.diagnostics = None, None
     sub.timings, sub.targets, sub.target_of = {}, [], {}
     sub.report = {k: run.report[k] for k in ("skymosaic", "config_digest", "mode")}
     mine = {p for p, name in run.target_of.items() if name == target.name}
@@ -1004,7 +1007,8 @@ def _preflight_targets(run: _Run, runs: list[tuple[_Run, Catalog]]) -> None:
     for sub, cat in runs:
         if not cat.frames:
             continue
-        estimate = estimate_run(cat.frames, choose_grid(cat.frames, run.config), run.config, out=sub.out)
+        grid = choose_grid(cat.frames, run.config)
+        estimate = estimate_run(cat.frames, grid, run.config, out=sub.out)
         need += max(0, estimate.disk_needed_bytes - estimate.reusable_bytes)
         if not estimate.ok:
             message = f"target {sub.out.name}: {estimate.message()}"
@@ -1037,14 +1041,16 @@ def run_targets(run: _Run, catalog: Catalog) -> RunResult:
             results.append(result)
             row.update(mosaic=str(result.mosaic_path), frames_used=result.report["frames"]["used"])
         rows.append(row)
-    write_json(run.out / "targets.json", {"targets": rows, **{k: v for k, v in run.report["targets"].items()
-                                                              if k != "targets"}})
+    others = {k: v for k, v in run.report["targets"].items() if k != "targets"}
+    write_json(run.out / "targets.json", {"targets": rows, **others})
     run.report["targets"]["targets"] = rows
-    run.report["frames"] = {"found": run.report["frames"]["found"], "rejected": dict(catalog.rejected),
+    run.report["frames"] = {"found": run.report["frames"]["found"],
+                            "rejected": dict(catalog.rejected),
                             "used": sum(r.report["frames"]["used"] for r in results)}
     if not results:
         run.fail("no target mosaicked", f"none of the {len(rows)} targets gave a mosaic")
     failed = sum(1 for r in rows if r["status"] != "ok")
     run.finish("ok" if not failed else f"partial: {failed} of {len(rows)} target(s) failed")
     first = results[0]
-    return RunResult(run.out, first.mosaic_path, first.preview_path, run.report, first.data_shape, results)
+    return RunResult(run.out, first.mosaic_path, first.preview_path, run.report, first.data_shape,
+                     results)

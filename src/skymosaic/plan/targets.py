@@ -35,7 +35,8 @@ import numpy as np
 
 from skymosaic.plan.cluster import cluster_frames
 
-__all__ = ["Target", "TargetSplit", "TargetError", "quiet_clustering", "split_targets", "target_key"]
+__all__ = ["Target", "TargetError", "TargetSplit", "quiet_clustering", "split_targets",
+           "target_key"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +81,9 @@ class Target:
     object: str | None = None
 
     def to_dict(self, names: Sequence[str] | None = None) -> dict:
-        out = {"name": self.name, "object": self.object, "n_frames": len(self.frames),
-               "center_deg": [round(self.center[0], 6), round(self.center[1], 6)]}
+        out: dict[str, object] = {
+            "name": self.name, "object": self.object, "n_frames": len(self.frames),
+            "center_deg": [round(self.center[0], 6), round(self.center[1], 6)]}
         if names is not None:
             out["frames"] = [names[k] for k in self.frames]
         return out
@@ -133,7 +135,8 @@ def _name_targets(targets: list[Target]) -> None:
             counts[p.lower()] = counts.get(p.lower(), 0) + 1
     used: set[str] = set()
     for t, p in zip(targets, proposed, strict=True):
-        name = p if p and counts[p.lower()] == 1 and p.lower() not in _RESERVED else _coordinate_name(t.center)
+        usable = p and counts[p.lower()] == 1 and p.lower() not in _RESERVED
+        name = p if usable else _coordinate_name(t.center)
         base, k = name, 2
         while name.lower() in used:
             name, k = f"{base}_{k}", k + 1
@@ -204,7 +207,8 @@ def split_targets(
     out = TargetSplit(targets=[])
     if region is not None:
         ra, dec, radius = region
-        inside = np.degrees(np.arccos(np.clip(vec @ _unit(np.array([ra, dec], float)), -1, 1))) <= radius
+        cosine = np.clip(vec @ _unit(np.array([ra, dec], float)), -1.0, 1.0)
+        inside = np.degrees(np.arccos(cosine)) <= radius
         keep = np.flatnonzero(inside)
         out.not_selected = np.flatnonzero(~inside).tolist()
         if not len(keep):
@@ -213,7 +217,8 @@ def split_targets(
     if not len(keep):
         return out
     with quiet_clustering():
-        clustering = cluster_frames(fp[keep], center_fraction=link_diagonals, names=[names[k] for k in keep])
+        clustering = cluster_frames(fp[keep], center_fraction=link_diagonals,
+                                    names=[names[int(k)] for k in keep])
     targets = []
     for members in clustering.groups:
         idx = [int(keep[m]) for m in members]
@@ -233,9 +238,9 @@ def split_targets(
     if len(targets) > 1 and max(len(t.frames) for t in targets) > 1:
         for t in [t for t in targets if len(t.frames) == 1]:
             k = t.frames[0]
-            out.lone[k] = (f"far from every other frame (nearest {_nearest_deg(k, vec):.2f} deg away): "
-                           "a lone frame, left out of every mosaic (run it alone, or with --target "
-                           f"{t.name}, to mosaic it)")
+            out.lone[k] = (f"far from every other frame (nearest {_nearest_deg(k, vec):.2f} deg "
+                           "away): a lone frame, left out of every mosaic (run it alone, or "
+                           f"with --target {t.name}, to mosaic it)")
             logger.warning("%s: %s", names[k], out.lone[k])
         targets = [t for t in targets if len(t.frames) > 1]
     out.targets = targets

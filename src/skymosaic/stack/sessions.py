@@ -67,7 +67,9 @@ def parse_date_obs(value: str | None) -> datetime | None:
 
 
 def _mid(start: datetime, exposure: float | None) -> datetime:
-    half = exposure / 2.0 if exposure is not None and math.isfinite(exposure) and exposure > 0 else 0.0
+    half = 0.0
+    if exposure is not None and math.isfinite(exposure) and exposure > 0:
+        half = exposure / 2.0
     return start + timedelta(seconds=half)
 
 
@@ -133,7 +135,8 @@ def observing_nights(
     for i, (start, lon) in enumerate(zip(starts, longitudes, strict=True)):
         if start is None:
             if dates[i]:
-                logger.warning("frame %d: DATE-OBS %r is not a date; its night is unknown", i, dates[i])
+                logger.warning("frame %d: DATE-OBS %r is not a date; its night is unknown",
+                               i, dates[i])
             continue
         if lon is not None and math.isfinite(lon):
             local = _mid(start, exposures[i]) + timedelta(hours=lon / 15.0 - 12.0)

@@ -507,7 +507,8 @@ def _type_name(annotation: Any) -> str:
     text = annotation.__name__ if isinstance(annotation, type) else str(annotation)
     for noise in ("typing.", "pathlib.", "Optional[", "Literal"):
         text = text.replace(noise, "")
-    text = text.replace("list[", "list of ").replace("[", "one of ").replace("]", "")
+    text = text.replace("list[", "list of ").replace("tuple[", "tuple of ").replace("[", "one of ")
+    text = text.replace("]", "")
     return text.replace("'", "").replace(" | None", " or unset").replace("|", "or")
 
 

@@ -242,6 +242,8 @@ def test_stack_disabled_is_direct_mode(classic):
 
 
 def test_frame_moved_ten_degrees_is_its_own_group(classic, caplog):
+    """With ``targets.split = false`` (one mosaic of every frame) a far frame is its own
+    group, coadded alone; by default it is a lone frame, left out (next test)."""
     folder = classic["root"] / "moved"
     shutil.copytree(classic["frames_dir"], folder)
     moved = folder / "frame_0009.fits"
@@ -249,7 +251,7 @@ def test_frame_moved_ten_degrees_is_its_own_group(classic, caplog):
         hdul[0].header["CRVAL2"] = hdul[0].header["CRVAL2"] + 10.0
     caplog.set_level(logging.WARNING, logger="skymosaic")
     result = run_pipeline([folder], classic["root"] / "moved_run",
-                          _config(**{"photometry.enabled": False}))
+                          _config(**{"photometry.enabled": False, "targets.split": False}))
     report = result.report
     assert report["status"] == "ok"
     names = report["clusters"]["names"]
@@ -262,3 +264,21 @@ def test_frame_moved_ten_degrees_is_its_own_group(classic, caplog):
     assert len(warnings) == 1 and "own group" in warnings[0]
     entry = next(f for f in report["frames"]["list"] if f["path"].endswith("frame_0009.fits"))
     assert entry["used"] is True and entry["tile"] is None
+
+
+def test_frame_moved_ten_degrees_is_left_out_by_default(classic, caplog):
+    folder = classic["root"] / "moved_default"
+    shutil.copytree(classic["frames_dir"], folder)
+    with fits.open(folder / "frame_0009.fits", mode="update") as hdul:
+        hdul[0].header["CRVAL2"] = hdul[0].header["CRVAL2"] + 10.0
+    caplog.set_level(logging.WARNING, logger="skymosaic")
+    result = run_pipeline([folder], classic["root"] / "moved_default_run",
+                          _config(**{"photometry.enabled": False}))
+    report = result.report
+    assert report["status"] == "ok" and not result.targets
+    assert report["targets"]["lone"] == ["frame_0009.fits"]
+    assert sorted(t["n_frames"] for t in report["tiles"]) == [FRAMES - 1, FRAMES]
+    assert "lone frame" in report["frames"]["rejected"][str(folder / "frame_0009.fits")]
+    warnings = [r.getMessage() for r in caplog.records
+                if r.levelno == logging.WARNING and "frame_0009.fits" in r.getMessage()]
+    assert len(warnings) == 1 and "lone frame" in warnings[0]

@@ -5,7 +5,8 @@ Scale: the issue's target is a 200 MB budget and a ~1 GB mosaic; scaled down 3x 
 fast: a 64 MiB budget (the smallest allowed) and a 5004 x 5004 mono mosaic, whose coadd
 outputs (float32 data, float32 weight, uint16 coverage) take 250 MB (3.7x the budget) and
 whose FITS is 300 MB. Four 400 x 400 frames sit at the corners of the field (direct mode,
-no photometry: the test is about the coadd and the writer, whose size follows the output).
+no photometry, ``targets.split = false`` so that the four disjoint frames make one grid: the
+test is about the coadd and the writer, whose size follows the output).
 
 Baseline: the peak RSS of a child that only imports `skymosaic.pipeline` (Python, NumPy,
 astropy, OpenCV...; ~140 MiB here). Measured: peak = baseline + 47 MiB for the 64 MiB
@@ -39,7 +40,8 @@ report = {}
 if sys.argv[1] != "baseline":
     cfg = load_config(None, {"run.memory_budget_mb": float(sys.argv[3]), "run.threads": 2,
                              "quality.enabled": False, "photometry.enabled": False,
-                             "stack.enabled": False})
+                             "stack.enabled": False,
+                             "targets.split": False})  # 4 far frames, one grid
     result = run_pipeline([sys.argv[1]], sys.argv[2], cfg)
     report = {"shape": list(result.data_shape), "blocks": result.report["output"]["blocks"]}
 report["maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -53,6 +53,15 @@ def no_quality(tmp_path) -> Path:
 
 
 @pytest.fixture
+def one_mosaic(tmp_path) -> Path:
+    """`no_quality` and ``targets.split = false``: every frame in one grid, the far frame
+    too (by default a lone far frame is left out, tests/test_targets.py)."""
+    path = tmp_path / "one.toml"
+    path.write_text("[quality]\nenabled = false\n[run]\nthreads = 1\n[targets]\nsplit = false\n")
+    return path
+
+
+@pytest.fixture
 def survey_dir(tmp_path) -> Path:
     """Three overlapping 64 x 80 px colour frames."""
     paths = write_survey(make_survey(n_x=3, n_y=1, frame_shape=(64, 80), channels=3, seed=1),
@@ -220,10 +229,10 @@ def test_estimate_small_survey_has_no_culprit_when_disk_is_tiny(survey_dir, tmp_
 # --- the run stops before writing ---------------------------------------------------------
 
 
-def test_run_far_frame_exit_2_nothing_written(far_dir, no_quality, tmp_path, capsys):
+def test_run_far_frame_exit_2_nothing_written(far_dir, one_mosaic, tmp_path, capsys):
     """Default limit (2 Gpx): the ~8 Gpx grid stops the run, naming the far frame."""
     out = tmp_path / "out"
-    assert main(["run", str(far_dir), "-o", str(out), "-c", str(no_quality)]) == 2
+    assert main(["run", str(far_dir), "-o", str(out), "-c", str(one_mosaic)]) == 2
     err = capsys.readouterr().err
     assert "pre-flight check failed" in err and "far_0000.fits" in err
     assert "over the limit of 2 Gpx" in err
@@ -245,19 +254,19 @@ def test_run_small_limit_exit_2(survey_dir, no_quality, tmp_path, capsys):
     _no_pixels_written(out)
 
 
-def test_run_tiny_disk_exit_2_names_far_frame(far_dir, no_quality, tmp_path, monkeypatch, capsys):
+def test_run_tiny_disk_exit_2_names_far_frame(far_dir, one_mosaic, tmp_path, monkeypatch, capsys):
     """A fake free disk of 50 MB: the ~300 GB run stops; the far frame is to blame."""
     monkeypatch.setattr(shutil, "disk_usage", lambda path: _Usage(10**9, 0, 50 * 10**6))
     out = tmp_path / "out"
-    assert main(["run", str(far_dir), "-o", str(out), "-c", str(no_quality),
+    assert main(["run", str(far_dir), "-o", str(out), "-c", str(one_mosaic),
                  "--max-output-pixels", "1e12"]) == 2
     err = capsys.readouterr().err
     assert "of disk at" in err and "50 MB is free" in err and "far_0000.fits" in err
     _no_pixels_written(out)
 
 
-def test_run_pipeline_raises_preflight_error(far_dir, no_quality, tmp_path):
-    config = load_config(no_quality)
+def test_run_pipeline_raises_preflight_error(far_dir, one_mosaic, tmp_path):
+    config = load_config(one_mosaic)
     with pytest.raises(PreflightError, match=r"far_0000\.fits") as info:
         run_pipeline([far_dir], tmp_path / "out", config)
     assert info.value.estimate.culprits[0].name == "far_0000.fits"
@@ -335,8 +344,9 @@ def test_run_disk_full_while_writing_then_resume(survey_dir, no_quality, tmp_pat
 
 
 def test_seestar_m94_and_a_ngc7023_frame(testdata, tmp_path, capsys):
-    """Six M94 frames and one NGC 7023 frame (62.7 deg away), as in issue 16: the run stops
-    before writing, naming the NGC 7023 frame (headers and pixel checks only)."""
+    """Six M94 frames and one NGC 7023 frame (62.7 deg away), as in issue 16, all in one
+    grid (``targets.split = false``): the run stops before writing, naming the NGC 7023
+    frame (headers and pixel checks only). By default the lone frame is left out."""
     folder = testdata / "seestar_s50_osc"
     m94 = sorted((folder / "raw").glob("2_*.fit.gz"))
     ngc = sorted((folder / "raw").glob("sample_Light_NGC_7023_*.fit.gz"))[:1]
@@ -347,8 +357,10 @@ def test_seestar_m94_and_a_ngc7023_frame(testdata, tmp_path, capsys):
     for p in [*m94, *ngc]:
         (inputs / p.name).symlink_to(p)
     out = tmp_path / "out"
+    split_off = tmp_path / "one.toml"
+    split_off.write_text("[targets]\nsplit = false\n")
     assert main(["run", str(inputs), "-o", str(out), "--wcs-dir", str(folder / "wcs"),
-                 "--threads", "2"]) == 2
+                 "--threads", "2", "-c", str(split_off)]) == 2
     err = capsys.readouterr().err
     assert ngc[0].name in err and "over the limit of 2 Gpx" in err
     _no_pixels_written(out)

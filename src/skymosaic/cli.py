@@ -138,6 +138,24 @@ def _summary_table(result: RunResult) -> Table:
     return table
 
 
+def _targets_table(result: RunResult) -> Table:
+    """Several targets: one line each (name, frames, centre, status, output)."""
+    rep = result.report["targets"]
+    table = Table(title=f"skymosaic run: {len(rep['targets'])} targets")
+    for col in ("target", "frames", "centre (RA, Dec)", "status", "output"):
+        table.add_column(col)
+    for t in rep["targets"]:
+        ra, dec = t["center_deg"]
+        table.add_row(t["name"], f"{t.get('frames_used', 0)}/{t['n_frames']}",
+                      f"{ra:.3f}, {dec:+.3f}", t["status"], t.get("mosaic") or t["output"])
+    for name in rep.get("lone", []):
+        table.add_row(name, "1", "", "left out: lone far frame", "")
+    rejected = result.report["frames"]["rejected"]
+    if rejected:
+        table.caption = f"{len(rejected)} frame(s) rejected, see {result.out_dir / 'run.json'}"
+    return table
+
+
 def _fail(message: str, code: int) -> typer.Exit:
     console.print(f"[bold red]error:[/] {escape(message)}")  # messages may hold [brackets]
     return typer.Exit(code)
@@ -186,8 +204,16 @@ def run(
     scheduler: Annotated[Optional[str], typer.Option(
         help="Dask: 'local' (worker processes here) or tcp://HOST:PORT (docs/scale.md)")] = None,
     workers: Annotated[Optional[int], typer.Option(help="worker processes of --scheduler local")] = None,
+    target: Annotated[Optional[str], typer.Option(
+        help="mosaic only this target (its OBJECT or folder name) of a folder holding several",
+    )] = None,
+    region: Annotated[Optional[str], typer.Option(
+        help="RA,DEC,RADIUS in degrees: mosaic only the frames centred in this circle")] = None,
 ) -> None:
     """Build a mosaic from INPUTS into OUT (mosaic.fits, preview, run.json, log).
+
+    Frames of several sky-disjoint targets give one mosaic each, in OUT/<target>/, listed
+    in OUT/targets.json (--target or --region picks one); a lone far frame is left out.
 
     Rerunning into the same OUT resumes: every artifact whose inputs and settings are
     unchanged (frame checks, clustering, master tiles, photometry, coadd blocks, the
@@ -204,13 +230,17 @@ def run(
         "output.preview": False if no_preview else None, "run.log_level": log_level,
         "grid.plan": str(plan) if plan else None, "grid.auto_plan": False if no_plan else None,
         "run.fresh": True if fresh else None, "run.scheduler": scheduler, "run.workers": workers,
+        "targets.select": target, "targets.region": region,
     }
     try:
         config = load_config(config_file, overrides)
     except ConfigError as err:
         raise _fail(str(err), EXIT_USAGE) from err
     result = _run_with_config(inputs, out, config)
-    Console().print(_summary_table(result))
+    if result.targets:
+        Console().print(_targets_table(result))
+    else:
+        Console().print(_summary_table(result))
 
 
 def _print_estimate(frames, config: Config) -> None:

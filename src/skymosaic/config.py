@@ -172,6 +172,10 @@ class QualityConfig(_Section):
     max_fwhm_mad: float = Field(default=5.0, gt=0, description="reject FWHM > median + k*MAD")
     max_elongation_mad: float = Field(default=5.0, gt=0, description="reject elongation > median + k*MAD")
     mad_floor: float = Field(default=0.02, ge=0, lt=1, description="MAD is at least this fraction of the median")
+    session_gap_hours: float = Field(
+        default=4.0, gt=0, le=240, description="frames are judged per session (target, filter, "
+        "instrument, night); without a site longitude in the header a new night starts after a gap "
+        "longer than this, hours (docs/quality.md)")
 
 
 class GridConfig(_Section):
@@ -201,6 +205,41 @@ class ClusterConfig(_Section):
     @classmethod
     def _size(cls, v: Any) -> Any:
         return _mib(v)
+
+
+class TargetsConfig(_Section):
+    """Several sky-disjoint targets in one run (classic mode, docs/targets.md)."""
+
+    split: bool = Field(
+        default=True, description="each sky-disjoint group of frames is its own mosaic in "
+        "OUT/<target>/ (one target: OUT/ as usual) and lone far frames are left out; false: one "
+        "mosaic of every frame")
+    link_diagonals: float = Field(
+        default=1.5, gt=0, le=10, description="frames whose centres are closer than this many "
+        "field diagonals are on one target")
+    select: str | None = Field(
+        default=None, description="mosaic only this target (its name or OBJECT; --target)")
+    region: tuple[float, float, float] | None = Field(
+        default=None, description="mosaic only the frames centred within RADIUS of (RA, DEC): "
+        "[ra, dec, radius] in degrees (--region RA,DEC,RADIUS)")
+
+    @field_validator("region", mode="before")
+    @classmethod
+    def _region(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            parts = [p for p in v.replace(" ", ",").split(",") if p]
+            if len(parts) != 3:
+                raise ValueError(f"must be RA,DEC,RADIUS in degrees, got {v!r}")
+            return parts
+        return v
+
+    @field_validator("region")
+    @classmethod
+    def _region_range(cls, v: tuple[float, float, float] | None
+                      ) -> tuple[float, float, float] | None:
+        if v is not None and not (-90 <= v[1] <= 90 and 0 < v[2] <= 180):
+            raise ValueError(f"needs -90 <= DEC <= 90 and 0 < RADIUS <= 180 degrees, got {list(v)}")
+        return v
 
 
 class StackConfig(_Section):
@@ -356,6 +395,7 @@ class Config(_Section):
     coadd: CoaddConfig = Field(default_factory=CoaddConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    targets: TargetsConfig = Field(default_factory=TargetsConfig)
     stack: StackConfig = Field(default_factory=StackConfig)
     photometry: PhotometryConfig = Field(default_factory=PhotometryConfig)
     run: RunConfig = Field(default_factory=RunConfig)
@@ -472,7 +512,8 @@ def _type_name(annotation: Any) -> str:
     text = annotation.__name__ if isinstance(annotation, type) else str(annotation)
     for noise in ("typing.", "pathlib.", "Optional[", "Literal"):
         text = text.replace(noise, "")
-    text = text.replace("list[", "list of ").replace("[", "one of ").replace("]", "")
+    text = text.replace("list[", "list of ").replace("tuple[", "tuple of ").replace("[", "one of ")
+    text = text.replace("]", "")
     return text.replace("'", "").replace(" | None", " or unset").replace("|", "or")
 
 

@@ -8,6 +8,7 @@ happened in ``run.json`` and keeps a log file in the output folder.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -24,7 +25,7 @@ from astropy.wcs import WCS
 
 from skymosaic._dask import dask_client
 from skymosaic._memory import limit_heap_growth
-from skymosaic._space import DiskFullError
+from skymosaic._space import DiskFullError, format_bytes
 from skymosaic._manifest import MANIFEST_NAME, Manifest, crash_point, file_signature, fingerprint
 from skymosaic._stats import FrameStats, frame_stats
 from skymosaic._surface import SkySurface
@@ -51,6 +52,7 @@ from skymosaic.io._writer import atomic_path, write_json
 from skymosaic.io.stack_plan import PlanRow, write_stack_plan
 from skymosaic.photometry import PhotometryOptions
 from skymosaic.plan import Clustering
+from skymosaic.plan.targets import Target, TargetError, split_targets
 from skymosaic.preflight import PreflightError, PreflightEstimate, estimate_run
 from skymosaic.reproject import OutputGrid, grid_from_header, optimal_grid
 from skymosaic.stack.master import MasterTile
@@ -108,6 +110,7 @@ class Catalog:
     stats: dict[str, FrameStats] = field(default_factory=dict)
     quality: dict[str, FrameQuality] = field(default_factory=dict)
     solve: dict = field(default_factory=dict)  # plate-solving report (run.json "solve")
+    sessions: list[dict] = field(default_factory=list)  # quality sessions (run.json "sessions")
 
     def reject(self, path: Path | str, reason: str) -> None:
         logger.warning("%s: %s; frame rejected", Path(path).name, reason)
@@ -123,6 +126,7 @@ class RunResult:
     preview_path: Path | None
     report: dict
     data_shape: tuple[int, ...]
+    targets: list[RunResult] = field(default_factory=list)  # several targets: one run each
 
 
 def build_catalog(paths: Sequence[Path], config: Config, *, progress: Progress | None = None,
@@ -410,8 +414,16 @@ def _preflight(run: _Run, catalog: Catalog, plan: StackPlan | None, grid: Output
 
 def _run_phases(run: _Run, inputs: Sequence[str | os.PathLike]) -> RunResult:
     """Every phase after the run directory is set up (see `run_pipeline`)."""
-    config, out = run.config, run.out
     paths, plan, catalog = _catalog_phase(run, inputs)
+    if plan is None and len(run.targets) > 1:
+        return run_targets(run, catalog)
+    return _mosaic_phases(run, paths, plan, catalog)
+
+
+def _mosaic_phases(run: _Run, paths: Sequence[Path], plan: StackPlan | None,
+                   catalog: Catalog) -> RunResult:
+    """Grid, pre-flight check, stack, photometry, coadd and products of one target."""
+    config, out = run.config, run.out
     if not catalog.frames:
         run.fail("no usable frame", f"no usable frame among {len(paths)} file(s)")
     with run.phase("grid"):
@@ -476,6 +488,8 @@ def _catalog_phase(run: _Run, inputs: Sequence[str | os.PathLike]) -> tuple[list
             paths = discover_inputs(inputs, recursive=config.input.recursive)
         logger.info("found %d candidate files", len(paths))
         catalog = build_catalog(paths, config, progress=run.progress, threads=run.threads, run_dir=run.out)
+        if plan is None:
+            find_run_targets(run, catalog)
     run.report["frames"] = {"found": len(paths), "rejected": catalog.rejected}
     if catalog.solve:
         run.report["solve"] = catalog.solve
@@ -487,6 +501,8 @@ def _catalog_phase(run: _Run, inputs: Sequence[str | os.PathLike]) -> tuple[list
     if verified is not None:
         logger.info("resume: pixel checks and quality of %d frame(s) reused", len(verified["stats"]))
         catalog.stats, catalog.quality = verified["stats"], verified["quality"]
+        catalog.sessions = verified.get("sessions", [])
+        run.report["sessions"] = catalog.sessions
         for path, reason in verified["rejected"].items():
             catalog.reject(path, reason)
         catalog.frames = [f for f in catalog.frames if str(f.path) not in verified["rejected"]]
@@ -496,11 +512,14 @@ def _catalog_phase(run: _Run, inputs: Sequence[str | os.PathLike]) -> tuple[list
         verify_frames(catalog, config, progress=run.progress, threads=run.threads)
     if config.quality.enabled and catalog.frames:
         with run.phase("quality"):
-            catalog.frames, rejected = select_by_quality(catalog.frames, catalog.quality, config)
+            targets = run.target_of if len(run.targets) > 1 else None
+            catalog.frames, rejected, sessions = select_by_quality(catalog.frames, catalog.quality,
+                                                                   config, targets=targets)
             for path, reason in rejected.items():
                 catalog.reject(path, reason)
+            catalog.sessions = run.report["sessions"] = [s.to_dict() for s in sessions]
     run.manifest.store_pickle("catalog", run.catalog_fp, {
-        "stats": catalog.stats, "quality": catalog.quality,
+        "stats": catalog.stats, "quality": catalog.quality, "sessions": catalog.sessions,
         "rejected": {k: v for k, v in catalog.rejected.items() if k not in before},
     })
     return paths, plan, catalog
@@ -648,6 +667,8 @@ class _Run:
         self.backend = select_backend(config.run.use_gpu)  # use_gpu = "on" without a GPU fails here
         self.client = None  # a dask.distributed Client when run.scheduler is set
         self.catalog_fp = ""
+        self.targets: list[Target] = []  # sky-disjoint targets (`find_run_targets`)
+        self.target_of: dict[str, str] = {}  # frame path -> target name
         self.clustering: Clustering | None = None  # the classic grouping (`_clustering`)
         self.diagnostics: dict | None = None  # what the photometry diagnostics plot needs
         self.timings: dict[str, float] = {}
@@ -925,3 +946,111 @@ def _summary(catalog: Catalog, coadded: dict, grid: OutputGrid, weights: dict,
         summary["tiles"] = [t.to_dict() for t in stacked.tiles]
         summary["tiles_failed"] = stacked.failed
     return summary
+
+
+# --------------------------------------------------------------------------- several targets
+
+
+def find_run_targets(run: _Run, catalog: Catalog) -> None:
+    """Split the catalog into sky-disjoint targets (`skymosaic.plan.targets`): lone far
+    frames are rejected, frames outside ``targets.select``/``region`` dropped; sets
+    ``run.targets`` and ``run.target_of``."""
+    cfg = run.config.targets
+    if not cfg.split or not catalog.frames:
+        return
+    frames = catalog.frames
+    try:
+        found = split_targets(np.stack([np.asarray(f.footprint) for f in frames]),
+                              objects=[f.object for f in frames], names=[f.name for f in frames],
+                              link_diagonals=cfg.link_diagonals, select=cfg.select, region=cfg.region)
+    except TargetError as err:
+        run.fail("no such target", str(err))
+    for k, reason in found.lone.items():
+        catalog.rejected[str(frames[k].path)] = reason  # split_targets warned, naming the frame
+    run.targets = found.targets
+    run.target_of = {str(frames[k].path): t.name for t in found.targets for k in t.frames}
+    catalog.frames = [f for f in frames if str(f.path) in run.target_of]
+    run.report["targets"] = {"targets": [t.to_dict() for t in found.targets],
+                             "found": found.all_targets, "lone": [frames[k].name for k in found.lone],
+                             "not_selected": [frames[k].name for k in found.not_selected]}
+    if len(found.targets) > 1:
+        logger.info("%d targets: %s", len(found.targets), ", ".join(
+            f"{t.name} ({len(t.frames)} frames)" for t in found.targets))
+
+
+def _target_run(run: _Run, catalog: Catalog, target: Target) -> tuple[_Run, Catalog]:
+    """The run (folder ``OUT/<target>/``, its own manifest and run.json) and catalog of a target."""
+    out = run.out / target.name
+    out.mkdir(exist_ok=True)
+    sub = copy.copy(run)  # shares the config, progress, backend and Dask client
+    sub.out, sub.manifest = out, Manifest(out, fresh=run.config.run.fresh)
+    sub.clustering, sub.diagnostics = None, None
+    sub.timings, sub.targets, sub.target_of = {}, [], {}
+    sub.report = {k: run.report[k] for k in ("skymosaic", "config_digest", "mode")}
+    mine = {p for p, name in run.target_of.items() if name == target.name}
+    cat = Catalog(frames=[f for f in catalog.frames if str(f.path) in mine],
+                  rejected={p: r for p, r in catalog.rejected.items() if p in mine},
+                  stats={p: v for p, v in catalog.stats.items() if p in mine},
+                  quality={p: v for p, v in catalog.quality.items() if p in mine})
+    names = {Path(p).name for p in mine}
+    cat.sessions = [s for s in catalog.sessions if set(s["frame_names"]) <= names]
+    sub.catalog_fp = fingerprint("target", run.catalog_fp, target.name, sorted(mine))
+    sub.report["target"] = target.to_dict()
+    sub.report["sessions"] = cat.sessions
+    return sub, cat
+
+
+def _preflight_targets(run: _Run, runs: list[tuple[_Run, Catalog]]) -> None:
+    """Every target's pre-flight check, and their disk needs together, before any pixel
+    is written (each target's run checks itself again as it starts)."""
+    need, estimate = 0, None
+    for sub, cat in runs:
+        if not cat.frames:
+            continue
+        grid = choose_grid(cat.frames, run.config)
+        estimate = estimate_run(cat.frames, grid, run.config, out=sub.out)
+        need += max(0, estimate.disk_needed_bytes - estimate.reusable_bytes)
+        if not estimate.ok:
+            message = f"target {sub.out.name}: {estimate.message()}"
+            run.report["preflight"] = {sub.out.name: estimate.to_dict()}
+            run.finish("failed: pre-flight check")
+            raise PreflightError(message, estimate)
+    free = shutil.disk_usage(run.out).free
+    if estimate is not None and need > free:
+        estimate.problems.append(f"the {len(runs)} targets need {format_bytes(need)} of disk at "
+                                 f"{run.out} together and {format_bytes(free)} is free")
+        run.finish("failed: pre-flight check")
+        raise PreflightError(estimate.message(), estimate)
+
+
+def run_targets(run: _Run, catalog: Catalog) -> RunResult:
+    """Several sky-disjoint targets: one mosaic each in ``OUT/<target>/`` (its own manifest
+    and run.json); ``OUT/targets.json`` and ``OUT/run.json`` list them. A target that
+    fails is reported and the others go on; the run fails when every target does."""
+    runs = [_target_run(run, catalog, t) for t in run.targets]
+    _preflight_targets(run, runs)
+    results, rows = [], []
+    for target, (sub, cat) in zip(run.targets, runs, strict=True):
+        logger.info("target %s: %d frame(s) into %s", target.name, len(cat.frames), sub.out)
+        row = {**target.to_dict(), "output": str(sub.out), "status": "ok"}
+        try:
+            result = _mosaic_phases(sub, [f.path for f in cat.frames], None, cat)
+        except NoUsableFramesError as err:
+            row["status"] = f"failed: {err}"
+        else:
+            results.append(result)
+            row.update(mosaic=str(result.mosaic_path), frames_used=result.report["frames"]["used"])
+        rows.append(row)
+    others = {k: v for k, v in run.report["targets"].items() if k != "targets"}
+    write_json(run.out / "targets.json", {"targets": rows, **others})
+    run.report["targets"]["targets"] = rows
+    run.report["frames"] = {"found": run.report["frames"]["found"],
+                            "rejected": dict(catalog.rejected),
+                            "used": sum(r.report["frames"]["used"] for r in results)}
+    if not results:
+        run.fail("no target mosaicked", f"none of the {len(rows)} targets gave a mosaic")
+    failed = sum(1 for r in rows if r["status"] != "ok")
+    run.finish("ok" if not failed else f"partial: {failed} of {len(rows)} target(s) failed")
+    first = results[0]
+    return RunResult(run.out, first.mosaic_path, first.preview_path, run.report, first.data_shape,
+                     results)

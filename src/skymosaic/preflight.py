@@ -46,6 +46,7 @@ from skymosaic._space import format_bytes, format_count
 from skymosaic.assemble import DiskMosaic, coadd_memory_floor
 from skymosaic.config import Config
 from skymosaic.io import FrameInfo, frame_footprint
+from skymosaic.plan.targets import quiet_clustering
 from skymosaic.reproject import OutputGrid, optimal_grid
 from skymosaic.stack.classic import group_frames
 
@@ -264,12 +265,8 @@ def _culprits(frames: Sequence[FrameInfo], footprints: list[np.ndarray], config:
 
 def _quiet_groups(frames: Sequence[FrameInfo], config: Config) -> list[list[int]]:
     """The classic clustering, without its log lines (the run logs them when it clusters)."""
-    cluster_log = logging.getLogger("skymosaic.plan")
-    disabled, cluster_log.disabled = cluster_log.disabled, True
-    try:
+    with quiet_clustering():
         return [list(g) for g in group_frames(frames, config).groups]
-    finally:
-        cluster_log.disabled = disabled
 
 
 def _classic_scratch(frames: Sequence[FrameInfo], config: Config, scale: float,

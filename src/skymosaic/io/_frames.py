@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import logging
+import math
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -47,6 +48,8 @@ FITS_SUFFIXES = (
 _EXPOSURE_KEYS = ("EXPTIME", "EXPOSURE", "ITIME", "EXP_TIME")
 _FILTER_KEYS = ("FILTER", "FILTNAM", "FILTER1", "BAND")
 _DATE_KEYS = ("DATE-OBS", "DATE_OBS", "DATE")
+#: site longitude, degrees east (a number or sexagesimal "+012 30 00" / "12:30:00")
+_LONGITUDE_KEYS = ("SITELONG", "LONG-OBS", "OBSGEO-L", "SITE-LON", "OBS-LONG")
 
 
 class FrameError(ValueError):
@@ -73,6 +76,7 @@ class FrameInfo:
     object: str | None = None
     instrument: str | None = None
     mount: str | None = None
+    site_longitude: float | None = None  # degrees east, from SITELONG & co. (or OBSGEO-X/Y)
     wcs: WCS | None = None
     wcs_source: str | None = None  # "header" or "sidecar:<path>"
     pixel_scale_arcsec: float | None = None
@@ -237,6 +241,41 @@ def _header_value(header: fits.Header, keys: Sequence[str], kind: type):
     return None
 
 
+def _longitude(value) -> float | None:
+    """Degrees east from a number or a sexagesimal string (``"-5 30 00"``, ``"-5:30:00"``)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        lon = float(value)
+    elif isinstance(value, str):
+        parts = value.strip().replace(":", " ").split()
+        try:
+            nums = [float(p) for p in parts]
+        except ValueError:
+            return None
+        if not 1 <= len(nums) <= 3:
+            return None
+        sign = -1.0 if parts[0].startswith("-") else 1.0
+        lon = sign * sum(abs(v) / 60.0**k for k, v in enumerate(nums))
+    else:
+        return None
+    return ((lon + 180.0) % 360.0) - 180.0 if math.isfinite(lon) else None
+
+
+def _site_longitude(header: fits.Header) -> float | None:
+    """The observatory longitude (degrees east) written by the capture software, if any:
+    one of `_LONGITUDE_KEYS`, else the geocentric OBSGEO-X/Y (metres)."""
+    for key in _LONGITUDE_KEYS:
+        if key in header:
+            lon = _longitude(header[key])
+            if lon is not None:
+                return lon
+    x, y = header.get("OBSGEO-X"), header.get("OBSGEO-Y")
+    if isinstance(x, (int, float)) and isinstance(y, (int, float)) and math.hypot(x, y) > 1e3:
+        return math.degrees(math.atan2(y, x))
+    return None
+
+
 def _classify(header: fits.Header, bayer_override: str | None) -> tuple[str, tuple[int, int, int], str | None]:
     naxis = int(header.get("NAXIS", 0))
     dims = [int(header.get(f"NAXIS{i}", 0)) for i in range(1, naxis + 1)]  # FITS order
@@ -380,6 +419,7 @@ def scan_frame(
         date_obs=_header_value(header, _DATE_KEYS, str),
         object=_header_value(header, ("OBJECT",), str),
         instrument=_header_value(header, ("INSTRUME",), str),
+        site_longitude=_site_longitude(header),
         has_weight=has_weight,
     )
     mount = _header_value(header, ("MOUNT", "EQMODE", "MOUNTMOD"), str)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from skymosaic.plan.cluster import Clustering, cluster_frames
 from skymosaic.stack._combine import StackSettings
 from skymosaic.stack.master import MasterTile, TileInputs, build_master_tile
 from skymosaic.stack.quality import FrameQuality, QualitySettings, select_frames
+from skymosaic.stack.sessions import SessionSummary, session_keys, summarise_sessions
 
 __all__ = ["StackedGroups", "group_frames", "select_by_quality", "session_key", "stack_groups", "stack_settings"]
 
@@ -30,20 +31,25 @@ logger = logging.getLogger(__name__)
 
 
 def session_key(info: FrameInfo) -> str:
-    """Frames are judged against others of the same target, filter and instrument."""
+    """Target, filter and instrument of a frame; `select_by_quality` adds the night
+    (`skymosaic.stack.sessions.session_keys`)."""
     return "|".join(str(v or "") for v in (info.object, info.filter, info.instrument, info.kind))
 
 
 def select_by_quality(
-    frames: Sequence[FrameInfo], qualities: dict[str, FrameQuality], config: Config
-) -> tuple[list[FrameInfo], dict[str, str]]:
-    """Keep the frames whose quality is not a clear outlier of their session.
+    frames: Sequence[FrameInfo], qualities: dict[str, FrameQuality], config: Config, *,
+    targets: Mapping[str, str] | None = None,
+) -> tuple[list[FrameInfo], dict[str, str], list[SessionSummary]]:
+    """Keep the frames whose quality is not a clear outlier of their session: the frames
+    of one target, filter and instrument in one night (`skymosaic.stack.sessions`).
 
-    Returns the kept frames and ``{path: reason}`` for the rejected ones.
+    ``targets`` maps frame paths to their sky-disjoint target (frames of two targets are
+    never judged together). Returns the kept frames, ``{path: reason}`` for the rejected
+    ones and a summary of every session.
     """
     measured = [f for f in frames if str(f.path) in qualities]
     if not measured:
-        return list(frames), {}
+        return list(frames), {}, []
     q = config.quality
     settings = QualitySettings(
         max_background_mad=q.max_background_mad, max_noise_mad=q.max_noise_mad,
@@ -51,12 +57,15 @@ def select_by_quality(
         max_elongation_mad=q.max_elongation_mad, max_star_mad=q.max_star_mad, mad_floor=q.mad_floor,
     )
     names = [str(f.path) for f in measured]
-    selection = select_frames(
-        [qualities[n] for n in names], names, sessions=[session_key(f) for f in measured], settings=settings
-    )
+    keys = session_keys(measured, gap_hours=q.session_gap_hours, targets=targets)
+    selection = select_frames([qualities[n] for n in names], names, sessions=keys, settings=settings)
     rejected = {n: f"quality: {selection.reasons[n]}" for n, ok in zip(names, selection.accepted, strict=True) if not ok}
     kept = [f for f in frames if str(f.path) not in rejected]
-    return kept, rejected
+    sessions = summarise_sessions(measured, keys, qualities, rejected)
+    if len(sessions) > 1:
+        logger.info("quality: %d session(s): %s", len(sessions), "; ".join(
+            f"{s.id} ({s.used}/{s.frames} used)" for s in sessions))
+    return kept, rejected, sessions
 
 
 def group_frames(frames: Sequence[FrameInfo], config: Config) -> Clustering:

@@ -137,9 +137,9 @@ def write_linear_fits(
     c, h, w = source.shape
     low, high = linear_range(source, memory_budget=memory_budget, color=color)
     span = np.float32(high - low)
-    extra = {"LINLOW": (low, "data value at 0: (x - LINLOW) / (LINHIGH - LINLOW)"),
-             "LINHIGH": (high, "data value at 1"),
-             "MASKFILE": (mask_path.name[:40], "coverage mask: 1 data, 0 none")}
+    extra = {"LINLOW": (low, "0 in the image: (x-LINLOW)/(LINHIGH-LINLOW)"),
+             "LINHIGH": (high, "data value at 1 in the image"),
+             "MASKFILE": (mask_path.name[:40], "1 data, 0 none")}
     header = mosaic_header(wcs, history=history, cards={**(cards or {}), **extra})
     header.remove("BUNIT", ignore_missing=True)
     shape = (h, w) if c == 1 else (c, h, w)

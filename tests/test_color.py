@@ -26,12 +26,21 @@ RESPONSE = np.asarray(SEESTAR_RESPONSE)
 def osc():
     """(data, truth image, truth sky) of a cast OSC mosaic; no nebula (so "sky" is defined)."""
     size = SHAPE[0] * 2.0 / 3600.0
-    truth = make_truth_sky(center=(150.0, 2.0), size_deg=(size, size), pixel_scale_arcsec=2.0,
-                           channels=3, n_stars=1200, nebula_amplitude=0.0, flux_slope=0.6, seed=11)
+    truth = make_truth_sky(
+        center=(150.0, 2.0),
+        size_deg=(size, size),
+        pixel_scale_arcsec=2.0,
+        channels=3,
+        n_stars=1200,
+        nebula_amplitude=0.0,
+        flux_slope=0.6,
+        seed=11,
+    )
     image = truth.render(truth.wcs_for(SHAPE), SHAPE)
     rng = np.random.default_rng(11)
-    data = (RESPONSE[:, None, None] * image + SKY[:, None, None]
-            + rng.normal(0.0, NOISE, (3, *SHAPE))).astype(np.float32)
+    data = (
+        RESPONSE[:, None, None] * image + SKY[:, None, None] + rng.normal(0.0, NOISE, (3, *SHAPE))
+    ).astype(np.float32)
     data[:, :40, :60] = np.nan  # a no-data corner
     return data, image, truth
 
@@ -79,7 +88,9 @@ def test_sky_medians_agree_within_one_percent_of_noise(osc, calibration):
     true_sky = np.asarray(calibration.scale) * SKY + np.asarray(calibration.offset)
     assert np.ptp(true_sky) < 0.02 * noise.min()
     # and the mean sky level is kept (offsets only redistribute it)
-    assert np.mean(true_sky) == pytest.approx(np.mean(np.asarray(calibration.scale) * SKY), abs=1e-6)
+    assert np.mean(true_sky) == pytest.approx(
+        np.mean(np.asarray(calibration.scale) * SKY), abs=1e-6
+    )
 
 
 def test_mean_star_colour_is_white_within_two_percent(osc, calibration):
@@ -90,7 +101,10 @@ def test_mean_star_colour_is_white_within_two_percent(osc, calibration):
     q_true = true_flux / true_flux.mean(axis=1, keepdims=True)
     # white is the true white: a star comes out with its true colour, so the mean of these
     # stars is the mean of their true colours (which is white up to their sampling, ~2 %)
-    assert np.all(np.abs(q.mean(axis=0) - q_true.mean(axis=0)) < 0.02), (q.mean(axis=0), q_true.mean(axis=0))
+    assert np.all(np.abs(q.mean(axis=0) - q_true.mean(axis=0)) < 0.02), (
+        q.mean(axis=0),
+        q_true.mean(axis=0),
+    )
     # before the calibration the mean star is far from white (green cast)
     raw, _ = _star_photometry(data, image, truth)
     q_raw = raw / raw.mean(axis=1, keepdims=True)
@@ -159,9 +173,14 @@ def test_round_trip_and_header_cards(calibration):
     assert all(len(k) <= 8 for k in cards)
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [({"white": "g2v"}, "white must be one of"),
-                                               ({"detect_sigma": 0}, "detect_sigma"),
-                                               ({"min_stars": 0}, "min_stars")])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"white": "g2v"}, "white must be one of"),
+        ({"detect_sigma": 0}, "detect_sigma"),
+        ({"min_stars": 0}, "min_stars"),
+    ],
+)
 def test_bad_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ColorOptions(**kwargs)

@@ -18,16 +18,30 @@ from skymosaic.io._stretch import StretchParams, apply_stretch, to_uint
 from skymosaic.pipeline import run_pipeline
 from skymosaic.synth import SEESTAR_RESPONSE, make_survey, write_survey
 
-OVERRIDES = {"run.threads": 2, "quality.enabled": False, "stack.enabled": False,
-             "photometry.diagnostics": False}
+OVERRIDES = {
+    "run.threads": 2,
+    "quality.enabled": False,
+    "stack.enabled": False,
+    "photometry.diagnostics": False,
+}
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("colour")
-    survey = make_survey(n_x=2, n_y=2, frame_shape=(200, 240), channels=3, overlap=0.3,
-                         channel_response=SEESTAR_RESPONSE, noise_sigma=2.0, sky_gradient=0.0,
-                         pixel_scale_arcsec=4.0, fwhm_arcsec=10.0, seed=7)
+    survey = make_survey(
+        n_x=2,
+        n_y=2,
+        frame_shape=(200, 240),
+        channels=3,
+        overlap=0.3,
+        channel_response=SEESTAR_RESPONSE,
+        noise_sigma=2.0,
+        sky_gradient=0.0,
+        pixel_scale_arcsec=4.0,
+        fwhm_arcsec=10.0,
+        seed=7,
+    )
     frames = write_survey(survey, root / "frames")[0].parent
     out = {}
     for mode in ("off", "record", "apply"):
@@ -36,9 +50,13 @@ def runs(tmp_path_factory):
             extra["output.export"] = "siril,tiff"
         result = run_pipeline([frames], root / mode, load_config(None, {**OVERRIDES, **extra}))
         with fits.open(result.mosaic_path) as hdul:
-            out[mode] = {"data": hdul[0].data.astype(np.float32), "header": hdul[0].header,
-                         "report": json.loads((root / mode / "run.json").read_text()),
-                         "dir": root / mode, "result": result}
+            out[mode] = {
+                "data": hdul[0].data.astype(np.float32),
+                "header": hdul[0].header,
+                "report": json.loads((root / mode / "run.json").read_text()),
+                "dir": root / mode,
+                "result": result,
+            }
     return out
 
 
@@ -59,8 +77,9 @@ def test_apply_changes_the_data_by_exactly_the_recorded_factors(runs):
     color = runs["apply"]["report"]["color"]
     assert color["scale"] == runs["record"]["report"]["color"]["scale"]
     off = runs["off"]["data"]
-    expect = np.stack([off[c] * np.float32(color["scale"][c]) + np.float32(color["offset"][c])
-                       for c in range(3)])
+    expect = np.stack(
+        [off[c] * np.float32(color["scale"][c]) + np.float32(color["offset"][c]) for c in range(3)]
+    )
     assert np.array_equal(runs["apply"]["data"], expect, equal_nan=True)
     header = runs["apply"]["header"]
     assert header["CLRMODE"] == "apply"
@@ -87,7 +106,10 @@ def test_preview_is_neutral_and_unclipped(runs):
 def test_linear_export_for_siril(runs):
     record = runs["record"]
     products = record["report"]["products"]
-    assert products["linear"] == "mosaic_linear.fits" and products["linear_mask"] == "mosaic_linear_mask.fits"
+    assert (
+        products["linear"] == "mosaic_linear.fits"
+        and products["linear_mask"] == "mosaic_linear_mask.fits"
+    )
     with fits.open(record["dir"] / "mosaic_linear.fits") as hdul:
         assert len(hdul) == 1
         image, header = hdul[0].data.astype(np.float32), hdul[0].header
@@ -99,7 +121,9 @@ def test_linear_export_for_siril(runs):
     assert not image[:, mask == 0].any()
     low, high = header["LINLOW"], header["LINHIGH"]
     ok = mask == 1
-    assert low == pytest.approx(float(science[:, ok].min())) and high == pytest.approx(float(science[:, ok].max()))
+    assert low == pytest.approx(float(science[:, ok].min())) and high == pytest.approx(
+        float(science[:, ok].max())
+    )
     np.testing.assert_allclose(image[:, ok], (science[:, ok] - low) / (high - low), atol=2e-7)
     assert header["CTYPE1"].startswith("RA---")  # same WCS, same (FITS, bottom-up) row order
 
@@ -125,11 +149,18 @@ def siril_stats(folder, name: str) -> tuple[list[dict], str]:
     """``load`` + ``stat`` of ``folder/name`` with siril-cli: per-layer figures and the log."""
     script = folder / "stat.ssf"
     script.write_text(f"requires 1.0.0\nload {name}\nstat\n")
-    proc = subprocess.run(["siril-cli", "-d", str(folder), "-s", str(script)], capture_output=True,
-                          text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        ["siril-cli", "-d", str(folder), "-s", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     log = proc.stdout + proc.stderr
     layers = []
-    for m in re.finditer(r"layer: Mean: ([-\d.naninf]+), Median: ([-\d.naninf]+), Sigma: ([-\d.naninf]+)", log):
+    for m in re.finditer(
+        r"layer: Mean: ([-\d.naninf]+), Median: ([-\d.naninf]+), Sigma: ([-\d.naninf]+)", log
+    ):
         layers.append({"mean": float(m[1]), "median": float(m[2]), "sigma": float(m[3])})
     return layers, log
 

@@ -32,9 +32,16 @@ def m94_run(tmp_path_factory):
     if len(paths) < 3:
         pytest.skip(f"expected >= 3 M94 Seestar frames in {folder / 'raw'}, found {len(paths)}")
     out = tmp_path_factory.mktemp("m94_colour")
-    config = load_config(None, {"input.wcs_dirs": [str(folder / "wcs")], "run.threads": 2,
-                                "stack.enabled": False, "photometry.enabled": False,
-                                "output.export": "siril,tiff"})
+    config = load_config(
+        None,
+        {
+            "input.wcs_dirs": [str(folder / "wcs")],
+            "run.threads": 2,
+            "stack.enabled": False,
+            "photometry.enabled": False,
+            "output.export": "siril,tiff",
+        },
+    )
     result = run_pipeline(paths, out, config)
     with fits.open(result.mosaic_path) as hdul:
         data = hdul[0].data.astype(np.float32)

@@ -3,6 +3,8 @@ kept, per-pixel (block-independent) and the same as the preview."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -19,17 +21,27 @@ NOISE = 5.0
 def sky_image():
     """A cast OSC image with stars and one bright galaxy (core 3000 sigma above the sky)."""
     size = SHAPE[0] * 2.0 / 3600.0
-    truth = make_truth_sky(center=(150.0, 2.0), size_deg=(size, size), pixel_scale_arcsec=2.0,
-                           channels=3, n_stars=800, n_galaxies=0, nebula_amplitude=0.0,
-                           flux_slope=0.6, seed=5)
+    truth = make_truth_sky(
+        center=(150.0, 2.0),
+        size_deg=(size, size),
+        pixel_scale_arcsec=2.0,
+        channels=3,
+        n_stars=800,
+        n_galaxies=0,
+        nebula_amplitude=0.0,
+        flux_slope=0.6,
+        seed=5,
+    )
     image = truth.render(truth.wcs_for(SHAPE), SHAPE)
-    yy, xx = np.mgrid[:SHAPE[0], :SHAPE[1]]
+    yy, xx = np.mgrid[: SHAPE[0], : SHAPE[1]]
     r = np.hypot(yy - 250.0, xx - 150.0)
     galaxy = 15000.0 * np.exp(-r / 6.0)
     rng = np.random.default_rng(5)
     response = np.asarray(SEESTAR_RESPONSE)[:, None, None]
     sky = np.array([300.0, 420.0, 260.0])[:, None, None]
-    data = (response * (image + galaxy) + sky + rng.normal(0, NOISE, (3, *SHAPE))).astype(np.float32)
+    data = (response * (image + galaxy) + sky + rng.normal(0, NOISE, (3, *SHAPE))).astype(
+        np.float32
+    )
     data[:, :30] = np.nan
     return data, r
 
@@ -39,7 +51,9 @@ def sky_image():
 def test_sky_lands_on_the_target_level(sky_image, curve, target):
     data, _ = sky_image
     color = measure_color(data)
-    params = fit_stretch(data, options=StretchOptions(target_background=target, curve=curve), color=color)
+    params = fit_stretch(
+        data, options=StretchOptions(target_background=target, curve=curve), color=color
+    )
     y = apply_stretch(data, params)
     valid = np.isfinite(data).all(axis=0)
     medians = [float(np.median(y[c][valid])) for c in range(3)]
@@ -59,7 +73,7 @@ def test_preview_statistics_neutral_unclipped(sky_image):
     core = img[..., 1][r < 12]
     assert core.max() < 255 and len(np.unique(core)) > 30
     ring = [float(np.median(img[..., 1][(r >= a) & (r < a + 2)])) for a in (0, 4, 8, 12, 16)]
-    assert all(b < a for a, b in zip(ring, ring[1:]))
+    assert all(b < a for a, b in itertools.pairwise(ring))
 
 
 def test_raw_cast_is_green_without_calibration(sky_image):
@@ -80,8 +94,15 @@ def test_apply_is_block_independent_and_deterministic(sky_image):
     xs = np.sort(rng.choice(np.arange(1, SHAPE[1]), 3, replace=False))
     rows = []
     for y0, y1 in zip([0, *ys], [*ys, SHAPE[0]], strict=True):
-        rows.append(np.concatenate([apply_stretch(data[:, y0:y1, x0:x1], params)
-                                    for x0, x1 in zip([0, *xs], [*xs, SHAPE[1]], strict=True)], axis=2))
+        rows.append(
+            np.concatenate(
+                [
+                    apply_stretch(data[:, y0:y1, x0:x1], params)
+                    for x0, x1 in zip([0, *xs], [*xs, SHAPE[1]], strict=True)
+                ],
+                axis=2,
+            )
+        )
     assert np.array_equal(np.concatenate(rows, axis=1), whole)
     assert whole.dtype == np.float32 and whole.min() >= 0 and whole.max() <= 1
     assert np.all(whole[:, :30] == 0)  # NaN = no data gives 0
@@ -118,10 +139,16 @@ def test_all_nan_sample():
     assert not apply_stretch(data, fit_stretch(data)).any()
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"target_background": 0.0}, "target_background"), ({"target_background": 0.6}, "target_background"),
-    ({"shadow_clip": -1.0}, "shadow_clip"), ({"curve": "log"}, "curve must be one of"),
-    ({"highlight_percentile": 40.0}, "highlight_percentile")])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"target_background": 0.0}, "target_background"),
+        ({"target_background": 0.6}, "target_background"),
+        ({"shadow_clip": -1.0}, "shadow_clip"),
+        ({"curve": "log"}, "curve must be one of"),
+        ({"highlight_percentile": 40.0}, "highlight_percentile"),
+    ],
+)
 def test_bad_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
         StretchOptions(**kwargs)

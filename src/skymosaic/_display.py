@@ -40,8 +40,12 @@ def color_options(config: Config) -> ColorOptions:
 
 def stretch_options(config: Config) -> StretchOptions:
     c = config.color
-    return StretchOptions(target_background=c.target_background, shadow_clip=c.shadow_clip,
-                          curve=c.curve, highlight_percentile=c.highlight_percentile)
+    return StretchOptions(
+        target_background=c.target_background,
+        shadow_clip=c.shadow_clip,
+        curve=c.curve,
+        highlight_percentile=c.highlight_percentile,
+    )
 
 
 @dataclass(eq=False)
@@ -68,10 +72,14 @@ class Display:
         scales = ", ".join(f"{v:.6g}" for v in self.color.scale)
         offsets = ", ".join(f"{v:.6g}" for v in self.color.offset)
         if self.mode == "apply":
-            return [f"colour calibration applied (color.mode apply, still linear): x' = scale*x + "
-                    f"offset per channel, scale ({scales}), offset ({offsets})"]
-        return [f"colour calibration recorded, not applied (color.mode record): scale ({scales}), "
-                f"offset ({offsets}); see CLRSCLn/CLROFFn"]
+            return [
+                f"colour calibration applied (color.mode apply, still linear): x' = scale*x + "
+                f"offset per channel, scale ({scales}), offset ({offsets})"
+            ]
+        return [
+            f"colour calibration recorded, not applied (color.mode record): scale ({scales}), "
+            f"offset ({offsets}); see CLRSCLn/CLROFFn"
+        ]
 
     def report(self) -> dict:
         """The ``color`` section of run.json."""
@@ -91,18 +99,39 @@ def plan_display(plane: np.ndarray, config: Config) -> Display:
     return Display(mode=mode, color=color, params=params, plane=plane)
 
 
-def write_display(out: Path, name: str, config: Config, display: Display, source: RowSource, wcs: WCS, *,
-                  memory_budget: int, history: list[str], cards: dict) -> dict:
+def write_display(  # noqa: PLR0917 - the products' folder, name and sources, as the writers
+    out: Path,
+    name: str,
+    config: Config,
+    display: Display,
+    source: RowSource,
+    wcs: WCS,
+    *,
+    memory_budget: int,
+    history: list[str],
+    cards: dict,
+) -> dict:
     """Write the preview and the exports of ``source`` as ``out/name*``; their file names
     by product (``preview``, ``linear``, ``linear_mask``, ``tiff``)."""
     products: dict = {"preview": None}
     if config.output.preview:
-        path = write_preview(out / f"{name}_preview.png", display.plane,
-                             max_size=config.output.preview_max_size, params=display.params)
+        path = write_preview(
+            out / f"{name}_preview.png",
+            display.plane,
+            max_size=config.output.preview_max_size,
+            params=display.params,
+        )
         products["preview"] = path.name
     if "siril" in config.output.export:
-        image, mask = write_linear_fits(out / f"{name}_linear.fits", source, wcs, memory_budget=memory_budget,
-                                        color=display.science_color, history=history, cards=cards)
+        image, mask = write_linear_fits(
+            out / f"{name}_linear.fits",
+            source,
+            wcs,
+            memory_budget=memory_budget,
+            color=display.science_color,
+            history=history,
+            cards=cards,
+        )
         products["linear"], products["linear_mask"] = image.name, mask.name
     if "tiff" in config.output.export:
         products["tiff"] = write_tiff(out / f"{name}.tif", source, display.params).name

@@ -84,7 +84,9 @@ def _calibrated(block: np.ndarray, color: ColorMap | None) -> np.ndarray:
     return block * scale + offset
 
 
-def linear_range(source: RowSource, *, memory_budget: int, color: ColorMap | None = None) -> tuple[float, float]:
+def linear_range(
+    source: RowSource, *, memory_budget: int, color: ColorMap | None = None
+) -> tuple[float, float]:
     """The smallest and largest valid (finite in every channel) value of ``source``."""
     c, h, w = source.shape
     rows = _rows(w, c, memory_budget)
@@ -137,9 +139,11 @@ def write_linear_fits(
     c, h, w = source.shape
     low, high = linear_range(source, memory_budget=memory_budget, color=color)
     span = np.float32(high - low)
-    extra = {"LINLOW": (low, "0 in the image: (x-LINLOW)/(LINHIGH-LINLOW)"),
-             "LINHIGH": (high, "data value at 1 in the image"),
-             "MASKFILE": (mask_path.name[:40], "1 data, 0 none")}
+    extra = {
+        "LINLOW": (low, "0 in the image: (x-LINLOW)/(LINHIGH-LINLOW)"),
+        "LINHIGH": (high, "data value at 1 in the image"),
+        "MASKFILE": (mask_path.name[:40], "1 data, 0 none"),
+    }
     header = mosaic_header(wcs, history=history, cards={**(cards or {}), **extra})
     header.remove("BUNIT", ignore_missing=True)
     shape = (h, w) if c == 1 else (c, h, w)
@@ -164,18 +168,19 @@ def write_linear_fits(
 
 def _header_for(shape: tuple[int, ...], dtype, cards: fits.Header) -> fits.Header:
     """A primary header for an image of ``shape`` and ``dtype`` with ``cards``."""
-    virtual = np.lib.stride_tricks.as_strided(np.zeros(1, dtype), shape=shape, strides=(0,) * len(shape))
+    virtual = np.lib.stride_tricks.as_strided(
+        np.zeros(1, dtype), shape=shape, strides=(0,) * len(shape)
+    )
     return fits.PrimaryHDU(virtual, header=cards).header
 
 
 def _stream_hdu(path: Path, header: fits.Header, blocks: Iterator[np.ndarray]) -> None:
     """One-HDU FITS file: ``header``, then the blocks in order; atomic."""
-    with atomic_path(path, suffix=".fits") as tmp:
-        with open(tmp, "ab+") as fh:
-            hdu = fits.StreamingHDU(fh, header)
-            for block in blocks:
-                hdu.write(block)
-            hdu.close()
+    with atomic_path(path, suffix=".fits") as tmp, open(tmp, "ab+") as fh:
+        hdu = fits.StreamingHDU(fh, header)
+        for block in blocks:
+            hdu.write(block)
+        hdu.close()
 
 
 def _srgb_profile() -> bytes | None:
@@ -212,15 +217,23 @@ def write_tiff(path: str | os.PathLike, source: RowSource, params: StretchParams
             y0 = max(0, y1 - _TILE)
             band = source.read_rows(y0, y1)[:, ::-1]
             for tx in range(tiles_x):
-                part = to_uint(apply_stretch(band[:, :, tx * _TILE:(tx + 1) * _TILE], params), 16)
+                part = to_uint(apply_stretch(band[:, :, tx * _TILE : (tx + 1) * _TILE], params), 16)
                 tile = np.zeros((_TILE, _TILE, c), np.uint16)
-                tile[:part.shape[1], :part.shape[2]] = np.moveaxis(part, 0, -1)
+                tile[: part.shape[1], : part.shape[2]] = np.moveaxis(part, 0, -1)
                 yield tile if c == 3 else tile[..., 0]
 
     icc = _srgb_profile() if c == 3 else None
     with atomic_path(path, suffix=".tif") as tmp:
-        tifffile.imwrite(tmp, tiles(), shape=(h, w, c) if c == 3 else (h, w), dtype=np.uint16,
-                         tile=(_TILE, _TILE), photometric="rgb" if c == 3 else "minisblack",
-                         planarconfig="contig" if c == 3 else None, iccprofile=icc,
-                         software="skymosaic", compression="zlib")
+        tifffile.imwrite(
+            tmp,
+            tiles(),
+            shape=(h, w, c) if c == 3 else (h, w),
+            dtype=np.uint16,
+            tile=(_TILE, _TILE),
+            photometric="rgb" if c == 3 else "minisblack",
+            planarconfig="contig" if c == 3 else None,
+            iccprofile=icc,
+            software="skymosaic",
+            compression="zlib",
+        )
     return Path(path)

@@ -1,4 +1,4 @@
-"""The display stretch: a linear mosaic to display values in [0, 1], fitted once, applied to any block.
+"""The display stretch: linear mosaic to display values in [0, 1], fitted once, applied anywhere.
 
 Two steps, so that a preview, a 16-bit TIFF and the tiles of a deep-zoom viewer of the same
 mosaic all show the same values:
@@ -47,13 +47,21 @@ and MADs, as PixInsight's linked STF): colours keep their calibrated ratios.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import numpy as np
 
-__all__ = ["STRETCH_CURVES", "ColorMap", "StretchOptions", "StretchParams", "apply_stretch", "fit_stretch", "to_uint"]
+__all__ = [
+    "STRETCH_CURVES",
+    "ColorMap",
+    "StretchOptions",
+    "StretchParams",
+    "apply_stretch",
+    "fit_stretch",
+    "to_uint",
+]
 
 #: Display curves: asinh (highlights compressed logarithmically) or PixInsight's MTF.
 STRETCH_CURVES = ("asinh", "mtf")
@@ -99,13 +107,17 @@ class StretchOptions:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.target_background <= 0.5:
-            raise ValueError(f"target_background must be in (0, 0.5], got {self.target_background!r}")
+            raise ValueError(
+                f"target_background must be in (0, 0.5], got {self.target_background!r}"
+            )
         if not self.shadow_clip >= 0.0:
             raise ValueError(f"shadow_clip must be >= 0, got {self.shadow_clip!r}")
         if self.curve not in STRETCH_CURVES:
             raise ValueError(f"curve must be one of {STRETCH_CURVES}, got {self.curve!r}")
         if not 50.0 < self.highlight_percentile <= 100.0:
-            raise ValueError(f"highlight_percentile must be in (50, 100], got {self.highlight_percentile!r}")
+            raise ValueError(
+                f"highlight_percentile must be in (50, 100], got {self.highlight_percentile!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -141,14 +153,27 @@ class StretchParams:
         return len(self.scale)
 
     def to_dict(self) -> dict:
-        return {"curve": self.curve, "scale": list(self.scale), "offset": list(self.offset),
-                "black": list(self.black), "white": list(self.white), "midtones": list(self.midtones),
-                "sky": self.sky}
+        return {
+            "curve": self.curve,
+            "scale": list(self.scale),
+            "offset": list(self.offset),
+            "black": list(self.black),
+            "white": list(self.white),
+            "midtones": list(self.midtones),
+            "sky": self.sky,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> StretchParams:
-        return cls(tuple(d["scale"]), tuple(d["offset"]), tuple(d["black"]), tuple(d["white"]),
-                   tuple(d["midtones"]), str(d["curve"]), float(d.get("sky", float("nan"))))
+        return cls(
+            tuple(d["scale"]),
+            tuple(d["offset"]),
+            tuple(d["black"]),
+            tuple(d["white"]),
+            tuple(d["midtones"]),
+            str(d["curve"]),
+            float(d.get("sky", float("nan"))),
+        )
 
 
 def _subsample(plane: np.ndarray) -> np.ndarray:
@@ -159,8 +184,9 @@ def _subsample(plane: np.ndarray) -> np.ndarray:
     return values[np.isfinite(values)].astype(np.float64)
 
 
-def fit_stretch(sample: np.ndarray, *, options: StretchOptions | None = None,
-                color: ColorMap | None = None) -> StretchParams:
+def fit_stretch(
+    sample: np.ndarray, *, options: StretchOptions | None = None, color: ColorMap | None = None
+) -> StretchParams:
     """Fit the display stretch of a mosaic on ``sample`` (see the module docstring).
 
     Parameters
@@ -170,7 +196,8 @@ def fit_stretch(sample: np.ndarray, *, options: StretchOptions | None = None,
     options : StretchOptions, optional
         Strength of the stretch.
     color : ColorMap, optional
-        A colour calibration (`skymosaic.photometry.ColorCalibration`), applied before the statistics (and by `apply_stretch`); ``None``: no calibration.
+        A colour calibration (`skymosaic.photometry.ColorCalibration`), applied before the
+        statistics (and by `apply_stretch`); ``None``: no calibration.
 
     Returns
     -------
@@ -203,10 +230,14 @@ def fit_stretch(sample: np.ndarray, *, options: StretchOptions | None = None,
         v = _subsample(np.asarray(sample[k]))
         values.append(v * np.float32(scale[k]) + np.float32(offset[k]))
     if min(v.size for v in values) == 0:  # nothing to fit: a plain [0, 1] map
-        return StretchParams(scale, offset, (0.0,) * c, (1.0,) * c, (_LINEAR_BETA,) * c,
-                             options.curve, float("nan"))
+        return StretchParams(
+            scale, offset, (0.0,) * c, (1.0,) * c, (_LINEAR_BETA,) * c, options.curve, float("nan")
+        )
     medians = [float(np.median(v)) for v in values]
-    mads = [_MAD_TO_SIGMA * float(np.median(np.abs(v - m))) for v, m in zip(values, medians, strict=True)]
+    mads = [
+        _MAD_TO_SIGMA * float(np.median(np.abs(v - m)))
+        for v, m in zip(values, medians, strict=True)
+    ]
     sky, sigma = float(np.mean(medians)), float(np.mean(mads))
     low = min(float(v.min()) for v in values)
     black = max(sky - options.shadow_clip * sigma, low)
@@ -265,7 +296,9 @@ def apply_stretch(block: np.ndarray, params: StretchParams) -> np.ndarray:
         raise ValueError(f"block must be ({params.channels}, h, w), got shape {block.shape}")
     out = np.empty(block.shape, np.float32)
     for k in range(params.channels):
-        x = np.asarray(block[k], np.float32) * np.float32(params.scale[k]) + np.float32(params.offset[k])
+        x = np.asarray(block[k], np.float32) * np.float32(params.scale[k]) + np.float32(
+            params.offset[k]
+        )
         span = params.white[k] - params.black[k]
         t = np.maximum((x.astype(np.float64) - params.black[k]) / span, 0.0)
         if params.curve == "mtf":

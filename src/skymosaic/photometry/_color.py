@@ -116,7 +116,9 @@ class ColorCalibration:
     @classmethod
     def identity(cls, channels: int, status: str) -> ColorCalibration:
         one, zero = (1.0,) * channels, (0.0,) * channels
-        return cls(one, zero, (float("nan"),) * channels, (float("nan"),) * channels, one, 0, status)
+        return cls(
+            one, zero, (float("nan"),) * channels, (float("nan"),) * channels, one, 0, status
+        )
 
     def apply(self, block: np.ndarray) -> np.ndarray:
         """``scale[c] * block[c] + offset[c]`` in float32 (NaN stays NaN), shape (C, h, w)."""
@@ -125,27 +127,49 @@ class ColorCalibration:
         return np.asarray(block, np.float32) * scale + offset
 
     def to_dict(self) -> dict:
-        return {"scale": list(self.scale), "offset": list(self.offset), "sky": list(self.sky),
-                "sky_noise": list(self.sky_noise), "white": list(self.white),
-                "n_stars": self.n_stars, "status": self.status}
+        return {
+            "scale": list(self.scale),
+            "offset": list(self.offset),
+            "sky": list(self.sky),
+            "sky_noise": list(self.sky_noise),
+            "white": list(self.white),
+            "n_stars": self.n_stars,
+            "status": self.status,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> ColorCalibration:
-        return cls(tuple(d["scale"]), tuple(d["offset"]), tuple(d["sky"]), tuple(d["sky_noise"]),
-                   tuple(d["white"]), int(d["n_stars"]), str(d.get("status", "ok")))
+        return cls(
+            tuple(d["scale"]),
+            tuple(d["offset"]),
+            tuple(d["sky"]),
+            tuple(d["sky_noise"]),
+            tuple(d["white"]),
+            int(d["n_stars"]),
+            str(d.get("status", "ok")),
+        )
 
     def header_cards(self, mode: str) -> dict:
         """FITS cards recording the calibration (``CLRMODE``, ``CLRSCLn``, ``CLROFFn``, ...)."""
-        cards: dict = {"CLRMODE": (mode, "colour calibration: record, apply (skymosaic)"),
-                       "CLRNSTAR": (self.n_stars, "stars in the colour white reference")}
-        for c, (s, o, sky) in enumerate(zip(self.scale, self.offset, self.sky, strict=True), start=1):
+        cards: dict = {
+            "CLRMODE": (mode, "colour calibration: record, apply (skymosaic)"),
+            "CLRNSTAR": (self.n_stars, "stars in the colour white reference"),
+        }
+        for c, (s, o, sky) in enumerate(
+            zip(self.scale, self.offset, self.sky, strict=True), start=1
+        ):
             cards[f"CLRSCL{c}"] = (float(s), f"colour scale of channel {c}: scale*x+offset")
             cards[f"CLROFF{c}"] = (float(o), f"colour offset of channel {c}")
-            cards[f"CLRSKY{c}"] = (float(sky) if np.isfinite(sky) else 0.0, f"sky level of channel {c}")
+            cards[f"CLRSKY{c}"] = (
+                float(sky) if np.isfinite(sky) else 0.0,
+                f"sky level of channel {c}",
+            )
         return cards
 
 
-def measure_color(data: np.ndarray, *, options: ColorOptions | None = None) -> ColorCalibration | None:
+def measure_color(
+    data: np.ndarray, *, options: ColorOptions | None = None
+) -> ColorCalibration | None:
     """Measure the background neutralisation and white balance of a linear RGB mosaic.
 
     Parameters
@@ -181,20 +205,32 @@ def measure_color(data: np.ndarray, *, options: ColorOptions | None = None) -> C
     sky_mask = valid & ~_source_mask(segmap, residual, rms)
     if sky_mask.sum() < 100:
         return ColorCalibration.identity(3, "too few sky pixels")
-    sky, noise = zip(*(_clipped_median(planes[c][sky_mask], options.clip_sigma) for c in range(3)),
-                     strict=True)
+    sky, noise = zip(
+        *(_clipped_median(planes[c][sky_mask], options.clip_sigma) for c in range(3)), strict=True
+    )
     white, n_stars, status = np.ones(3), 0, "ok"
     if options.white == "stars":
-        white, n_stars, status = _white_from_stars(planes, valid, objs, sky, noise, options)
+        white, n_stars, status = _white_from_stars(planes, valid, objs, noise, options)
     scale = float(np.mean(white)) / white
     scaled_sky = scale * np.asarray(sky)
     offset = float(np.mean(scaled_sky)) - scaled_sky
     calibration = ColorCalibration(
-        scale=tuple(float(v) for v in scale), offset=tuple(float(v) for v in offset),
-        sky=tuple(float(v) for v in sky), sky_noise=tuple(float(v) for v in noise),
-        white=tuple(float(v) for v in white), n_stars=int(n_stars), status=status)
-    logger.info("colour calibration: scales %s, offsets %s, sky %s, %d star(s) (%s)",
-                _fmt(scale), _fmt(offset), _fmt(sky), n_stars, status)
+        scale=tuple(float(v) for v in scale),
+        offset=tuple(float(v) for v in offset),
+        sky=tuple(float(v) for v in sky),
+        sky_noise=tuple(float(v) for v in noise),
+        white=tuple(float(v) for v in white),
+        n_stars=int(n_stars),
+        status=status,
+    )
+    logger.info(
+        "colour calibration: scales %s, offsets %s, sky %s, %d star(s) (%s)",
+        _fmt(scale),
+        _fmt(offset),
+        _fmt(sky),
+        n_stars,
+        status,
+    )
     return calibration
 
 
@@ -223,9 +259,16 @@ def _detect(residual: np.ndarray, valid: np.ndarray, rms: float, sigma: float):
 
     sep.set_extract_pixstack(max(300_000, residual.size // 2))
     sep.set_sub_object_limit(4096)
-    objs, segmap = sep.extract(np.ascontiguousarray(residual), sigma, err=rms,
-                               mask=np.ascontiguousarray(~valid), minarea=5,
-                               deblend_cont=0.005, clean=True, segmentation_map=True)
+    objs, segmap = sep.extract(
+        np.ascontiguousarray(residual),
+        sigma,
+        err=rms,
+        mask=np.ascontiguousarray(~valid),
+        minarea=5,
+        deblend_cont=0.005,
+        clean=True,
+        segmentation_map=True,
+    )
     return objs, segmap
 
 
@@ -255,8 +298,9 @@ def _clipped_median(values: np.ndarray, clip: float, max_iter: int = 5) -> tuple
     return med, float(_MAD_TO_SIGMA * np.median(np.abs(v[keep] - med)))
 
 
-def _white_from_stars(planes: np.ndarray, valid: np.ndarray, objs, sky, noise,
-                      options: ColorOptions) -> tuple[np.ndarray, int, str]:
+def _white_from_stars(
+    planes: np.ndarray, valid: np.ndarray, objs, noise, options: ColorOptions
+) -> tuple[np.ndarray, int, str]:
     """The robust mean colour of the good stars, their number and a status."""
     good = _good_stars(planes, valid, objs, options)
     if good.size == 0 or len(good) < options.min_stars:
@@ -268,7 +312,8 @@ def _white_from_stars(planes: np.ndarray, valid: np.ndarray, objs, sky, noise,
     err = np.asarray(noise)[None, :] * np.sqrt(np.pi) * radius
     ok = np.all(np.isfinite(flux), axis=1) & np.all(flux > 10.0 * err, axis=1)
     if ok.sum() < options.min_stars:
-        status = f"{int(ok.sum())} star(s) with SNR > 10 in every channel, fewer than {options.min_stars}"
+        status = (f"{int(ok.sum())} star(s) with SNR > 10 in every channel, "
+                  f"fewer than {options.min_stars}")
         logger.warning("colour calibration: %s: no white balance", status)
         return np.ones(3), int(ok.sum()), status
     q = flux[ok] / flux[ok].mean(axis=1, keepdims=True)
@@ -302,7 +347,7 @@ def _good_stars(planes: np.ndarray, valid: np.ndarray, objs, options: ColorOptio
         peak = ndimage.maximum_filter(np.where(valid, planes[c], -np.inf), size=5)[iy, ix]
         ok &= peak < level
     good = objs[ok]
-    return np.sort(good, order="flux")[::-1][:options.max_stars]
+    return np.sort(good, order="flux")[::-1][: options.max_stars]
 
 
 def _aperture(image: np.ndarray, valid: np.ndarray, objs, radius: float) -> np.ndarray:
@@ -310,7 +355,13 @@ def _aperture(image: np.ndarray, valid: np.ndarray, objs, radius: float) -> np.n
     import sep  # noqa: PLC0415
 
     img = np.ascontiguousarray(np.where(valid, image, 0.0), dtype=np.float64)
-    flux, _, flag = sep.sum_circle(img, np.asarray(objs["x"], np.float64), np.asarray(objs["y"], np.float64),
-                                   radius, mask=np.ascontiguousarray(~valid),
-                                   bkgann=(2.0 * radius, 3.0 * radius), subpix=5)
+    flux, _, flag = sep.sum_circle(
+        img,
+        np.asarray(objs["x"], np.float64),
+        np.asarray(objs["y"], np.float64),
+        radius,
+        mask=np.ascontiguousarray(~valid),
+        bkgann=(2.0 * radius, 3.0 * radius),
+        subpix=5,
+    )
     return np.where(flag == 0, flux, np.nan)

@@ -187,3 +187,25 @@ def test_siril_opens_the_linear_export(runs):
     # the science FITS, by contrast, has NaN for no data: Siril's figures are NaN
     layers, _ = siril_stats(runs["record"]["dir"], "mosaic.fits")
     assert layers and np.isnan(layers[0]["mean"])
+
+
+def test_grid_mode_applies_records_and_exports(runs, tmp_path):
+    """Grid mode (a stack_plan.csv) shares the colour step: apply, cards, exports."""
+    frames = sorted(runs["off"]["dir"].parent.joinpath("frames").glob("*.fits"))
+    plan = tmp_path / "stack_plan.csv"
+    plan.write_text("path,exptime\n" + "".join(f"{p},10\n" for p in frames))
+    config = load_config(None, {**OVERRIDES, "grid.plan": str(plan), "color.mode": "apply",
+                                "output.export": "siril,tiff"})
+    result = run_pipeline([frames[0].parent], tmp_path / "grid", config)
+    report = result.report["grid"][""]
+    color = report["color"]
+    assert result.report["mode"] == "grid" and color["mode"] == "apply" and color["status"] == "ok"
+    assert report["linear"] == "mosaic_linear.fits" and report["tiff"] == "mosaic.tif"
+    with fits.open(result.mosaic_path) as hdul:
+        header = hdul[0].header
+    assert header["CLRMODE"] == "apply" and header["CLRSCL1"] == color["scale"][0]
+    img = _png(result.preview_path)
+    valid = (img > 0).any(axis=-1)
+    medians = [float(np.median(img[..., c][valid])) for c in range(3)]
+    assert np.ptp(medians) <= 3
+    assert (tmp_path / "grid" / "mosaic_linear_mask.fits").is_file()

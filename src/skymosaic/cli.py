@@ -195,6 +195,11 @@ def run(
     threads: Annotated[Optional[int], typer.Option(help="worker threads (0 = all cores)")] = None,
     gpu: Annotated[Optional[str], typer.Option(help="auto | on | off: CuPy GPU backend (docs/gpu.md)")] = None,
     no_preview: Annotated[bool, typer.Option("--no-preview", help="skip the PNG preview")] = False,
+    export: Annotated[Optional[str], typer.Option(
+        help="extra products: siril (linear FITS in [0, 1] + mask), tiff (16-bit stretched), "
+             "comma-separated (docs/colour.md)")] = None,
+    color: Annotated[Optional[str], typer.Option(
+        help="record | apply | off: colour calibration (docs/colour.md)")] = None,
     log_level: Annotated[Optional[str], typer.Option(help="DEBUG | INFO | WARNING | ERROR")] = None,
     plan: Annotated[Optional[Path], typer.Option(
         help="stack_plan.csv: grid/survey mode (default: one found in an input folder)")] = None,
@@ -228,6 +233,7 @@ def run(
         "output.max_output_pixels": max_output_pixels,
         "run.use_gpu": gpu.lower() if gpu else None,
         "output.preview": False if no_preview else None, "run.log_level": log_level,
+        "output.export": export, "color.mode": color.lower() if color else None,
         "grid.plan": str(plan) if plan else None, "grid.auto_plan": False if no_plan else None,
         "run.fresh": True if fresh else None, "run.scheduler": scheduler, "run.workers": workers,
         "targets.select": target, "targets.region": region,

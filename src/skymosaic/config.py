@@ -140,6 +140,18 @@ class OutputConfig(_Section):
         default=2e9, gt=0, description="largest output grid, pixels (H x W); larger grids stop the "
         "run before anything is written (pre-flight check, docs/scale.md); a number or '2G', '500M'",
     )
+    export: list[Literal["siril", "tiff"]] = Field(
+        default_factory=list, description="extra products (docs/colour.md): siril = "
+        "NAME_linear.fits (one HDU, float32 in [0, 1], no data 0) + NAME_linear_mask.fits; "
+        "tiff = NAME.tif (16-bit, stretched, sRGB)",
+    )
+
+    @field_validator("export", mode="before")
+    @classmethod
+    def _export_list(cls, v: Any) -> Any:
+        if isinstance(v, str):  # the command line: "siril,tiff"
+            return [x.strip().lower() for x in v.split(",") if x.strip()]
+        return v
 
     @field_validator("max_output_pixels", mode="before")
     @classmethod
@@ -319,6 +331,31 @@ class PhotometryConfig(_Section):
         return v
 
 
+class ColorConfig(_Section):
+    """Colour calibration and the display stretch of previews and exports (docs/colour.md)."""
+
+    mode: Literal["record", "apply", "off"] = Field(
+        default="record", description="record: background neutralisation and white balance "
+        "measured, written to run.json and the FITS header, applied to the preview and TIFF "
+        "only; apply: also to the science FITS (stays linear; said in HISTORY); off: none")
+    white: Literal["stars", "none"] = Field(
+        default="stars", description="white reference: the robust mean colour of the unsaturated "
+        "stars, or none (background neutralisation only)")
+    min_stars: int = Field(default=10, ge=1, description="fewest good stars for a white balance")
+    target_background: float = Field(
+        default=0.15, gt=0, le=0.5, description="display level of the sky median in the preview, "
+        "fraction of full scale")
+    shadow_clip: float = Field(
+        default=2.8, ge=0, le=20, description="preview black point, in normalised MADs below "
+        "the sky median")
+    curve: Literal["asinh", "mtf"] = Field(
+        default="asinh", description="display curve: asinh (highlights compressed, cores keep "
+        "structure) or mtf (PixInsight's screen transfer function)")
+    highlight_percentile: float = Field(
+        default=100.0, gt=50, le=100, description="percentile of the calibrated preview plane "
+        "shown at full scale (100: its brightest pixel)")
+
+
 def _mib(value: Any, *, minimum: float = 0.0) -> Any:
     """A size with a unit (``"4GB"``, ``"4GiB"``, ``"800M"``) in MiB; other values unchanged
     (bare numbers are MiB already; pydantic checks their type and range).
@@ -398,6 +435,7 @@ class Config(_Section):
     targets: TargetsConfig = Field(default_factory=TargetsConfig)
     stack: StackConfig = Field(default_factory=StackConfig)
     photometry: PhotometryConfig = Field(default_factory=PhotometryConfig)
+    color: ColorConfig = Field(default_factory=ColorConfig)
     run: RunConfig = Field(default_factory=RunConfig)
 
     @property

@@ -1,4 +1,9 @@
-"""The end-to-end demo: a synthetic colour survey with a known truth, mosaicked and scored."""
+"""The end-to-end demo: a synthetic colour survey with a known truth, mosaicked and scored.
+
+The frames carry a one-shot-colour camera's channel response (`SEESTAR_RESPONSE`, green
+strongest), so the linear mosaic is green as a raw Seestar mosaic is; the preview shows it
+after the colour calibration (docs/colour.md).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from skymosaic.config import Config
 from skymosaic.io import read_mosaic
 from skymosaic.pipeline import Progress, RunResult, run_pipeline
 from skymosaic.synth import (
+    SEESTAR_RESPONSE,
     coverage_fraction,
     frame_border_mask,
     make_survey,
@@ -25,9 +31,11 @@ logger = logging.getLogger(__name__)
 #: Survey parameters of each demo size (see `skymosaic.synth.make_survey`).
 DEMO_SURVEYS = {
     "small": dict(n_x=3, n_y=3, frame_shape=(320, 400), overlap=0.25, channels=3,
-                  frames_per_pointing=4, hot_pixels=30, satellite_prob=0.3, sip=True),
+                  frames_per_pointing=4, hot_pixels=30, satellite_prob=0.3, sip=True,
+                  channel_response=SEESTAR_RESPONSE),
     "medium": dict(n_x=5, n_y=4, frame_shape=(600, 800), overlap=0.25, channels=3,
-                   frames_per_pointing=6, hot_pixels=50, satellite_prob=0.2, sip=True),
+                   frames_per_pointing=6, hot_pixels=50, satellite_prob=0.2, sip=True,
+                   channel_response=SEESTAR_RESPONSE),
 }
 
 

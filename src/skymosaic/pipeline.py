@@ -24,6 +24,7 @@ import numpy as np
 from astropy.wcs import WCS
 
 from skymosaic._dask import dask_client
+from skymosaic._display import plan_display, write_display
 from skymosaic._memory import limit_heap_growth
 from skymosaic._space import DiskFullError, format_bytes
 from skymosaic._manifest import MANIFEST_NAME, Manifest, crash_point, file_signature, fingerprint
@@ -47,7 +48,7 @@ from skymosaic.io import (
     scan_frame,
 )
 from skymosaic.io._diagnostics import write_photometry_diagnostics
-from skymosaic.io._stream import binned_plane, write_mosaic_from_disk, write_preview_from_disk
+from skymosaic.io._stream import StoreSource, binned_plane, preview_plane, write_mosaic_from_disk
 from skymosaic.io._writer import atomic_path, write_json
 from skymosaic.io.stack_plan import PlanRow, write_stack_plan
 from skymosaic.photometry import PhotometryOptions
@@ -460,8 +461,9 @@ def _mosaic_phases(run: _Run, paths: Sequence[Path], plan: StackPlan | None,
         catalog.rejected[path] = reason
     if not summary["used"]:
         run.fail("no frame contributed", "no frame contributed any pixel to the output grid")
-    if "coverage_renorm" in summary:
-        run.report["coverage_renorm"] = summary["coverage_renorm"]
+    for key in ("coverage_renorm", "color"):
+        if key in summary:
+            run.report[key] = summary[key]
     run.report.update(_summary(catalog, summary, grid, weights, stacked))
     run.report["products"] = dict(summary["products"], log="skymosaic.log", config="config.toml")
     run.finish()
@@ -574,8 +576,8 @@ def _assemble_classic(run: _Run, sources, grid: OutputGrid, opts: CoaddOptions, 
     products = {}
     if result.used:
         with run.phase("write"):
-            mosaic_path, preview_path = _write_products(out, config, grid, result)
-        products = {"mosaic": mosaic_path.name, "preview": preview_path.name if preview_path else None}
+            mosaic_path, written, extra["color"] = _write_products(out, config, grid, result)
+        products = {"mosaic": mosaic_path.name, **written}
     summary = {
         "used": result.used, "rejected": result.rejected, "shape": list(result.data.shape),
         "coverage_fraction": result.coverage_fraction, "max_depth": result.max_depth,
@@ -883,7 +885,8 @@ def _run_coadd(run: _Run, name: str, fp: str, sources, grid: OutputGrid, opts: C
 
 
 def _write_products(out: Path, config: Config, grid: OutputGrid, result: CoaddResult):
-    """The science FITS (streamed from the coadd store) and the preview."""
+    """The science FITS (streamed from the coadd store), the preview and the exports, with
+    the colour calibration (`skymosaic._display`); returns their paths and its report."""
     history = [
         f"skymosaic {__version__}: weighted-mean coadd of {len(result.used)} input(s)",
         f"config digest {config_digest(config)}; kernel {config.reproject.kernel}; "
@@ -894,13 +897,16 @@ def _write_products(out: Path, config: Config, grid: OutputGrid, result: CoaddRe
              "CFGHASH": (config_digest(config), "skymosaic config digest")}
     budget = config.memory_budget_bytes
     assert result.store is not None  # the pipeline always coadds into a BlockStore
+    display = plan_display(preview_plane(result.store, max_size=config.output.preview_max_size,
+                                         memory_budget=budget), config)
+    history += display.history()
+    cards.update(display.cards())
     mosaic_path = write_mosaic_from_disk(out / f"{config.output.name}.fits", result.store, grid.wcs,
-                                         memory_budget=budget, history=history, cards=cards)
-    preview_path = None
-    if config.output.preview:
-        preview_path = write_preview_from_disk(out / f"{config.output.name}_preview.png", result.store,
-                                               max_size=config.output.preview_max_size, memory_budget=budget)
-    return mosaic_path, preview_path
+                                         memory_budget=budget, history=history, cards=cards,
+                                         color=display.science_color)
+    products = write_display(out, config.output.name, config, display, StoreSource(result.store), grid.wcs,
+                             memory_budget=budget, history=history, cards=cards)
+    return mosaic_path, products, display.report()
 
 
 def _summary(catalog: Catalog, coadded: dict, grid: OutputGrid, weights: dict,

@@ -25,7 +25,10 @@ from skymosaic.assemble import CoaddOptions
 from skymosaic.config import Config, config_digest
 from skymosaic.grid._assemble import AssembleResult, assemble_tiles
 from skymosaic.grid._geometry import GridTile, make_tile_grid, tile_grid_of
-from skymosaic.io import FrameInfo, write_mosaic, write_preview
+from skymosaic._display import plan_display, write_display
+from skymosaic.io import FrameInfo, write_mosaic
+from skymosaic.io._export import ArraySource
+from skymosaic.io._writer import shrink_planes
 from skymosaic.io.stack_plan import PlanRow, StackPlan
 from skymosaic.photometry import PhotometryOptions
 from skymosaic.reproject import OutputGrid
@@ -213,7 +216,7 @@ def run_grid(
                                     feather_sigma=config.grid.feather_sigma, backend=options.backend)
         name = config.output.name + (f"_{_safe(filt)}" if multi and filt else "")
         with phase("write"):
-            mosaic_path, preview_path = _write(out, name, config, canvas, result, placed, filt)
+            mosaic_path, preview_path, written = _write(out, name, config, canvas, result, placed, filt)
         report = {
             "filter": filt, "mosaic": mosaic_path.name,
             "preview": preview_path.name if preview_path else None,
@@ -223,6 +226,7 @@ def run_grid(
             "tile_names": [t.tile_id for t in placed],
             "coverage_fraction": float(np.isfinite(result.data).all(axis=0).mean()),
             "max_depth": max(len(t.frames) for t in tiles),
+            **written,
         }
         products.append(GridProducts(filt, mosaic_path, preview_path, tuple(result.data.shape), report))
     return products
@@ -256,7 +260,9 @@ def _safe(text: str) -> str:
 
 
 def _write(out: Path, name: str, config: Config, canvas: OutputGrid, result: AssembleResult,
-           placed: list[PlacedTile], filt: str | None) -> tuple[Path, Path | None]:
+           placed: list[PlacedTile], filt: str | None) -> tuple[Path, Path | None, dict]:
+    """The science FITS, preview and exports of one grid mosaic, with the colour
+    calibration (`skymosaic._display`); the third value: the exports and the colour report."""
     history = [
         f"skymosaic {__version__}: grid mode, {len(placed)} tile(s), photometry "
         f"{result.report.get('photometry_mode')}, blend {result.report.get('blend')}",
@@ -272,10 +278,13 @@ def _write(out: Path, name: str, config: Config, canvas: OutputGrid, result: Ass
         h, w = t.data.shape[1:]
         ok = np.all(np.isfinite(t.data), axis=0)
         coverage[t.y0:t.y0 + h, t.x0:t.x0 + w] += ok
-    mosaic_path = write_mosaic(out / f"{name}.fits", result.data, canvas.wcs, weight=result.weight,
+    display = plan_display(shrink_planes(result.data, config.output.preview_max_size), config)
+    history += display.history()
+    cards.update(display.cards())
+    science = result.data if display.science_color is None else display.science_color.apply(result.data)
+    mosaic_path = write_mosaic(out / f"{name}.fits", science, canvas.wcs, weight=result.weight,
                                coverage=coverage, history=history, cards=cards)
-    preview_path = None
-    if config.output.preview:
-        preview_path = write_preview(out / f"{name}_preview.png", result.data,
-                                     max_size=config.output.preview_max_size)
-    return mosaic_path, preview_path
+    written = write_display(out, name, config, display, ArraySource(result.data), canvas.wcs,
+                            memory_budget=config.memory_budget_bytes, history=history, cards=cards)
+    preview = written.pop("preview")
+    return mosaic_path, out / preview if preview else None, {**written, "color": display.report()}

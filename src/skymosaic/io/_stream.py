@@ -20,9 +20,11 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from skymosaic.assemble._coadd import DiskMosaic
+from skymosaic.io._stretch import ColorMap, StretchOptions, StretchParams
 from skymosaic.io._writer import atomic_path, mosaic_header, write_preview
 
-__all__ = ["binned_plane", "preview_binning", "write_mosaic_from_disk", "write_preview_from_disk"]
+__all__ = ["StoreSource", "binned_plane", "preview_binning", "preview_plane", "write_mosaic_from_disk",
+           "write_preview_from_disk"]
 
 #: Rows per streamed block: a quarter of the budget for the block and its big-endian copy.
 _STREAM_SHARE = 8
@@ -37,9 +39,28 @@ def _rows_per_block(width: int, budget: int) -> int:
     return max(1, budget // _STREAM_SHARE // (width * 4 * 2))
 
 
+class StoreSource:
+    """The ``data`` of a `DiskMosaic` as a `skymosaic.io._export.RowSource`."""
+
+    def __init__(self, store: DiskMosaic) -> None:
+        self.store = store
+        arr = store.open("data")
+        c, h, w = arr.shape
+        del arr
+        self._shape = (int(c), int(h), int(w))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self._shape
+
+    def read_rows(self, y0: int, y1: int) -> np.ndarray:
+        return self.store.read_rows("data", y0, y1).astype(np.float32, copy=False)
+
+
 def _stream(path: Path, header: fits.Header, planes: Sequence[tuple[str, int | None]], store: DiskMosaic,
-            rows: int) -> None:
-    """Append one HDU: ``header`` then every (array name, channel) plane, ``rows`` at a time."""
+            rows: int, color: ColorMap | None = None) -> None:
+    """Append one HDU: ``header`` then every (array name, channel) plane, ``rows`` at a time
+    (data planes mapped by ``color``: ``scale[c] * x + offset[c]`` in float32)."""
     with open(path, "ab+") as fh:  # an open file: astropy refuses to append to an empty path
         hdu = fits.StreamingHDU(fh, header)
         for name, channel in planes:
@@ -50,6 +71,9 @@ def _stream(path: Path, header: fits.Header, planes: Sequence[tuple[str, int | N
                 block = store.read_rows(name, y0, min(height, y0 + rows))
                 if channel is not None:
                     block = block[channel]
+                    if color is not None:
+                        block = (block.astype(np.float32) * np.float32(color.scale[channel])
+                                 + np.float32(color.offset[channel]))
                 hdu.write(block.astype(">f4"))
         hdu.close()
 
@@ -62,6 +86,7 @@ def write_mosaic_from_disk(
     memory_budget: int,
     history: Sequence[str] = (),
     cards: dict | None = None,
+    color: ColorMap | None = None,
 ) -> Path:
     """Write the mosaic held in ``store`` as the science FITS, streaming blocks of rows.
 
@@ -77,6 +102,9 @@ def write_mosaic_from_disk(
         Bytes; the streamed blocks use at most an eighth of it.
     history, cards
         As in `skymosaic.io.write_mosaic`.
+    color : ColorMap, optional
+        A colour calibration applied to the data (``color.mode = "apply"``): each value
+        becomes ``float32(scale[c]) * x + float32(offset[c])`` in float32.
     """
     data = store.open("data")
     c, h, w = data.shape
@@ -86,7 +114,7 @@ def write_mosaic_from_disk(
     wcs_header = wcs.to_header(relax=True)
     rows = _rows_per_block(w, memory_budget)
     with atomic_path(path, suffix=".fits") as tmp:
-        _stream(tmp, header, [("data", ch) for ch in range(c)], store, rows)
+        _stream(tmp, header, [("data", ch) for ch in range(c)], store, rows, color)
         for name, ext in (("weight", "WEIGHT"), ("coverage", "COVERAGE")):
             ext_header = fits.ImageHDU(_virtual((h, w)), header=wcs_header, name=ext).header
             _stream(tmp, ext_header, [(name, None)], store, rows)
@@ -129,15 +157,27 @@ def binned_plane(store: DiskMosaic, name: str, factor: int, *, memory_budget: in
     return out
 
 
-def write_preview_from_disk(path: str | os.PathLike, store: DiskMosaic, *, max_size: int,
-                            memory_budget: int) -> Path:
-    """The stretched PNG preview of the mosaic in ``store`` (see `write_preview`)."""
+def preview_plane(store: DiskMosaic, *, max_size: int, memory_budget: int) -> np.ndarray:
+    """The plane a preview of ``store`` is drawn from (and its stretch fitted on): the
+    mosaic binned by `preview_binning`, or the mosaic itself when no binning is needed."""
     data = store.open("data")
     shape = data.shape
     del data
     factor = preview_binning(shape, max_size=max_size, memory_budget=memory_budget)
     if factor == 1:
-        planes = store.read_rows("data", 0, shape[1])
-    else:
-        planes = binned_plane(store, "data", factor, memory_budget=memory_budget)
-    return write_preview(path, planes, max_size=max_size)
+        return store.read_rows("data", 0, shape[1]).astype(np.float32, copy=False)
+    return binned_plane(store, "data", factor, memory_budget=memory_budget)
+
+
+def write_preview_from_disk(path: str | os.PathLike, store: DiskMosaic, *, max_size: int,
+                            memory_budget: int, options: StretchOptions | None = None,
+                            color: ColorMap | None = None, params: StretchParams | None = None,
+                            plane: np.ndarray | None = None) -> Path:
+    """The stretched PNG preview of the mosaic in ``store`` (see `write_preview`).
+
+    ``plane`` is `preview_plane` of ``store`` when the caller has it already; the stretch
+    is fitted on it (`skymosaic.io._stretch.fit_stretch`) unless ``params`` is given.
+    """
+    if plane is None:
+        plane = preview_plane(store, max_size=max_size, memory_budget=memory_budget)
+    return write_preview(path, plane, max_size=max_size, options=options, color=color, params=params)

@@ -21,11 +21,13 @@ from astropy.wcs import WCS
 
 from skymosaic._space import DiskFullError, is_disk_full
 from skymosaic._version import __version__
+from skymosaic.io._stretch import ColorMap, StretchOptions, StretchParams, apply_stretch, fit_stretch, to_uint
 
 __all__ = [
     "atomic_path",
     "mosaic_header",
     "read_mosaic",
+    "shrink_planes",
     "stretch_preview",
     "write_json",
     "write_mosaic",
@@ -162,22 +164,11 @@ def read_mosaic(path: str | os.PathLike) -> tuple[np.ndarray, WCS, np.ndarray | 
     return data, wcs, weight
 
 
-def stretch_preview(
-    data: np.ndarray,
-    *,
-    max_size: int = 4096,
-    black_percentile: float = 0.5,
-    white_percentile: float = 99.9,
-    softening: float = 0.02,
-) -> np.ndarray:
-    """An 8-bit display image of a linear mosaic with a linked asinh stretch.
+def shrink_planes(data: np.ndarray, max_size: int) -> np.ndarray:
+    """``data`` (C, H, W) shrunk by area averaging so that its long side is <= ``max_size``.
 
-    The same black point, white point and curve apply to every colour channel (linked), so
-    colours keep their ratios: no channel is rescaled on its own. NaN (no data) is black.
-
-    Returns
-    -------
-    ndarray, uint8, shape (H', W') or (H', W', 3) in RGB order, long side <= ``max_size``.
+    A shrunk pixel is the mean of its valid input pixels where more than half are valid,
+    NaN elsewhere (as `skymosaic.io._stream.binned_plane`). Unchanged (float32) if small.
     """
     c, h, w = data.shape
     scale = min(1.0, max_size / max(h, w))
@@ -189,27 +180,41 @@ def stretch_preview(
         den = cv2.resize(valid, size, interpolation=cv2.INTER_AREA)
         planes = np.stack([cv2.resize(p, size, interpolation=cv2.INTER_AREA) for p in filled])
         with np.errstate(invalid="ignore", divide="ignore"):
-            planes = np.where(den > 0.5, planes / den, np.nan)
-    valid = np.isfinite(planes).all(axis=0)
-    lum = np.where(valid, planes.mean(axis=0) if valid.any() else 0.0, np.nan)
-    finite = lum[valid]
-    if finite.size == 0:
-        img = np.zeros(planes.shape[1:] + ((3,) if c == 3 else ()), np.uint8)
-        return img
-    sample = finite[:: max(1, finite.size // 2_000_000)]
-    lo, hi = np.percentile(sample, [black_percentile, white_percentile])
-    span = max(float(hi - lo), 1e-12)
-    x = np.clip((planes - lo) / span, 0.0, 1.0)
-    beta = 1.0 / softening
-    y = np.arcsinh(beta * x) / np.arcsinh(beta)
-    y = np.where(np.isfinite(y), y, 0.0)
-    img = np.round(y * 255.0).astype(np.uint8)
+            planes = np.where(den > 0.5, planes / den, np.nan).astype(np.float32)
+    return planes
+
+
+def stretch_preview(
+    data: np.ndarray,
+    *,
+    max_size: int = 4096,
+    options: StretchOptions | None = None,
+    color: ColorMap | None = None,
+    params: StretchParams | None = None,
+) -> np.ndarray:
+    """An 8-bit display image of a linear mosaic: colour calibration, then the auto-stretch.
+
+    The stretch (`skymosaic.io._stretch`) is fitted on the shrunk image (unless ``params``
+    is given) and linked: one black point, white point and curve for every channel after
+    ``color``, so colours keep their calibrated ratios. NaN (no data) is black.
+
+    Returns
+    -------
+    ndarray, uint8, shape (H', W') or (H', W', 3) in RGB order, long side <= ``max_size``.
+    """
+    c = data.shape[0]
+    planes = shrink_planes(data, max_size)
+    if params is None:
+        params = fit_stretch(planes, options=options, color=color)
+    img = to_uint(apply_stretch(planes, params), 8)
     return img[0] if c == 1 else np.moveaxis(img, 0, -1)
 
 
-def write_preview(path: str | os.PathLike, data: np.ndarray, *, max_size: int = 4096) -> Path:
+def write_preview(path: str | os.PathLike, data: np.ndarray, *, max_size: int = 4096,
+                  options: StretchOptions | None = None, color: ColorMap | None = None,
+                  params: StretchParams | None = None) -> Path:
     """Write a stretched PNG preview of an (C, H, W) mosaic (see `stretch_preview`)."""
-    img = stretch_preview(data, max_size=max_size)
+    img = stretch_preview(data, max_size=max_size, options=options, color=color, params=params)
     # FITS row 0 is the bottom of the image; PNG row 0 is the top.
     img = img[::-1]
     if img.ndim == 3:

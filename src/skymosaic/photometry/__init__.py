@@ -1,6 +1,6 @@
 """Photometric normalisation: valid masks, overlap graph, pairwise fits, global solve of
-gains and per-input sky surfaces (or offsets and background matching) and coverage
-renormalisation."""
+gains and per-input sky surfaces (or offsets and background matching), coverage
+renormalisation and the colour calibration of the mosaic."""
 
 from skymosaic.photometry._background import (
     BackgroundEstimate,
@@ -9,6 +9,7 @@ from skymosaic.photometry._background import (
     estimate_background,
     match_backgrounds,
 )
+from skymosaic.photometry._color import COLOR_WHITE, ColorCalibration, ColorOptions, measure_color
 from skymosaic.photometry._coverage import coverage_gains
 from skymosaic.photometry._engine import (
     SKY_SURFACES,
@@ -39,7 +40,11 @@ from skymosaic.photometry._surfaces import (
 from skymosaic.photometry._solve import Solution, apply_gains_offsets, solve_gains_offsets
 
 __all__ = [
+    "COLOR_WHITE",
     "SKY_SURFACES",
+    "ColorCalibration",
+    "ColorOptions",
+    "measure_color",
     "apply_background_match",
     "apply_gains_offsets",
     "BackgroundEstimate",

@@ -14,6 +14,7 @@ from skymosaic.synth._metrics import (
 )
 from skymosaic.synth._seestar import (
     SEESTAR_PIXEL_SCALE_ARCSEC,
+    SEESTAR_RESPONSE,
     make_seestar_frames,
     write_seestar_frames,
 )
@@ -22,6 +23,7 @@ from skymosaic.synth._survey import Survey, SynthFrame, make_survey, write_surve
 
 __all__ = [
     "SEESTAR_PIXEL_SCALE_ARCSEC",
+    "SEESTAR_RESPONSE",
     "BorderSteps",
     "Survey",
     "SynthFrame",

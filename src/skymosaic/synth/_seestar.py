@@ -26,14 +26,16 @@ from astropy.io import fits
 from skymosaic.synth._sky import TruthSky, _tan_deproject, celestial_wcs, make_truth_sky
 from skymosaic.synth._survey import SynthFrame, _atomic_write
 
-__all__ = ["SEESTAR_PIXEL_SCALE_ARCSEC", "make_seestar_frames", "write_seestar_frames"]
+__all__ = ["SEESTAR_PIXEL_SCALE_ARCSEC", "SEESTAR_RESPONSE", "make_seestar_frames", "write_seestar_frames"]
 
 logger = logging.getLogger(__name__)
 
 #: 2.9 um pixels at 250 mm focal length.
 SEESTAR_PIXEL_SCALE_ARCSEC = 206.264806 * 2.9 / 250.0
 _WCS_MODES = ("header", "sidecar", "none")
-_RESPONSE = np.array([0.72, 1.0, 0.62])  # R, G, B photosite sensitivity relative to G
+#: R, G, B photosite sensitivity relative to G (the green cast of a raw OSC frame).
+SEESTAR_RESPONSE = (0.72, 1.0, 0.62)
+_RESPONSE = np.array(SEESTAR_RESPONSE)
 _DATE0 = datetime(2024, 4, 2, 22, 15, 0)
 
 

@@ -188,6 +188,9 @@ def _validate_survey_args(**kw) -> None:
         raise ValueError(f"gain_range must be positive, got {kw['gain_range']!r}")
     if not 0.0 <= kw["satellite_prob"] <= 1.0:
         raise ValueError(f"satellite_prob must be in [0, 1], got {kw['satellite_prob']!r}")
+    response = kw["channel_response"]
+    if response is not None and (len(response) != kw["channels"] or not all(r > 0 for r in response)):
+        raise ValueError(f"channel_response must be {kw['channels']} positive value(s), got {response!r}")
     truth = kw["truth"]
     if truth is not None and not isinstance(truth, TruthSky):
         raise TypeError(f"truth must be a TruthSky or None, got {type(truth).__name__}")
@@ -206,6 +209,7 @@ def make_survey(
     rotation_deg: float = 2.0,
     jitter_px: float = 4.0,
     gain_range: tuple[float, float] = (0.9, 1.1),
+    channel_response: tuple[float, ...] | None = None,
     offset_range: tuple[float, float] = (0.0, 50.0),
     noise_sigma: float = 5.0,
     sky_level: float = 100.0,
@@ -249,6 +253,10 @@ def make_survey(
         Standard deviation of the pointing jitter in pixels (each axis).
     gain_range, offset_range : (float, float)
         Uniform ranges of the per-frame, per-channel gain and offset.
+    channel_response : tuple of float, optional
+        Per-channel sensitivity multiplying every frame's gain (a one-shot-colour camera's
+        filters, e.g. `SEESTAR_RESPONSE` = (0.72, 1.0, 0.62): a green cast of sky and
+        stars alike); ``None``: 1. `SynthFrame.gain` includes it.
     noise_sigma : float
         Gaussian noise standard deviation, in data units.
     sky_level : float
@@ -307,7 +315,8 @@ def make_survey(
                                channels=channels, fwhm_arcsec=fwhm_arcsec, seed=seed)
     spec = _FrameSpec(
         shape=(h, w), pixel_scale_arcsec=pixel_scale_arcsec, channels=channels,
-        gain_range=gain_range, offset_range=offset_range, noise_sigma=noise_sigma,
+        gain_range=gain_range, response=channel_response, offset_range=offset_range,
+        noise_sigma=noise_sigma,
         sky_level=sky_level, sky_gradient=sky_gradient, sky_curvature=sky_curvature,
         nan_corners=nan_corners,
         hot_pixels=hot_pixels, satellite_prob=satellite_prob, sip=sip,
@@ -341,6 +350,7 @@ class _FrameSpec:
     pixel_scale_arcsec: float
     channels: int
     gain_range: tuple[float, float]
+    response: tuple[float, ...] | None
     offset_range: tuple[float, float]
     noise_sigma: float
     sky_level: float
@@ -361,7 +371,8 @@ def _observe(truth: TruthSky, spec: _FrameSpec, rng: np.random.Generator, *,
                         rotation_deg=rotation)
     if spec.sip:
         wcs = _add_sip(wcs, spec.shape, rng)
-    gain = rng.uniform(spec.gain_range[0], spec.gain_range[1], spec.channels).astype(np.float32)
+    gain = rng.uniform(spec.gain_range[0], spec.gain_range[1], spec.channels)
+    gain = (gain * (1.0 if spec.response is None else np.asarray(spec.response))).astype(np.float32)
     offset = rng.uniform(spec.offset_range[0], spec.offset_range[1], spec.channels).astype(
         np.float32)
     phi = rng.uniform(0.0, 2.0 * math.pi)

@@ -2,6 +2,7 @@
 #   make demo   install into .venv and mosaic a synthetic survey with a known truth
 #   make test   install with the test extras and run the test suite
 #   make solver install astrometry.net + index files for plate solving (apt; no-op if present)
+#   make browser install headless Chromium + chromedriver for the report's browser tests
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -10,7 +11,7 @@ OUT    ?= demo_out
 PYTEST_ARGS ?=
 SOLVER_PACKAGES ?=
 
-.PHONY: demo test bench lint clean install install-test solver
+.PHONY: demo test bench lint clean install install-test solver browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +36,12 @@ demo: $(VENV)/.installed
 solver:
 	@SOLVER_PACKAGES="$(SOLVER_PACKAGES)" bash scripts/install_solver.sh
 
-test: solver $(VENV)/.installed-test
+# Headless Chromium + chromedriver for tests/test_report_browser.py (scripts/install_browser.sh:
+# apt-get, never fails the build; SKYMOSAIC_NO_BROWSER=1 skips it; the browser tests skip without).
+browser:
+	@bash scripts/install_browser.sh
+
+test: solver browser $(VENV)/.installed-test
 	$(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-test

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -135,6 +135,8 @@ def _summary_table(result: RunResult) -> Table:
     if result.preview_path:
         table.add_row("preview", str(result.preview_path))
     table.add_row("report", str(result.out_dir / "run.json"))
+    if (result.out_dir / "index.html").is_file():
+        table.add_row("viewer", f"{result.out_dir / 'index.html'} (skymosaic view {result.out_dir})")
     return table
 
 
@@ -161,11 +163,16 @@ def _fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _run_with_config(inputs: list[str], out: Path, config: Config) -> RunResult:
+def _run_with_config(inputs: list[str], out: Path, config: Config, *, live=None) -> RunResult:
     _setup_logging(config.run.log_level)
     try:
         with _bars() as bars:
-            return run_pipeline(inputs, out, config, progress=RichProgress(bars))
+            progress: Progress = RichProgress(bars)
+            if live is not None:  # --serve: the served page shows the phases too
+                from skymosaic.report import LiveProgress
+
+                progress = LiveProgress(live, progress)  # type: ignore[assignment]
+            return run_pipeline(inputs, out, config, progress=progress)
     except (NoUsableFramesError, FileNotFoundError, StackPlanError, ConfigError, PreflightError) as err:
         # ConfigError here: a setting that only fails when the run starts (use_gpu = "on"
         # without a GPU); PreflightError: a limit exceeded, before anything was written
@@ -179,43 +186,48 @@ def _run_with_config(inputs: list[str], out: Path, config: Config) -> RunResult:
 def run(
     inputs: Annotated[list[str], typer.Argument(help="FITS files, folders or glob patterns")],
     out: Annotated[Path, typer.Option("-o", "--out", help="output folder")],
-    config_file: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML configuration")] = None,
-    kernel: Annotated[Optional[str], typer.Option(help="nearest | bilinear | bicubic | lanczos3")] = None,
-    pixel_scale: Annotated[Optional[float], typer.Option(help="output scale in arcsec/px")] = None,
-    rotation: Annotated[Optional[str], typer.Option(help="north | auto")] = None,
-    output_header: Annotated[Optional[Path], typer.Option(help="FITS header defining the output grid")] = None,
-    weighting: Annotated[Optional[str], typer.Option(help="uniform | exposure | noise")] = None,
-    wcs_dir: Annotated[Optional[list[Path]], typer.Option(help="folder with .wcs sidecars")] = None,
-    bayer_pattern: Annotated[Optional[str], typer.Option(help="force RGGB/GRBG/GBRG/BGGR")] = None,
-    memory_budget: Annotated[Optional[str], typer.Option(
+    config_file: Annotated[Path | None, typer.Option("--config", "-c", help="TOML configuration")] = None,
+    kernel: Annotated[str | None, typer.Option(help="nearest | bilinear | bicubic | lanczos3")] = None,
+    pixel_scale: Annotated[float | None, typer.Option(help="output scale in arcsec/px")] = None,
+    rotation: Annotated[str | None, typer.Option(help="north | auto")] = None,
+    output_header: Annotated[Path | None, typer.Option(help="FITS header defining the output grid")] = None,
+    weighting: Annotated[str | None, typer.Option(help="uniform | exposure | noise")] = None,
+    wcs_dir: Annotated[list[Path] | None, typer.Option(help="folder with .wcs sidecars")] = None,
+    bayer_pattern: Annotated[str | None, typer.Option(help="force RGGB/GRBG/GBRG/BGGR")] = None,
+    memory_budget: Annotated[str | None, typer.Option(
         help="memory budget: MiB, or a size with a unit (4GB = 10^9 B, 4GiB = 2^30 B, 800M)")] = None,
-    max_output_pixels: Annotated[Optional[str], typer.Option(
+    max_output_pixels: Annotated[str | None, typer.Option(
         help="largest output grid in pixels (default 2e9; '2G', '500M'): the run stops before "
              "writing when the grid is larger")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="worker threads (0 = all cores)")] = None,
-    gpu: Annotated[Optional[str], typer.Option(help="auto | on | off: CuPy GPU backend (docs/gpu.md)")] = None,
+    threads: Annotated[int | None, typer.Option(help="worker threads (0 = all cores)")] = None,
+    gpu: Annotated[str | None, typer.Option(help="auto | on | off: CuPy GPU backend (docs/gpu.md)")] = None,
     no_preview: Annotated[bool, typer.Option("--no-preview", help="skip the PNG preview")] = False,
-    export: Annotated[Optional[str], typer.Option(
+    export: Annotated[str | None, typer.Option(
         help="extra products: siril (linear FITS in [0, 1] + mask), tiff (16-bit stretched), "
              "comma-separated (docs/colour.md)")] = None,
-    color: Annotated[Optional[str], typer.Option(
+    color: Annotated[str | None, typer.Option(
         help="record | apply | off: colour calibration (docs/colour.md)")] = None,
-    log_level: Annotated[Optional[str], typer.Option(help="DEBUG | INFO | WARNING | ERROR")] = None,
-    plan: Annotated[Optional[Path], typer.Option(
+    log_level: Annotated[str | None, typer.Option(help="DEBUG | INFO | WARNING | ERROR")] = None,
+    plan: Annotated[Path | None, typer.Option(
         help="stack_plan.csv: grid/survey mode (default: one found in an input folder)")] = None,
     no_plan: Annotated[bool, typer.Option("--no-plan", help="ignore a stack_plan.csv in the inputs")] = False,
     fresh: Annotated[bool, typer.Option(
         "--fresh", help="ignore the artifacts of an earlier run in OUT (default: resume)")] = False,
-    scheduler: Annotated[Optional[str], typer.Option(
+    scheduler: Annotated[str | None, typer.Option(
         help="Dask: 'local' (worker processes here) or tcp://HOST:PORT (docs/scale.md)")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="worker processes of --scheduler local")] = None,
-    target: Annotated[Optional[str], typer.Option(
+    workers: Annotated[int | None, typer.Option(help="worker processes of --scheduler local")] = None,
+    target: Annotated[str | None, typer.Option(
         help="mosaic only this target (its OBJECT or folder name) of a folder holding several",
     )] = None,
-    region: Annotated[Optional[str], typer.Option(
+    region: Annotated[str | None, typer.Option(
         help="RA,DEC,RADIUS in degrees: mosaic only the frames centred in this circle")] = None,
+    no_report: Annotated[bool, typer.Option("--no-report", help="skip OUT/index.html (the report)")] = False,
+    serve: Annotated[bool, typer.Option(
+        "--serve", help="serve the live report on 127.0.0.1 while the run goes (Ctrl-C stops)")] = False,
+    port: Annotated[int, typer.Option(help="port of --serve (0: any free port)")] = 8000,
+    no_browser: Annotated[bool, typer.Option("--no-browser", help="with --serve: do not open a browser")] = False,
 ) -> None:
-    """Build a mosaic from INPUTS into OUT (mosaic.fits, preview, run.json, log).
+    """Build a mosaic from INPUTS into OUT (mosaic.fits, preview, index.html, run.json, log).
 
     Frames of several sky-disjoint targets give one mosaic each, in OUT/<target>/, listed
     in OUT/targets.json (--target or --region picks one); a lone far frame is left out.
@@ -237,16 +249,59 @@ def run(
         "grid.plan": str(plan) if plan else None, "grid.auto_plan": False if no_plan else None,
         "run.fresh": True if fresh else None, "run.scheduler": scheduler, "run.workers": workers,
         "targets.select": target, "targets.region": region,
+        "output.report": False if no_report else None,
     }
     try:
         config = load_config(config_file, overrides)
     except ConfigError as err:
         raise _fail(str(err), EXIT_USAGE) from err
-    result = _run_with_config(inputs, out, config)
-    if result.targets:
-        Console().print(_targets_table(result))
-    else:
-        Console().print(_summary_table(result))
+    if not serve:
+        _print_result(_run_with_config(inputs, out, config))
+        return
+    server = _start_server(out, port, open_browser=not no_browser)
+    try:
+        result = _run_with_config(inputs, out, config, live=server)
+    except typer.Exit:
+        server.set_state("failed", "see the terminal and OUT/run.json")
+        raise
+    finally:
+        if server.status()["state"] == "running":
+            server.set_state("done")
+        console.print(f"report served at {server.url} (Ctrl-C stops)")
+        _serve_until_interrupted(server)
+    _print_result(result)
+
+
+def _print_result(result: RunResult) -> None:
+    """The targets table of a run with several targets, else the run summary."""
+    Console().print(_targets_table(result) if result.targets else _summary_table(result))
+
+
+def _start_server(out: Path, port: int, *, open_browser: bool):
+    import webbrowser
+
+    from skymosaic.report import ReportServer
+
+    try:
+        server = ReportServer(out, port=port).start()
+    except OSError as err:
+        raise _fail(f"cannot serve on 127.0.0.1:{port}: {err} (try --port 0)", EXIT_USAGE) from err
+    console.print(f"live report at {server.url}")
+    if open_browser:
+        webbrowser.open(server.url)
+    return server
+
+
+def _serve_until_interrupted(server) -> None:
+    import time
+
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
 
 
 def _print_estimate(frames, config: Config) -> None:
@@ -269,11 +324,11 @@ def _print_estimate(frames, config: Config) -> None:
 @app.command()
 def inspect(
     inputs: Annotated[list[str], typer.Argument(help="FITS files, folders or glob patterns")],
-    wcs_dir: Annotated[Optional[list[Path]], typer.Option(help="folder with .wcs sidecars")] = None,
-    config_file: Annotated[Optional[Path], typer.Option(
+    wcs_dir: Annotated[list[Path] | None, typer.Option(help="folder with .wcs sidecars")] = None,
+    config_file: Annotated[Path | None, typer.Option(
         "--config", "-c", help="TOML configuration (for the estimate)")] = None,
-    pixel_scale: Annotated[Optional[float], typer.Option(help="output scale in arcsec/px (estimate)")] = None,
-    max_output_pixels: Annotated[Optional[str], typer.Option(help="pixel limit of the estimate")] = None,
+    pixel_scale: Annotated[float | None, typer.Option(help="output scale in arcsec/px (estimate)")] = None,
+    max_output_pixels: Annotated[str | None, typer.Option(help="pixel limit of the estimate")] = None,
 ) -> None:
     """Print the frame catalog (headers only) as a table, and the estimate of a run."""
     from skymosaic.io import FrameError, discover_inputs, scan_frame
@@ -321,9 +376,9 @@ def inspect(
 def plan(
     inputs: Annotated[list[str], typer.Argument(help="FITS files, folders or glob patterns")],
     out: Annotated[Path, typer.Option("-o", "--out", help="the CSV to write")] = Path("stack_plan.csv"),
-    config_file: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML configuration")] = None,
-    min_overlap: Annotated[Optional[float], typer.Option(help="link frames overlapping more than this")] = None,
-    wcs_dir: Annotated[Optional[list[Path]], typer.Option(help="folder with .wcs sidecars")] = None,
+    config_file: Annotated[Path | None, typer.Option("--config", "-c", help="TOML configuration")] = None,
+    min_overlap: Annotated[float | None, typer.Option(help="link frames overlapping more than this")] = None,
+    wcs_dir: Annotated[list[Path] | None, typer.Option(help="folder with .wcs sidecars")] = None,
 ) -> None:
     """Group frames by sky position and write an editable stack_plan.csv."""
     from skymosaic.pipeline import plan_inputs
@@ -370,8 +425,8 @@ def demo(
 
 @app.command()
 def doctor(
-    index_dir: Annotated[Optional[list[Path]], typer.Option(help="extra index folder")] = None,
-    config_file: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML")] = None,
+    index_dir: Annotated[list[Path] | None, typer.Option(help="extra index folder")] = None,
+    config_file: Annotated[Path | None, typer.Option("--config", "-c", help="TOML")] = None,
 ) -> None:
     """Report the plate solvers and index files found (needed for frames without WCS)."""
     from skymosaic.astrometry import doctor_report
@@ -419,6 +474,80 @@ def doctor(
     out.print(f"python3 on the solver's PATH: {report['python3_for_solver'] or 'not found'}")
 
 
+def _report_budget(memory_budget: str | None) -> int:
+    try:
+        return load_config(None, {"run.memory_budget_mb": memory_budget}).memory_budget_bytes
+    except ConfigError as err:
+        raise _fail(str(err), EXIT_USAGE) from err
+
+
+@app.command()
+def report(
+    out: Annotated[Path, typer.Argument(help="a run folder (holding run.json)")],
+    memory_budget: Annotated[str | None, typer.Option(help="memory budget (as for run)")] = None,
+    tile_format: Annotated[str, typer.Option(help="deep-zoom tiles: jpg | png")] = "jpg",
+) -> None:
+    """(Re)build OUT/index.html, the offline report, from an existing run."""
+    from skymosaic.report import ReportError, write_report
+
+    _setup_logging("INFO")
+    if tile_format not in ("jpg", "png"):
+        raise _fail(f"--tile-format must be 'jpg' or 'png', got {tile_format!r}", EXIT_USAGE)
+    try:
+        page = write_report(out, memory_budget=_report_budget(memory_budget), tile_format=tile_format)
+    except ReportError as err:
+        raise _fail(str(err), EXIT_USAGE) from err
+    Console().print(f"report written to [bold]{page}[/]")
+
+
+@app.command()
+def view(
+    out: Annotated[Path, typer.Argument(help="a run folder (finished or running)")],
+    port: Annotated[int, typer.Option(help="port on 127.0.0.1 (0: any free port)")] = 8000,
+    no_browser: Annotated[bool, typer.Option("--no-browser", help="do not open a browser")] = False,
+) -> None:
+    """Serve the report of OUT on 127.0.0.1 and open it in the browser (Ctrl-C stops)."""
+    if not out.is_dir():
+        raise _fail(f"{out}: no such folder", EXIT_USAGE)
+    server = _start_server(out, port, open_browser=not no_browser)
+    if (out / "run.json").is_file() and not (out / ".scratch").exists():
+        server.set_state("done")
+    _serve_until_interrupted(server)
+
+
+export_app = typer.Typer(no_args_is_help=True, help="Export a finished mosaic to other formats.")
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("hips")
+def export_hips_command(
+    out: Annotated[Path, typer.Argument(help="a run folder (holding run.json and the mosaic)")],
+    dest: Annotated[Path | None, typer.Option("-o", "--out", help="HiPS folder (default OUT/hips)")] = None,
+    memory_budget: Annotated[str | None, typer.Option(help="memory budget (as for run)")] = None,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing HiPS folder")] = False,
+    threads: Annotated[int, typer.Option(help="threads (0: no threading)")] = 0,
+) -> None:
+    """Write a HiPS of the science mosaic of OUT (Aladin reads it; colour: one per channel)."""
+    import json
+
+    from skymosaic.report import export_hips
+
+    _setup_logging("INFO")
+    try:
+        products = json.loads((out / "run.json").read_text()).get("products") or {}
+    except (OSError, ValueError) as err:
+        raise _fail(f"{out / 'run.json'}: cannot be read: {err}", EXIT_USAGE) from err
+    mosaic = out / (products.get("mosaic") or "mosaic.fits")
+    if not mosaic.is_file():
+        raise _fail(f"{mosaic}: no mosaic in this run folder", EXIT_USAGE)
+    try:
+        folders = export_hips(mosaic, dest or out / "hips", memory_budget=_report_budget(memory_budget),
+                              threads=threads or False, overwrite=force, title=f"skymosaic {out.name}")
+    except (FileExistsError, MemoryError, ValueError) as err:
+        raise _fail(str(err), EXIT_USAGE) from err
+    Console().print("HiPS written to " + ", ".join(f"[bold]{f}[/]" for f in folders))
+
+
 @app.command()
 def version() -> None:
     """Print the version."""
@@ -443,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except typer.Abort:
         return EXIT_USAGE
-    except Exception as exc:  # noqa: BLE001 - last resort: report, never a bare traceback
+    except Exception as exc:
         logging.getLogger("skymosaic").exception("internal error")
         console.print(f"[bold red]internal error:[/] {exc}")
         return EXIT_INTERNAL

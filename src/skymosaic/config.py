@@ -133,6 +133,8 @@ class OutputConfig(_Section):
     wcs_header: Path | None = Field(default=None, description="use this FITS/text header as output grid")
     preview: bool = Field(default=True, description="write the stretched PNG preview")
     preview_max_size: int = Field(default=4096, ge=64, le=65536, description="long side of the preview, px")
+    report: bool = Field(default=True, description="write OUT/index.html, the offline report with a "
+                         "deep-zoom viewer and overlays (docs/report.md)")
     name: str = Field(
         default="mosaic", pattern=r"^[A-Za-z0-9._-]+$", description="base name of the output files"
     )
@@ -582,4 +584,5 @@ def config_digest(config: Config, *, sections: tuple[str, ...] | None = None) ->
         data = {k: data[k] for k in sections}
     for key in _NOT_DIGESTED:  # how the run executes, not what it computes
         data.get("run", {}).pop(key, None)
+    data.get("output", {}).pop("report", None)  # the report is a view of the products
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,9 +26,9 @@ from astropy.wcs import WCS
 
 from skymosaic._dask import dask_client
 from skymosaic._display import plan_display, write_display
+from skymosaic._manifest import MANIFEST_NAME, Manifest, crash_point, file_signature, fingerprint
 from skymosaic._memory import limit_heap_growth
 from skymosaic._space import DiskFullError, format_bytes
-from skymosaic._manifest import MANIFEST_NAME, Manifest, crash_point, file_signature, fingerprint
 from skymosaic._stats import FrameStats, frame_stats
 from skymosaic._surface import SkySurface
 from skymosaic._version import __version__
@@ -38,7 +39,6 @@ from skymosaic.astrometry import review_wcs, solve_missing_wcs
 from skymosaic.backend import Backend, select_backend
 from skymosaic.config import Config, config_digest, dump_toml
 from skymosaic.grid import find_plan, run_grid
-from skymosaic.io.stack_plan import StackPlan, StackPlanError, read_stack_plan
 from skymosaic.io import (
     FrameError,
     FrameInfo,
@@ -50,14 +50,20 @@ from skymosaic.io import (
 from skymosaic.io._diagnostics import write_photometry_diagnostics
 from skymosaic.io._stream import StoreSource, binned_plane, preview_plane, write_mosaic_from_disk
 from skymosaic.io._writer import atomic_path, write_json
-from skymosaic.io.stack_plan import PlanRow, write_stack_plan
+from skymosaic.io.stack_plan import (
+    PlanRow,
+    StackPlan,
+    StackPlanError,
+    read_stack_plan,
+    write_stack_plan,
+)
 from skymosaic.photometry import PhotometryOptions
 from skymosaic.plan import Clustering
 from skymosaic.plan.targets import Target, TargetError, split_targets
 from skymosaic.preflight import PreflightError, PreflightEstimate, estimate_run
 from skymosaic.reproject import OutputGrid, grid_from_header, optimal_grid
-from skymosaic.stack.master import MasterTile
 from skymosaic.stack.classic import StackedGroups, group_frames, select_by_quality, stack_groups
+from skymosaic.stack.master import MasterTile
 from skymosaic.stack.quality import FrameQuality, measure_quality
 
 __all__ = [
@@ -82,10 +88,10 @@ class NoUsableFramesError(RuntimeError):
 class Progress:
     """Progress reporting interface (the CLI draws bars; the default draws nothing)."""
 
-    def start(self, phase: str, total: int) -> None:  # noqa: B027 - optional hook
+    def start(self, phase: str, total: int) -> None:
         pass
 
-    def advance(self, phase: str, n: int = 1) -> None:  # noqa: B027
+    def advance(self, phase: str, n: int = 1) -> None:
         pass
 
     def skip(self, phase: str, n: int = 1) -> None:
@@ -95,7 +101,7 @@ class Progress:
         """
         self.advance(phase, n)
 
-    def end(self, phase: str) -> None:  # noqa: B027
+    def end(self, phase: str) -> None:
         pass
 
 
@@ -445,7 +451,8 @@ def _mosaic_phases(run: _Run, paths: Sequence[Path], plan: StackPlan | None,
         sources, weights, sources_fp = _coadd_sources(catalog, stacked, config)
         correction = _photometry_phase(run, sources, grid, opts, sources_fp)
         mosaic_fp = fingerprint("mosaic", sources_fp, correction, _grid_signature(grid),
-                                config.model_dump(mode="json", include={"reproject", "output"}),
+                                config.model_dump(mode="json", include={"reproject", "output"},
+                                                  exclude={"output": {"report"}}),
                                 _renorm_settings(config), config_digest(config))
         reused = run.manifest.lookup("mosaic", mosaic_fp)
         if reused is not None:
@@ -467,6 +474,7 @@ def _mosaic_phases(run: _Run, paths: Sequence[Path], plan: StackPlan | None,
     run.report.update(_summary(catalog, summary, grid, weights, stacked))
     run.report["products"] = dict(summary["products"], log="skymosaic.log", config="config.toml")
     run.finish()
+    _write_report(run)
     mosaic_path = out / summary["products"]["mosaic"]
     preview = summary["products"]["preview"]
     logger.info("mosaic written to %s", mosaic_path)
@@ -493,6 +501,9 @@ def _catalog_phase(run: _Run, inputs: Sequence[str | os.PathLike]) -> tuple[list
         if plan is None:
             find_run_targets(run, catalog)
     run.report["frames"] = {"found": len(paths), "rejected": catalog.rejected}
+    # sky corners of every frame with a WCS, rejected ones included (the report's outlines)
+    run.report["footprints"] = {f.name: np.round(f.footprint, 7).tolist()
+                                for f in catalog.frames if f.footprint is not None}
     if catalog.solve:
         run.report["solve"] = catalog.solve
     run.catalog_fp = fingerprint(
@@ -656,6 +667,7 @@ def _grid_mode(run: _Run, catalog: Catalog, plan: StackPlan, canvas: OutputGrid,
         "log": "skymosaic.log", "config": "config.toml",
     }
     run.finish()
+    _write_report(run)
     logger.info("[GRID] %d mosaic(s) written: %s", len(products), ", ".join(p.mosaic_path.name for p in products))
     return RunResult(run.out, first.mosaic_path, first.preview_path, run.report, first.data_shape)
 
@@ -692,6 +704,7 @@ class _Run:
                                  "reused": dict(self.manifest.reused)}
         self.report["scheduler"] = self.config.run.scheduler or "threads"
         self.report["backend"] = self.backend.report()
+        self.report["peak_memory_bytes"] = _peak_memory()
         write_json(self.out / "run.json", self.report)
 
     def fail(self, status: str, message: str) -> None:
@@ -1003,6 +1016,8 @@ def _target_run(run: _Run, catalog: Catalog, target: Target) -> tuple[_Run, Cata
     sub.catalog_fp = fingerprint("target", run.catalog_fp, target.name, sorted(mine))
     sub.report["target"] = target.to_dict()
     sub.report["sessions"] = cat.sessions
+    sub.report["footprints"] = {k: v for k, v in run.report.get("footprints", {}).items()
+                                if k in names}
     return sub, cat
 
 
@@ -1060,3 +1075,29 @@ def run_targets(run: _Run, catalog: Catalog) -> RunResult:
     first = results[0]
     return RunResult(run.out, first.mosaic_path, first.preview_path, run.report, first.data_shape,
                      results)
+
+
+def _peak_memory() -> int | None:
+    """Peak resident memory of this process so far, bytes (None where unknown)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)  # macOS: bytes, Linux: KiB
+
+
+def _write_report(run: _Run) -> None:
+    """OUT/index.html, the offline report (`skymosaic.report`), unless ``output.report`` is
+    off; a report that cannot be written is a warning, never a failed run."""
+    if not run.config.output.report:
+        return
+    from skymosaic.report import write_report
+
+    try:
+        with run.phase("report"):
+            write_report(run.out, memory_budget=run.config.memory_budget_bytes)
+    except (OSError, ValueError, KeyError, DiskFullError) as err:  # the mosaic is complete
+        logger.warning("report not written: %s: %s", type(err).__name__, err)
+        return
+    run.finish()  # records the report's time in run.json

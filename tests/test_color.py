@@ -111,6 +111,26 @@ def test_mean_star_colour_is_white_within_two_percent(osc, calibration):
     assert q_raw.mean(axis=0)[1] > 1.2
 
 
+def test_star_color_gives_the_mean_star_that_colour(osc, calibration):
+    """A G2V-like reference: the mean star gets the configured colour, not white; the
+    spread and the sky neutralisation stay as with a white reference."""
+    data, image, truth = osc
+    warm = (1.10, 1.0, 0.85)
+    cal = measure_color(data, options=ColorOptions(star_color=warm))
+    target = np.asarray(warm) / np.mean(warm)
+    # against the white calibration, the scales change by the target colour exactly
+    np.testing.assert_allclose(np.asarray(cal.scale) / np.asarray(calibration.scale), target,
+                               rtol=1e-9)
+    measured, true_flux = _star_photometry(cal.apply(data), image, truth)
+    q = measured / measured.mean(axis=1, keepdims=True)
+    q_true = true_flux / true_flux.mean(axis=1, keepdims=True)
+    got = q.mean(axis=0) / q_true.mean(axis=0)  # the mean star over its true colour
+    assert np.all(np.abs(got / got.mean() - target) < 0.02), got
+    empty = (image.mean(axis=0) < 0.05 * NOISE) & np.isfinite(data).all(axis=0)
+    calibrated = cal.apply(data)
+    assert np.ptp([np.median(calibrated[c][empty]) for c in range(3)]) < 0.01 * NOISE
+
+
 def test_scales_undo_the_channel_response(calibration):
     scale = np.asarray(calibration.scale)
     # relative to green: 1/response (the mean truth star is white within sampling, ~2 %)
@@ -179,6 +199,8 @@ def test_round_trip_and_header_cards(calibration):
         ({"white": "g2v"}, "white must be one of"),
         ({"detect_sigma": 0}, "detect_sigma"),
         ({"min_stars": 0}, "min_stars"),
+        ({"star_color": (1.0, 0.0, 1.0)}, "star_color"),
+        ({"star_color": (1.0, 1.0)}, "star_color"),
     ],
 )
 def test_bad_options(kwargs, match):
@@ -189,3 +211,13 @@ def test_bad_options(kwargs, match):
 def test_bad_shape():
     with pytest.raises(ValueError, match=r"\(C, H, W\) with C = 1 or 3"):
         measure_color(np.zeros((2, 8, 8), np.float32))
+
+
+def test_config_star_color_reaches_the_calibration():
+    from skymosaic._display import color_options
+    from skymosaic.config import ConfigError, load_config
+
+    config = load_config(None, {"color.star_color": [1.1, 1.0, 0.85]})
+    assert color_options(config).star_color == (1.1, 1.0, 0.85)
+    with pytest.raises(ConfigError, match="star_color"):
+        load_config(None, {"color.star_color": [1.0, -1.0, 1.0]})

@@ -12,6 +12,7 @@ import json
 import math
 import re
 import tracemalloc
+import types
 import urllib.request
 
 import cv2
@@ -297,7 +298,17 @@ def test_report_cli_rebuilds_and_names_bad_folders(small_run, tmp_path, capsys):
     (out / "index.html").unlink()
     assert main(["report", str(out), "--tile-format", "png"]) == 0
     assert (out / "index.html").is_file()
-    assert _data(out)["image"]["tile_source"]["Image"]["Format"] == "png"
+    data = _data(out)
+    assert data["image"]["tile_source"]["Image"]["Format"] == "png"
+    # the deepest level is the PNG preview (unbinned here) pixel for pixel: one stretch
+    run = json.loads((out / "run.json").read_text())
+    preview = cv2.cvtColor(cv2.imread(str(out / run["products"]["preview"])), cv2.COLOR_BGR2RGB)
+    h, w = preview.shape[:2]
+    tiles = data["image"]["tile_source"]["Image"]
+    pyramid = types.SimpleNamespace(tile_size=int(tiles["TileSize"]), overlap=int(tiles["Overlap"]),
+                                    tiles_dir=out / tiles["Url"].rstrip("/"))
+    deepest = _read_level(pyramid, data["image"]["max_level"], (h, w), "png")
+    assert np.abs(deepest.astype(int) - preview).max() <= 1
     assert main(["report", str(out)]) == 0  # back to the default jpg for the other tests
     assert main(["report", str(tmp_path)]) == 2
     assert "run.json: not found" in capsys.readouterr().err.replace("\n", "")

@@ -35,7 +35,8 @@ logger = logging.getLogger(__name__)
 
 
 def color_options(config: Config) -> ColorOptions:
-    return ColorOptions(white=config.color.white, min_stars=config.color.min_stars)
+    return ColorOptions(white=config.color.white, min_stars=config.color.min_stars,
+                        star_color=tuple(config.color.star_color))
 
 
 def stretch_options(config: Config) -> StretchOptions:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -344,6 +345,17 @@ class ColorConfig(_Section):
         default="stars", description="white reference: the robust mean colour of the unsaturated "
         "stars, or none (background neutralisation only)")
     min_stars: int = Field(default=10, ge=1, description="fewest good stars for a white balance")
+    star_color: tuple[float, float, float] = Field(
+        default=(1.0, 1.0, 1.0), description="colour (R, G, B) the mean star gets from the white "
+        "balance: (1, 1, 1) white; a G2V-like white reference is the mean field star's colour in "
+        "a G2V white balance (docs/colour.md)")
+
+    @field_validator("star_color")
+    @classmethod
+    def _positive_color(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if not all(math.isfinite(x) and x > 0 for x in v):
+            raise ValueError(f"must be 3 positive numbers, got {list(v)}")
+        return v
     target_background: float = Field(
         default=0.15, gt=0, le=0.5, description="display level of the sky median in the preview, "
         "fraction of full scale")

@@ -14,7 +14,11 @@ one offset per channel::
   (sigma-clipped) mean of the ``q`` of all stars is taken as white, ``w``, and
   ``scale[c] = mean(w) / w[c]``, which leaves the mean star brightness over the channels
   unchanged. One scale per channel, never per star: the spread of the star colours (red
-  and blue stars) is kept.
+  and blue stars) is kept. With ``star_color`` (default ``(1, 1, 1)``) the mean star is
+  given that colour instead of white: ``scale[c] = t[c] / w[c]`` with ``t`` the star colour
+  normalised to mean 1. That is how a G2V-like white reference is configured offline: the
+  mean colour of the field's stars in a G2V (solar) white balance, measured once per
+  camera and kind of field (docs/colour.md).
 * **Background neutralisation (offset).** The sky level of each channel is the
   sigma-clipped median of the pixels outside the detected sources (stars and extended
   objects, dilated so their faint wings are out too); ``offset[c]`` moves every scaled
@@ -30,6 +34,7 @@ channel): the science mosaic stays linear when it is applied (``color.mode = "ap
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -66,6 +71,9 @@ class ColorOptions:
         brightest pixel of the channel.
     clip_sigma : float
         Clipping threshold of the robust sky median and the robust mean star colour.
+    star_color : tuple of float
+        The colour (R, G, B, any scale) the robust mean star gets after the white balance;
+        ``(1, 1, 1)``: white.
     """
 
     white: Literal["stars", "none"] = "stars"
@@ -74,8 +82,13 @@ class ColorOptions:
     max_stars: int = 3000
     saturation: float | None = None
     clip_sigma: float = 3.0
+    star_color: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
     def __post_init__(self) -> None:
+        if len(self.star_color) != 3 or not all(
+            math.isfinite(v) and v > 0 for v in self.star_color
+        ):
+            raise ValueError(f"star_color must be 3 positive numbers, got {self.star_color!r}")
         if self.white not in COLOR_WHITE:
             raise ValueError(f"white must be one of {COLOR_WHITE}, got {self.white!r}")
         if not self.detect_sigma > 0:
@@ -209,9 +222,13 @@ def measure_color(
         *(_clipped_median(planes[c][sky_mask], options.clip_sigma) for c in range(3)), strict=True
     )
     white, n_stars, status = np.ones(3), 0, "ok"
+    target = np.ones(3)
     if options.white == "stars":
         white, n_stars, status = _white_from_stars(planes, valid, objs, noise, options)
-    scale = float(np.mean(white)) / white
+        if status == "ok":
+            target = np.asarray(options.star_color, float)
+            target = target / target.mean()
+    scale = float(np.mean(white)) * target / white
     scaled_sky = scale * np.asarray(sky)
     offset = float(np.mean(scaled_sky)) - scaled_sky
     calibration = ColorCalibration(

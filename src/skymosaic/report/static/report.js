@@ -20,6 +20,16 @@
     const a = Math.abs(v);
     return a !== 0 && (a < 1e-3 || a >= 1e6) ? v.toExponential(d || 3) : v.toFixed(d === undefined ? 4 : d);
   }
+  function linked(v) {  // one number when every channel has it (a linked stretch)
+    return Array.isArray(v) && v.every((x) => x === v[0]) ? v[0] : v;
+  }
+  function stretchText(s) {
+    if (!s) return "–";
+    const calibrated = Array.isArray(s.scale) && s.scale.some((x) => x !== 1);
+    return "linked " + esc(s.curve || "asinh") + (calibrated ? " after colour calibration" : "") +
+      ", black " + list(linked(s.black), 1) + ", white " + list(linked(s.white), 1) +
+      (typeof s.sky === "number" ? ", sky " + num(s.sky, 1) : "");
+  }
   function list(v, d) { return Array.isArray(v) ? v.map((x) => Array.isArray(x) ? "[" + list(x, d) + "]" : num(x, d)).join(", ") : num(v, d); }
   function bytes(b) {
     if (b === null || b === undefined) return "–";
@@ -106,7 +116,7 @@
       ["photometry", esc(ph.status || "off") + (ph.n_overlaps !== undefined ? ", " + ph.n_overlaps + " overlaps, gains " + list(ph.gain_range, 4) + ", surface " + esc(ph.sky_surface || "") : "")],
       ["times", timings || "–"], ["peak memory", bytes(s.peak_memory_bytes)],
       ["backend", esc((s.backend || {}).backend || "") + (steps ? " (" + steps + ")" : "") + ", scheduler " + esc(s.scheduler || "")],
-      ["stretch", "linked asinh, black " + num(R.image.stretch.black) + ", white " + num(R.image.stretch.white)],
+      ["stretch", stretchText(R.image.stretch)],
       ["readout", R.values.factor > 1 ? "values are " + R.values.factor + " × " + R.values.factor + " px means" : "values at full resolution"],
       ["skymosaic", esc(R.skymosaic) + ", report " + esc(R.generated)],
     ]);

@@ -159,6 +159,22 @@ def test_two_targets_give_two_mosaics(folders, mixed_run):
     assert rows["NGC_7023"]["mosaic"] == str(out / "NGC_7023" / "mosaic.fits")
     top = json.loads((out / "run.json").read_text())
     assert top["status"] == "ok" and top["frames"]["used"] == 8
+    # OUT/index.html lists the targets and links to their own reports and footprints
+    page = (out / "index.html").read_text()
+    assert "2 targets" in page and "M_94/index.html" in page and "NGC_7023/index.html" in page
+    assert "stray" in page  # the lone frame, left out
+    for sub in ("M_94", "NGC_7023"):
+        assert (out / sub / "index.html").is_file()
+        footprints = json.loads((out / sub / "run.json").read_text())["footprints"]
+        assert len(footprints) == 4
+
+
+def test_report_command_rebuilds_every_target(folders, mixed_run):
+    out = folders["root"] / "out"
+    (out / "index.html").unlink()
+    (out / "M_94" / "index.html").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "index.html").is_file() and (out / "M_94" / "index.html").is_file()
 
 
 def test_lone_frame_is_left_out_with_a_warning(folders, mixed_run):

@@ -488,16 +488,32 @@ def report(
     tile_format: Annotated[str, typer.Option(help="deep-zoom tiles: jpg | png")] = "jpg",
 ) -> None:
     """(Re)build OUT/index.html, the offline report, from an existing run."""
-    from skymosaic.report import ReportError, write_report
+    from skymosaic.report import ReportError, write_report, write_targets_index
 
     _setup_logging("INFO")
     if tile_format not in ("jpg", "png"):
         raise _fail(f"--tile-format must be 'jpg' or 'png', got {tile_format!r}", EXIT_USAGE)
+    budget = _report_budget(memory_budget)
     try:
-        page = write_report(out, memory_budget=_report_budget(memory_budget), tile_format=tile_format)
+        if (out / "targets.json").is_file() and (not (out / "run.json").is_file() or _is_targets_run(out)):
+            for folder in sorted(p.parent for p in out.glob("*/run.json")):
+                write_report(folder, memory_budget=budget, tile_format=tile_format)
+            page = write_targets_index(out)
+        else:
+            page = write_report(out, memory_budget=budget, tile_format=tile_format)
     except ReportError as err:
         raise _fail(str(err), EXIT_USAGE) from err
     Console().print(f"report written to [bold]{page}[/]")
+
+
+def _is_targets_run(out: Path) -> bool:
+    """Whether ``out`` holds a run with several targets (one mosaic per ``out/<target>/``)."""
+    import json
+
+    try:
+        return len(json.loads((out / "run.json").read_text()).get("targets", {}).get("targets", [])) > 1
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 @app.command()

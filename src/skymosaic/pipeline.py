@@ -1072,6 +1072,13 @@ def run_targets(run: _Run, catalog: Catalog) -> RunResult:
         run.fail("no target mosaicked", f"none of the {len(rows)} targets gave a mosaic")
     failed = sum(1 for r in rows if r["status"] != "ok")
     run.finish("ok" if not failed else f"partial: {failed} of {len(rows)} target(s) failed")
+    if run.config.output.report:
+        from skymosaic.report import ReportError, write_targets_index
+
+        try:
+            write_targets_index(run.out)
+        except (OSError, ReportError) as err:
+            logger.warning("targets page not written: %s", err)
     first = results[0]
     return RunResult(run.out, first.mosaic_path, first.preview_path, run.report, first.data_shape,
                      results)

@@ -9,6 +9,7 @@ from skymosaic.report._dzi import DziPyramid, write_dzi
 from skymosaic.report._hips import export_hips
 from skymosaic.report._html import ReportError, write_report
 from skymosaic.report._mosaic import MosaicFile
+from skymosaic.report._targets import write_targets_index
 from skymosaic.report._serve import LiveProgress, ReportServer, serve_report
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "serve_report",
     "write_dzi",
     "write_report",
+    "write_targets_index",
 ]

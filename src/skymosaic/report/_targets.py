@@ -87,7 +87,8 @@ body {{ background: #111; color: #ddd; font: 14px sans-serif; margin: 1.5em; }}
 h1 {{ font-size: 20px; font-weight: 600; }}
 .cards {{ display: flex; flex-wrap: wrap; gap: 1.2em; }}
 .card {{ background: #1c1c1c; border: 1px solid #333; padding: 0.8em; width: 320px; }}
-.card img, .card .none {{ width: 320px; height: 240px; object-fit: contain; background: #000; display: block; }}
+.card img, .card .none {{ width: 320px; height: 240px; object-fit: contain;
+  background: #000; display: block; }}
 .card .none {{ line-height: 240px; text-align: center; color: #777; }}
 .card h2 {{ font-size: 16px; margin: 0.5em 0; }}
 a {{ color: #7cc4ff; }}

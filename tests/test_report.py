@@ -428,3 +428,32 @@ def test_run_serve_feeds_the_live_server(tmp_frames, tmp_path, monkeypatch):
     assert seen["phases"]["discover"] == {"done": 2, "total": 2, "ended": True}
     assert all(p["ended"] and p["done"] == p["total"] for p in seen["phases"].values())
     assert "report/data.js" in seen["page"]
+
+
+def test_grid_mode_report_carries_the_global_solve(tmp_path):
+    """Grid mode: every placed tile is an input with its solved gain, offset and sky
+    surface per channel (run.json ``grid``), its outline on the canvas and its overlaps."""
+    from skymosaic.synth import make_survey, write_survey
+
+    survey = make_survey(n_x=2, n_y=2, frame_shape=(96, 120), channels=3, frames_per_pointing=2, seed=5)
+    paths = write_survey(survey, tmp_path / "frames", prefix="g")
+    plan = tmp_path / "stack_plan.csv"
+    plan.write_text("path,exptime\n" + "".join(f"{p},10\n" for p in paths))
+    config = load_config(None, {"run.threads": 2, "grid.plan": str(plan)})
+    result = run_pipeline([tmp_path / "frames"], tmp_path / "out", config)
+    out = tmp_path / "out"
+    run = json.loads((out / "run.json").read_text())
+    assert run["mode"] == "grid"
+    (product,) = run["grid"].values()
+    solve = product["photometry"]
+    data = _data(out)
+    assert [i["name"] for i in data["inputs"]] == [f"{n}.fits" for n in product["tile_names"]]
+    c, h, w = result.data_shape
+    for k, entry in enumerate(data["inputs"]):
+        assert entry["gain"] == pytest.approx(solve["gains"][k])
+        assert entry["offset"] == pytest.approx(solve["offsets"][k])
+        assert len(entry["surface"]) == c
+        xs, ys = np.array(entry["outline"]).T
+        assert xs.min() >= -1 and xs.max() <= w + 1 and ys.min() >= -1 and ys.max() <= h + 1
+    assert len(data["pairs"]) == len({(p["i"], p["j"]) for p in solve["pairs"]}) > 0
+    assert data["image"]["stretch"] == product["color"]["stretch"]  # the preview's own

@@ -57,6 +57,28 @@ def _tile_outline(path: Path, wcs: WCS) -> np.ndarray | None:
     return outline_pixels(frame_footprint(info.wcs, info.shape[1:], samples=5), wcs)
 
 
+def _grid_photometry(run: dict) -> tuple[dict, list[dict]]:
+    """Grid mode: the global solve of the mosaic this report shows (one per filter in
+    run.json ``grid``) in the classic shape: ``inputs`` by tile file name (gain, offset,
+    sky surface per channel) and the overlap ``pairs``; and its tiles."""
+    mosaic = (run.get("products") or {}).get("mosaic")
+    products = list((run.get("grid") or {}).values())
+    product = next((g for g in products if g.get("mosaic") == mosaic), products[0] if products else {})
+    solve = product.get("photometry") or {}
+    names = product.get("tile_names") or []
+    inputs = {}
+    for k, name in enumerate(names):
+        entry = {}
+        for key, out_key in (("gains", "gain"), ("offsets", "offset"), ("surfaces", "surface")):
+            values = solve.get(key)
+            if values is not None and k < len(values):
+                entry[out_key] = values[k]
+        inputs[f"{name}.fits"] = entry
+    placed = set(names)
+    tiles = [t for t in product.get("tiles") or [] if t.get("tile_id") in placed]
+    return {"inputs": inputs, "pairs": solve.get("pairs") or []}, tiles
+
+
 def _stack_stats(tiles: list[dict]) -> dict[str, dict]:
     """Per frame: its tile, stack gain/offset and rejected pixel counts."""
     out = {}
@@ -90,8 +112,11 @@ def collect_run(out: Path, run: dict, wcs: WCS, shape: tuple[int, int]) -> dict:
     height = shape[0]
     footprints = run.get("footprints") or {}
     photometry = run.get("photometry") or {}
+    run_tiles = run.get("tiles") or []
+    if run.get("mode") == "grid":
+        photometry, run_tiles = _grid_photometry(run)
     solved = photometry.get("inputs") or {}
-    tiles = {f"{t['tile_id']}.fits": t for t in run.get("tiles") or []}
+    tiles = {f"{t['tile_id']}.fits": t for t in run_tiles}
     stack = _stack_stats(list(tiles.values()))
     renorm = run.get("coverage_renorm") or {}
     frame_list = (run.get("frames") or {}).get("list") or []

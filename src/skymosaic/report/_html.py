@@ -162,6 +162,10 @@ def preview_stretch(run: dict) -> StretchParams | None:
     the science FITS: with ``color.mode = "apply"`` the calibration is already in the data,
     so only the black/white points and the curve remain. None for runs without one."""
     color = run.get("color") or {}
+    if not color and run.get("mode") == "grid":  # one colour record per filter's mosaic
+        mosaic = (run.get("products") or {}).get("mosaic")
+        color = next((g.get("color") or {} for g in (run.get("grid") or {}).values()
+                      if g.get("mosaic") == mosaic), {})
     try:
         params = StretchParams.from_dict(color["stretch"])
     except (KeyError, TypeError, ValueError):

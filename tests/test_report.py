@@ -457,3 +457,5 @@ def test_grid_mode_report_carries_the_global_solve(tmp_path):
         assert xs.min() >= -1 and xs.max() <= w + 1 and ys.min() >= -1 and ys.max() <= h + 1
     assert len(data["pairs"]) == len({(p["i"], p["j"]) for p in solve["pairs"]}) > 0
     assert data["image"]["stretch"] == product["color"]["stretch"]  # the preview's own
+    assert data["run"]["n_tiles"] == len(product["tile_names"])
+    assert data["run"]["photometry"]["n_overlaps"] == solve["n_overlaps"]

@@ -186,6 +186,15 @@ def _summary(run: dict) -> dict:
                          "rejected": len(frames.get("rejected") or {})}
     summary["photometry"] = {k: v for k, v in photometry.items() if k not in ("inputs", "pairs")}
     summary["n_tiles"] = len(run.get("tiles") or [])
+    if run.get("mode") == "grid":  # the global solve of the filter mosaic shown
+        mosaic = (run.get("products") or {}).get("mosaic")
+        product = next((g for g in (run.get("grid") or {}).values() if g.get("mosaic") == mosaic), {})
+        solve = product.get("photometry") or {}
+        gains = [g for row in solve.get("gains") or [] for g in row]
+        summary["photometry"] = {"status": solve.get("status", "off"), "n_overlaps": solve.get("n_overlaps"),
+                                 "gain_range": [min(gains), max(gains)] if gains else None,
+                                 "sky_surface": solve.get("sky_surface")}
+        summary["n_tiles"] = len(product.get("tile_names") or [])
     return summary
 
 

@@ -21,16 +21,18 @@ from skymosaic.backend import (
     Backend,
     GPUUnavailableError,
     _kernels,
-    _stats,
     cpu_backend,
+    gaussian_filter,
     is_out_of_memory,
+    nanmedian,
+    nanpercentile,
     select_backend,
     to_host,
 )
 from skymosaic.cli import main
 from skymosaic.config import ConfigError, config_digest, load_config
 from skymosaic.reproject import optimal_grid
-from skymosaic.stack import StackSettings, stack_cube
+from skymosaic.stack import StackSettings, _reject_xp, stack_cube
 from skymosaic.synth import make_survey
 
 
@@ -231,14 +233,14 @@ def cube():
 def test_stack_oom_in_a_kernel_retries_with_smaller_chunks(cube, monkeypatch):
     settings = StackSettings(rejection="kappa_sigma", normalization="additive")
     cpu = stack_cube(cube, settings=settings)
-    real = _stats.reject
+    real = _reject_xp.clip  # the array-API kernel of kappa-sigma clipping
 
     def small_only(values, **kw):
         if values.shape[2] > 4:  # a chunk of more than 4 rows does not "fit"
             raise MemoryError("Out of memory allocating 2,359,296 bytes")
         return real(values, **kw)
 
-    monkeypatch.setattr(_stats, "reject", small_only)
+    monkeypatch.setattr(_reject_xp, "clip", small_only)
     be = _strict()
     gpu = stack_cube(cube, settings=settings, backend=be)
     assert be.report()["steps"]["stack"] == {
@@ -257,7 +259,7 @@ def test_stack_driver_error_gives_the_cpu_result(cube, monkeypatch, caplog):
     def broken(values, **kw):
         raise RuntimeError("cudaErrorIllegalAddress: an illegal memory access was encountered")
 
-    monkeypatch.setattr(_stats, "reject", broken)
+    monkeypatch.setattr(_reject_xp, "clip", broken)
     be = _strict()
     with caplog.at_level(logging.WARNING, logger="skymosaic"):
         gpu = stack_cube(cube, settings=settings, backend=be)
@@ -308,3 +310,53 @@ def test_coadd_oom_retries_then_matches_cpu(small_survey, monkeypatch):
     assert steps["oom_retries"] > 0 and steps["cpu"] == 0 and steps["gpu"] > 0
     np.testing.assert_allclose(gpu.data, cpu.data, rtol=1e-5, atol=1e-3, equal_nan=True)
     np.testing.assert_array_equal(gpu.coverage, cpu.coverage)
+
+
+# ------------------------------------------------------------------ one kernel per primitive
+@pytest.mark.parametrize("sigma", [0.8, 4.0])
+def test_gaussian_filter_blurs_each_channel_on_its_own(sigma):
+    """A (C, H, W) blur is the per-channel blurs, on the host and in the array-API kernel
+    (the code a device runs), and a channel's light never reaches another channel."""
+    rng = np.random.default_rng(3)
+    cube = rng.random((3, 41, 46))
+    cube[1] = 0.0
+    cube[1, 20, 23] = 1.0  # a point in channel 1 only (its blur stays inside)
+    cube[2] = 5.0  # constant: stays constant
+    for blur in (gaussian_filter, _kernels.gaussian_filter):
+        out = blur(cube, sigma)
+        assert out.shape == cube.shape
+        for c in range(3):
+            want = gaussian_filter(cube[c], sigma)
+            np.testing.assert_allclose(out[c], want, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(out[1].sum(), 1.0, rtol=1e-12)  # flux stays in channel 1
+        np.testing.assert_allclose(out[2], 5.0, rtol=1e-12)
+    solo = cube.copy()
+    solo[0] = 0.0
+    np.testing.assert_array_equal(gaussian_filter(solo, sigma)[1], gaussian_filter(cube, sigma)[1])
+    dev = xps.asarray(cube, device=xps.Device("device1"))
+    np.testing.assert_allclose(
+        np.asarray(to_host(gaussian_filter(dev, sigma))), gaussian_filter(cube, sigma), rtol=1e-10
+    )
+
+
+def test_gaussian_filter_refuses_other_shapes():
+    for blur in (gaussian_filter, _kernels.gaussian_filter):
+        with pytest.raises(ValueError, match=r"an \(H, W\) or \(C, H, W\) array, got shape"):
+            blur(np.zeros((2, 3, 4, 5)), 1.0)
+        with pytest.raises(ValueError, match="sigma must be > 0"):
+            blur(np.zeros((4, 5)), 0.0)
+
+
+def test_nan_statistics_match_numpy():
+    """`nanmedian` / `nanpercentile` have no host fast path: the array-API kernels on NumPy
+    equal NumPy's own (NaN where no sample is valid)."""
+    rng = np.random.default_rng(8)
+    v = rng.normal(0, 1, (9, 4, 5))
+    v[rng.random(v.shape) < 0.2] = np.nan
+    v[:, 0, 0] = np.nan
+    with np.errstate(all="ignore"), pytest.warns(RuntimeWarning):
+        np.testing.assert_array_equal(nanmedian(v), np.nanmedian(v, axis=0))
+    for q in (0.0, 12.5, 50.0, 100.0):
+        with pytest.warns(RuntimeWarning):
+            want = np.nanpercentile(v, q, axis=0)
+        np.testing.assert_allclose(nanpercentile(v, q), want, rtol=1e-12, atol=1e-15)

@@ -212,6 +212,45 @@ def test_reject_never_flags_nan_and_counts(method):
         assert mask[5, 0, 3, 3]
 
 
+def _hard_samples(seed: int, dtype) -> np.ndarray:
+    """Samples that exercise every edge rule: ties, NaN, pixels with 0-5 valid samples,
+    outliers on both sides, a constant pixel."""
+    rng = np.random.default_rng(seed)
+    v = rng.normal(100, 5, (15, 2, 9, 11))
+    ties = rng.random(v.shape) < 0.3
+    v[ties] = np.round(v[ties])
+    v[rng.random(v.shape) < 0.08] = np.nan
+    v[rng.random(v.shape) < 0.05] += 80.0
+    v[rng.random(v.shape) < 0.03] -= 60.0
+    for k in range(8):  # k valid samples, the last one an outlier
+        v[k:, 0, 0, k] = np.nan
+        v[:k, 1, 0, k] = 100.0 + np.arange(k)
+        v[k - 1, 1, 0, k] = 130.0
+        v[k:, 1, 0, k] = np.nan
+    v[:, 1, 1, 1] = 42.0  # constant: sigma 0
+    return v.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("method", REJECTION_METHODS)
+def test_fast_path_equals_the_array_api_definition(method, dtype):
+    """The NumPy fast path and the array-API definition (run here on NumPy, the code a
+    device runs) give identical masks, for default and tight thresholds."""
+    for seed, kw in ((0, {}), (1, {"kappa_low": 1.5, "kappa_high": 2.0, "max_iter": 10}),
+                     (2, {"kappa_low": 1.0, "kappa_high": 1.0}), (3, {"n_low": 2, "n_high": 3})):
+        v = _hard_samples(seed, dtype)
+        fast = reject(v, method=method, **kw)
+        ref = reject(v, method=method, fast_path=False, **kw)
+        assert fast.dtype == ref.dtype == bool
+        np.testing.assert_array_equal(fast, ref, err_msg=f"{method} {kw}")
+        if method != "none":
+            assert fast.sum() > 0  # the comparison is not vacuous
+    v = _hard_samples(3, dtype)
+    np.testing.assert_array_equal(
+        nanmedian_frames(v), nanmedian_frames(v, fast_path=False), strict=True
+    )
+
+
 # ----------------------------------------------------------------------- normalisation
 GAINS = np.array([1.0, 0.8, 1.25, 0.9, 1.1, 0.7])
 OFFSETS = np.array([0.0, 50.0, -30.0, 20.0, 10.0, -40.0])

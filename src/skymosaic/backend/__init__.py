@@ -2,8 +2,8 @@
 
 See ``docs/gpu.md``. `select_backend` turns ``run.use_gpu`` into a `Backend`; the
 primitives that no array API covers have one array-API implementation here
-(`skymosaic.backend._kernels`, `skymosaic.backend._stats`) next to the OpenCV/SciPy/NumPy
-one in their own module, which dispatches device arrays here.
+(`skymosaic.backend._kernels`, `skymosaic.backend._stats`), with an OpenCV/SciPy fast path
+for NumPy arrays where one was measured faster (`skymosaic.backend._filters` dispatches).
 """
 
 from skymosaic.backend._device import (
@@ -15,7 +15,15 @@ from skymosaic.backend._device import (
     select_backend,
     to_host,
 )
-from skymosaic.backend._filters import gaussian_filter, nanmedian, nanpercentile, pyr_down, pyr_up
+from skymosaic.backend._filters import gaussian_filter, pyr_down, pyr_up
+from skymosaic.backend._kernels import lanczos3_weights
+from skymosaic.backend._stats import (
+    median_of_sorted,
+    nanmedian,
+    nanpercentile,
+    sort_nan_last,
+    take_rank,
+)
 
 __all__ = [
     "USE_GPU_CHOICES",
@@ -24,10 +32,14 @@ __all__ = [
     "cpu_backend",
     "gaussian_filter",
     "is_out_of_memory",
+    "lanczos3_weights",
+    "median_of_sorted",
     "nanmedian",
     "nanpercentile",
     "pyr_down",
     "pyr_up",
     "select_backend",
+    "sort_nan_last",
+    "take_rank",
     "to_host",
 ]

@@ -13,12 +13,14 @@ resampling (`remap`)
     OpenCV). ``bilinear``: the 2x2 cell at exact positions (OpenCV 5 interpolates float
     images at exact positions; OpenCV 4 quantised them to 1/32 px, see
     `skymosaic.reproject._resample`). ``bicubic``: Keys' cubic convolution, a = -0.75, 4x4
-    taps. ``lanczos3``: normalised ``sinc(t) sinc(t/3)``, 6x6 taps. Taps outside the
+    taps. ``lanczos3``: normalised ``sinc(t) sinc(t/3)``, 6x6 taps (`lanczos3_weights`,
+    also the host's weights). Taps outside the
     input read the ``fill`` value (``border="constant"``, OpenCV ``BORDER_CONSTANT``) or
     the nearest edge pixel (``border="replicate"``, OpenCV ``BORDER_REPLICATE``).
 Gaussian blur (`gaussian_filter`)
-    SciPy's ``gaussian_filter(mode="nearest", truncate=4.0)``: a normalised sampled
-    Gaussian of radius ``int(4 sigma + 0.5)``, edges replicated, separable.
+    SciPy's ``gaussian_filter(mode="nearest", truncate=4.0)`` over the two image axes: a
+    normalised sampled Gaussian of radius ``int(4 sigma + 0.5)``, edges replicated,
+    separable; each plane of a ``(C, H, W)`` array is blurred on its own.
 pyramid steps (`pyr_down`, `pyr_up`)
     OpenCV's ``pyrDown``/``pyrUp``: the 5-tap ``[1, 4, 6, 4, 1] / 16`` kernel with
     ``BORDER_REFLECT_101``; reduce keeps even rows/columns, expand inserts zeros on the
@@ -36,7 +38,15 @@ from typing import Any
 from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
-__all__ = ["dilate", "gaussian_filter", "pyr_down", "pyr_up", "remap", "resample"]
+__all__ = [
+    "dilate",
+    "gaussian_filter",
+    "lanczos3_weights",
+    "pyr_down",
+    "pyr_up",
+    "remap",
+    "resample",
+]
 
 #: First tap (relative to floor(x)) and number of taps of each kernel.
 _TAPS = {"nearest": (0, 1), "bilinear": (0, 2), "bicubic": (-1, 4), "lanczos3": (-2, 6)}
@@ -60,20 +70,64 @@ def _weights(xp: Any, frac: Any, kernel: str) -> list[Any]:
         w1 = ((a + 2.0) * t1 - (a + 3.0)) * t1 * t1 + 1.0
         w2 = ((a + 2.0) * t2 - (a + 3.0)) * t2 * t2 + 1.0
         return [w0, w1, w2, 1.0 - w0 - w1 - w2]
-    # lanczos3: taps -2..3 around floor(x), normalised to sum 1
+    w = lanczos3_weights(frac)  # taps -2..3 around floor(x), normalised to sum 1
+    return [w[m, ...] for m in range(6)]
+
+
+#: Lanczos-3 taps relative to floor(x), and per tap the sign of sin(pi t) and the cosine
+#: and sine of pi k / 3 (see `lanczos3_weights`).
+_LANCZOS_TAPS = range(-2, 4)
+_TAP_SIGN = [1.0 if k % 2 == 0 else -1.0 for k in _LANCZOS_TAPS]
+_TAP_COS3 = [math.cos(math.pi * k / 3.0) for k in _LANCZOS_TAPS]
+_TAP_SIN3 = [math.sin(math.pi * k / 3.0) for k in _LANCZOS_TAPS]
+
+
+def lanczos3_weights(frac: Any) -> Any:
+    """Normalised Lanczos-3 weights for taps -2..3 around ``floor(x)``; shape (6, ...).
+
+    ``sinc(t) sinc(t / 3)`` at ``t = frac - k``, with the common factor ``3 / pi^2`` left
+    out (the weights are normalised), from three sines of ``frac`` instead of twelve
+    sincs: ``sin(pi t) = (-1)^k sin(pi f)`` and ``sin(pi t / 3) = sin(pi f / 3) cos(pi k / 3)
+    - cos(pi f / 3) sin(pi k / 3)``. Computed in the dtype of ``frac`` (float32 for the
+    maps), exactly at every position (no quantisation); the one kernel of the host
+    (`skymosaic.reproject`) and device resampling.
+
+    Parameters
+    ----------
+    frac : array of float
+        ``x - floor(x)``, in ``[0, 1]``.
+
+    Returns
+    -------
+    array, shape ``(6, *frac.shape)``, dtype of ``frac``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> w = lanczos3_weights(np.array([0.0, 0.5], dtype=np.float32))
+    >>> (w[:, 0].round(6) + 0.0).tolist()  # at a pixel centre: that pixel only
+    [0.0, 0.0, 1.0, 0.0, 0.0, 0.0]
+    >>> bool(np.allclose(w[:, 1], w[::-1, 1])), round(float(w[:, 1].sum()), 6)  # symmetric
+    (True, 1.0)
+    """
+    xp = array_namespace(frac)
+    s1 = xp.sin(math.pi * frac)
+    s3, c3 = xp.sin((math.pi / 3) * frac), xp.cos((math.pi / 3) * frac)
+    limit = xp.full_like(frac, math.pi**2 / 3)
     ws = []
-    for k in range(-2, 4):
+    for m, k in enumerate(_LANCZOS_TAPS):
         t = frac - float(k)
-        pt = math.pi * t
-        safe = xp.where(t == 0.0, xp.ones_like(pt), pt)
-        sinc = xp.where(t == 0.0, xp.ones_like(t), xp.sin(safe) / safe)
-        safe3 = safe / 3.0
-        sinc3 = xp.where(t == 0.0, xp.ones_like(t), xp.sin(safe3) / safe3)
-        ws.append(sinc * sinc3)
-    total = ws[0]
-    for w in ws[1:]:
-        total = total + w
-    return [w / total for w in ws]
+        num = (_TAP_SIGN[m] * s1) * (s3 * _TAP_COS3[m] - c3 * _TAP_SIN3[m])
+        if k not in (0, 1):  # |t| >= 1 for frac in [0, 1]
+            ws.append(num / (t * t))
+            continue
+        # the limit at t -> 0 (the formula loses precision below 1e-4): tap 0 at frac 0,
+        # and tap 1 at frac 1 (x - floor(x) rounds to 1 in float32 just below an integer)
+        near = xp.abs(t) < 1e-4
+        t2 = xp.where(near, xp.ones_like(t), t * t)  # no 0/0 where the limit is taken
+        ws.append(xp.where(near, limit, num / t2))
+    w = xp.stack(ws, axis=0)
+    return w / xp.sum(w, axis=0, keepdims=True)
 
 
 def remap(
@@ -194,14 +248,18 @@ def gaussian_kernel(sigma: float, truncate: float = 4.0) -> list[float]:
 
 
 def gaussian_filter(arr: Any, sigma: float) -> Any:
-    """2-D Gaussian blur of ``arr`` ``(H, W)``, SciPy ``gaussian_filter(mode="nearest")``."""
+    """Gaussian blur of each plane of ``arr`` ``(H, W)`` or ``(C, H, W)``, SciPy
+    ``gaussian_filter(mode="nearest")`` over the last two axes (channels never mix)."""
     xp = array_namespace(arr)
-    if arr.ndim != 2:
-        raise ValueError(f"gaussian_filter expects a 2-D array, got shape {arr.shape}")
+    if arr.ndim not in (2, 3):
+        raise ValueError(
+            f"gaussian_filter expects an (H, W) or (C, H, W) array, got shape {arr.shape}"
+        )
     if not sigma > 0:
         raise ValueError(f"sigma must be > 0, got {sigma!r}")
     w = gaussian_kernel(sigma)
-    return _correlate1d(xp, _correlate1d(xp, arr, w, 0, "nearest"), w, 1, "nearest")
+    rows, cols = arr.ndim - 2, arr.ndim - 1
+    return _correlate1d(xp, _correlate1d(xp, arr, w, rows, "nearest"), w, cols, "nearest")
 
 
 _BINOMIAL = [1.0 / 16, 4.0 / 16, 6.0 / 16, 4.0 / 16, 1.0 / 16]

@@ -8,7 +8,8 @@ Kernel definitions (one per name, shared by every backend):
   sample position to 1/32 pixel (``INTER_TAB_SIZE``, positions exact to +-1/64 px, far below
   a seeing disc); OpenCV 5 interpolates float images at exact positions.
 - ``lanczos3``: separable ``sinc(t) sinc(t/3)`` on 6x6 samples, weights normalised to sum 1,
-  evaluated exactly (no position quantisation) with NumPy gathers: slower, sharpest.
+  evaluated exactly (no position quantisation; `skymosaic.backend.lanczos3_weights`, the
+  weights of every backend) with NumPy gathers: slower, sharpest.
 
 No-data handling is the same for every kernel: an output pixel is valid only when every
 input sample under the kernel's support is valid (finite). Invalid input never bleeds
@@ -44,6 +45,7 @@ import cv2
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from skymosaic.backend import lanczos3_weights
 from skymosaic.backend._kernels import EDGES as _EDGES
 from skymosaic.backend._kernels import resample as _resample_device
 
@@ -92,33 +94,10 @@ def _invalid_support(
     return invalid_out
 
 
-_TAPS = np.arange(-2, 4)
-# With t = f - k: sin(pi t) = (-1)^k sin(pi f), and sin(pi t / 3) =
-# sin(pi f / 3) cos(pi k / 3) - cos(pi f / 3) sin(pi k / 3): three sines per axis, not twelve.
-_TAP_SIGN = np.where(_TAPS % 2 == 0, 1.0, -1.0).astype(np.float32)
-_TAP_COS3 = np.cos(np.pi * _TAPS / 3.0).astype(np.float32)
-_TAP_SIN3 = np.sin(np.pi * _TAPS / 3.0).astype(np.float32)
-
-
 def _lanczos3_weights(frac: np.ndarray) -> np.ndarray:
-    """Normalised Lanczos-3 weights for taps -2..3 around ``floor(x)``; shape (6, ...).
-
-    ``sinc(t) sinc(t / 3)`` with the common factor ``3 / pi^2`` left out (the weights are
-    normalised), from three sines of ``frac`` instead of twelve sincs.
-    """
-    f = np.asarray(frac, dtype=np.float32)
-    s1 = np.sin(np.float32(np.pi) * f)
-    s3, c3 = np.sin(np.float32(np.pi / 3) * f), np.cos(np.float32(np.pi / 3) * f)
-    w = np.empty((6,) + f.shape, np.float32)
-    for m, k in enumerate(_TAPS):
-        t = f - np.float32(k)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            w[m] = (_TAP_SIGN[m] * s1) * (s3 * _TAP_COS3[m] - c3 * _TAP_SIN3[m]) / (t * t)
-        # the limit at t -> 0 (the formula loses precision below 1e-4): tap 0 at frac 0,
-        # and tap 1 at frac 1 (x - floor(x) rounds to 1 in float32 just below an integer)
-        np.copyto(w[m], np.float32(np.pi**2 / 3), where=np.abs(t) < 1e-4)
-    w /= w.sum(axis=0, keepdims=True)
-    return w
+    """Normalised float32 Lanczos-3 weights for taps -2..3 around ``floor(x)``, (6, ...):
+    the one definition, `skymosaic.backend.lanczos3_weights`."""
+    return lanczos3_weights(np.asarray(frac, dtype=np.float32))
 
 
 def _lanczos3(planes: np.ndarray, xmap: np.ndarray, ymap: np.ndarray) -> np.ndarray:

@@ -44,9 +44,13 @@ browser:
 test: solver browser $(VENV)/.installed-test
 	$(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
+# bench_end_to_end.py runs with E2E_ARGS (its own default, 30/80/200 frames mono and colour,
+# takes over an hour on 2 cores)
+E2E_ARGS ?= --frames 30,80 --mono
 bench: $(VENV)/.installed-test
-	@set -e; for b in $(filter-out benchmarks/bench_scale.py,$(wildcard benchmarks/bench_*.py)); do \
+	@set -e; for b in $(filter-out benchmarks/bench_scale.py benchmarks/bench_end_to_end.py,$(wildcard benchmarks/bench_*.py)); do \
 		echo "== $$b"; $(BIN)/python $$b; done
+	@echo "== benchmarks/bench_end_to_end.py $(E2E_ARGS)"; $(BIN)/python benchmarks/bench_end_to_end.py $(E2E_ARGS)
 	@echo "(bench_scale.py: 1000 raw frames, ~40 min and 4 GB of disk; run it by hand)"
 
 lint: $(VENV)/.installed-test

@@ -385,16 +385,21 @@ def _mib(value: Any, *, minimum: float = 0.0) -> Any:
     return mib
 
 
+#: the default budget's cap, MiB: a 48 Mpx mono mosaic of 30 Seestar frames peaks at 0.93 GB
+#: (whole process) with it (BENCHMARKS.md, bench_end_to_end); larger runs stay bounded by it
+DEFAULT_BUDGET_CAP_MB = 700
+
+
 def _default_budget_mb() -> float:
-    return round(0.25 * psutil.virtual_memory().total / 2**20)
+    return min(DEFAULT_BUDGET_CAP_MB, round(0.25 * psutil.virtual_memory().total / 2**20))
 
 
 class RunConfig(_Section):
     """Resources and logging."""
 
     memory_budget_mb: float = Field(
-        default_factory=_default_budget_mb, ge=64, description="memory budget in MiB (default 25% of "
-        "RAM), or a size with a unit: '4GB' (10^9 bytes), '4GiB' (2^30), '800M' (10^6)",
+        default_factory=_default_budget_mb, ge=64, description="memory budget in MiB (default 700 MiB, "
+        "or 25% of RAM if less), or a size with a unit: '4GB' (10^9 bytes), '4GiB' (2^30), '800M' (10^6)",
     )
     threads: int = Field(default=0, ge=0, description="worker threads, 0 = all cores")
     use_gpu: Literal["auto", "on", "off"] = Field(
@@ -578,7 +583,7 @@ def config_reference_markdown() -> str:
         doc = (type(section).__doc__ or "").strip().splitlines()[0]
         out += [f"## [{name}]", "", doc, "", "| key | default | type | meaning |", "|---|---|---|---|"]
         for key, f in type(section).model_fields.items():
-            default = "25% of RAM" if (name, key) == ("run", "memory_budget_mb") else getattr(section, key)
+            default = "700 MiB (25% of RAM if less)" if (name, key) == ("run", "memory_budget_mb") else getattr(section, key)
             shown = "not set" if default is None else json.dumps(default, default=str)
             out.append(f"| `{key}` | `{shown}` | {_type_name(f.annotation)} | {f.description or ''} |")
         out.append("")

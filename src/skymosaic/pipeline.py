@@ -29,8 +29,9 @@ from skymosaic._display import plan_display, write_display
 from skymosaic._manifest import MANIFEST_NAME, Manifest, crash_point, file_signature, fingerprint
 from skymosaic._memory import limit_heap_growth
 from skymosaic._space import DiskFullError, format_bytes
-from skymosaic._stats import FrameStats, frame_stats
+from skymosaic._stats import FrameStats
 from skymosaic._surface import SkySurface
+from skymosaic._verify import check_frames
 from skymosaic._version import __version__
 from skymosaic.assemble import CoaddOptions, CoaddResult, FileSource, coadd
 from skymosaic.assemble._coadd import BlockStore, DiskMosaic
@@ -44,7 +45,6 @@ from skymosaic.io import (
     FrameInfo,
     discover_inputs,
     frame_footprint,
-    load_frame,
     scan_frame,
 )
 from skymosaic.io._diagnostics import write_photometry_diagnostics
@@ -64,7 +64,7 @@ from skymosaic.preflight import PreflightError, PreflightEstimate, estimate_run
 from skymosaic.reproject import OutputGrid, grid_from_header, optimal_grid
 from skymosaic.stack.classic import StackedGroups, group_frames, select_by_quality, stack_groups
 from skymosaic.stack.master import MasterTile
-from skymosaic.stack.quality import FrameQuality, measure_quality
+from skymosaic.stack.quality import FrameQuality
 
 __all__ = [
     "DiskFullError",
@@ -199,32 +199,22 @@ def _reject_mixed_channels(catalog: Catalog) -> None:
 
 def verify_frames(catalog: Catalog, config: Config, *, progress: Progress, threads: int) -> None:
     """Phase 2: read each frame once; reject unreadable or empty ones; measure noise and,
-    when quality selection is on, stars (count, FWHM, elongation) with sep."""
+    when quality selection is on, stars (count, FWHM, elongation) with sep, on ``threads``
+    worker processes for a large input (`skymosaic._verify`)."""
     progress.start("verify", len(catalog.frames))
     measure = config.quality.enabled or "fwhm" in config.stack.weighting
-
-    def check(info: FrameInfo):
-        try:
-            data = load_frame(info, valid_min=config.input.valid_min)
-        except FrameError as err:
-            return info, None, None, str(err)
-        stats = frame_stats(data)
-        if stats.valid_fraction == 0.0:
-            return info, stats, None, "no valid pixel (all NaN or below input.valid_min)"
-        quality = measure_quality(data, detect_sigma=config.quality.detect_sigma) if measure else None
-        return info, stats, quality, None
-
     kept = []
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        for info, stats, quality, error in pool.map(check, catalog.frames):
-            progress.advance("verify")
-            if error is not None:
-                catalog.reject(info.path, error)
-                continue
-            catalog.stats[str(info.path)] = stats
-            if quality is not None:
-                catalog.quality[str(info.path)] = quality
-            kept.append(info)
+    for check in check_frames(catalog.frames, valid_min=config.input.valid_min,
+                              detect_sigma=config.quality.detect_sigma, measure=measure,
+                              workers=threads):
+        progress.advance("verify")
+        if check.error is not None:
+            catalog.reject(check.info.path, check.error)
+            continue
+        catalog.stats[str(check.info.path)] = check.stats
+        if check.quality is not None:
+            catalog.quality[str(check.info.path)] = check.quality
+        kept.append(check.info)
     catalog.frames = kept
     progress.end("verify")
 

@@ -123,10 +123,11 @@ def write_mosaic_from_disk(
 
 def preview_binning(shape: tuple[int, int, int], *, max_size: int, memory_budget: int) -> int:
     """Integer binning of a (C, H, W) mosaic so that its preview fits ``max_size`` and the
-    stretch (about 8 float32 copies of the binned planes) an eighth of the budget."""
+    stretch (about 8 float32 copies of the binned planes) half the budget (it runs after the
+    coadd, when nothing else of the run is resident)."""
     c, h, w = shape
     by_size = math.ceil(max(h, w) / max_size)
-    by_memory = math.ceil(math.sqrt(h * w * c * 4 * 8 / max(memory_budget // 8, 1)))
+    by_memory = math.ceil(math.sqrt(h * w * c * 4 * 8 / max(memory_budget // 2, 1)))
     return max(1, by_size, by_memory)
 
 

@@ -272,12 +272,18 @@ def test_run_pipeline_raises_preflight_error(far_dir, one_mosaic, tmp_path):
     assert info.value.estimate.culprits[0].name == "far_0000.fits"
 
 
-def test_plan_and_inspect_print_the_estimate(far_dir, tmp_path, capsys):
+def test_plan_and_inspect_print_the_estimate(far_dir, one_mosaic, tmp_path, capsys):
+    # by default the far frame is a lone frame a run leaves out, as inspect says
     assert main(["inspect", str(far_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert "lone frame left out: far_0000.fits" in printed and "would stop" not in printed
+    # every frame in one grid (targets.split = false): the run would stop, naming it
+    assert main(["inspect", str(far_dir), "-c", str(one_mosaic)]) == 0
     printed = capsys.readouterr().out
     assert "estimate of a run" in printed and "output grid" in printed
     assert "a run would stop before writing" in printed and "far_0000.fits" in printed
-    assert main(["plan", str(far_dir), "-o", str(tmp_path / "plan.csv")]) == 0
+    assert main(["plan", str(far_dir), "-o", str(tmp_path / "plan.csv"), "-c",
+                 str(one_mosaic)]) == 0
     printed = capsys.readouterr().out
     assert "estimate of a run" in printed and "far_0000.fits" in printed
     # without the far frame: the estimate fits

@@ -7,8 +7,11 @@ disk that filled up during the run (a rerun resumes).
 
 from __future__ import annotations
 
+import csv
+import json
 import logging
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -40,6 +43,7 @@ from skymosaic.pipeline import (
     RunResult,
     run_pipeline,
 )
+from skymosaic.preflight import format_duration
 
 __all__ = ["app", "main"]
 
@@ -274,7 +278,7 @@ def run(
 
 def _print_result(result: RunResult) -> None:
     """The targets table of a run with several targets, else the run summary."""
-    Console().print(_targets_table(result) if result.targets else _summary_table(result))
+    _stdout().print(_targets_table(result) if result.targets else _summary_table(result))
 
 
 def _start_server(out: Path, port: int, *, open_browser: bool):
@@ -304,21 +308,124 @@ def _serve_until_interrupted(server) -> None:
         server.stop()
 
 
-def _print_estimate(frames, config: Config) -> None:
-    """The pre-flight estimate of a run of ``frames`` (see `skymosaic.preflight`)."""
-    from skymosaic.pipeline import estimate_frames
+#: the width of a console that is not a terminal (a pipe, a file): wide enough that no
+#: table cell is ever cut (``1_Lig…``) or wrapped
+_PIPE_WIDTH = 100_000
 
+
+def _stdout() -> Console:
+    """The console of results (stdout): a terminal's width, or whole values when the output
+    is not a terminal."""
     out = Console()
+    return out if out.is_terminal else Console(width=_PIPE_WIDTH, soft_wrap=True)
+
+
+def _estimate_parts(frames, config: Config):
+    """`skymosaic.pipeline.estimate_targets`, or its error as text."""
+    from skymosaic.pipeline import estimate_targets
+    from skymosaic.plan.targets import TargetError
+
     try:
-        estimate = estimate_frames(frames, config)
-    except ValueError as err:  # no usable grid (a bad output header, ...)
-        out.print(f"estimate: no output grid: {escape(str(err))}")
+        with _quiet_targets():
+            return (*estimate_targets(frames, config), None)
+    except TargetError as err:
+        return [], {}, str(err)
+
+
+@contextmanager
+def _quiet_targets():
+    """The split's warnings about lone frames: `inspect` and `plan` list them themselves."""
+    log = logging.getLogger("skymosaic.plan.targets")
+    disabled, log.disabled = log.disabled, True
+    try:
+        yield
+    finally:
+        log.disabled = disabled
+
+
+def _print_estimate(frames, config: Config, out: Console | None = None, parts=None) -> None:
+    """The pre-flight estimate of a run of ``frames`` (see `skymosaic.preflight`): one per
+    target when the frames form several, and the lone frames a run would leave out."""
+    out = out or _stdout()
+    parts, lone, error = parts or _estimate_parts(frames, config)
+    if error is not None:
+        out.print(f"estimate: {escape(error)}")
         return
-    out.print("estimate of a run (headers only; `run` also checks the free space of OUT):")
-    for line in estimate.lines():
-        out.print(f"  {escape(line)}")
-    if not estimate.ok:
-        out.print(f"[bold yellow]a run would stop before writing:[/] {escape(estimate.message(prefix=''))}")
+    several = len(parts) > 1
+    out.print("estimate of a run (headers only; `run` also checks the free space of OUT)"
+              + (f": {len(parts)} targets, one mosaic each in OUT/<target>/" if several else "")
+              + ":")
+    indent = "    " if several else "  "
+    for part in parts:
+        if several:
+            ra, dec = part.target.center
+            out.print(f"  target [bold]{escape(part.name)}[/]: {len(part.frames)} frame(s), "
+                      f"centre RA {ra:.3f}, Dec {dec:+.3f}")
+        if part.estimate is None:
+            out.print(f"{indent}no output grid: {escape(part.error or 'no frame')}")
+            continue
+        for line in part.estimate.lines():
+            out.print(f"{indent}{escape(line)}")
+        if not part.estimate.ok:
+            out.print(f"{indent}[bold yellow]a run would stop before writing:[/] "
+                      f"{escape(part.estimate.message(prefix=''))}")
+    timed = [p.estimate.time for p in parts if p.estimate is not None and p.estimate.time]
+    if several and timed:
+        out.print(f"  all targets: about {format_duration(sum(t.total_s for t in timed))}")
+    for name, reason in lone.items():
+        out.print(f"  lone frame left out: {escape(name)}: {escape(reason)}")
+
+
+#: columns of `skymosaic inspect` (csv header, json keys; the table shows the first ones)
+_INSPECT_COLUMNS = ("file", "kind", "size", "exposure_s", "filter", "date_obs", "wcs",
+                    "scale_arcsec", "target", "problem", "path", "object", "channels",
+                    "ra_deg", "dec_deg")
+_TABLE_HEADINGS = {"file": "file", "kind": "kind", "size": "size", "exposure_s": "exp (s)",
+                   "filter": "filter", "date_obs": "date", "wcs": "WCS",
+                   "scale_arcsec": "scale \"/px", "target": "target", "problem": "problem"}
+
+
+def _inspect_row(path: Path, info=None, error: str | None = None) -> dict:
+    row: dict = dict.fromkeys(_INSPECT_COLUMNS)
+    row.update(file=path.name, path=str(path), problem=error)
+    if info is None:
+        return row
+    center = info.to_dict()["center_deg"]
+    row.update(
+        kind=f"{info.kind} {info.bayer_pattern}" if info.bayer_pattern else info.kind,
+        size=f"{info.width}x{info.height}", exposure_s=info.exposure, filter=info.filter,
+        date_obs=info.date_obs, object=info.object, channels=info.channels,
+        wcs="none" if info.wcs is None else
+        ("sidecar" if info.wcs_source.startswith("sidecar") else "header"),
+        scale_arcsec=info.pixel_scale_arcsec, ra_deg=center[0] if center else None,
+        dec_deg=center[1] if center else None,
+        problem=None if info.wcs is not None else "no celestial WCS",
+    )
+    return row
+
+
+def _cell(key: str, value) -> str:
+    if value is None:
+        return ""
+    if key == "exposure_s":
+        return f"{value:g}"
+    if key == "scale_arcsec":
+        return f"{value:.3f}"
+    if key in ("ra_deg", "dec_deg"):
+        return f"{value:.6f}"
+    if key == "date_obs":
+        return str(value)[:19]
+    return str(value)
+
+
+def _inspect_table(rows: list[dict], *, with_targets: bool) -> Table:
+    table = Table(title=f"{len(rows)} file(s)")
+    keys = [k for k in _TABLE_HEADINGS if with_targets or k != "target"]
+    for key in keys:
+        table.add_column(_TABLE_HEADINGS[key])
+    for row in rows:
+        table.add_row(*(escape(_cell(k, row[k])) for k in keys))
+    return table
 
 
 @app.command()
@@ -329,47 +436,71 @@ def inspect(
         "--config", "-c", help="TOML configuration (for the estimate)")] = None,
     pixel_scale: Annotated[float | None, typer.Option(help="output scale in arcsec/px (estimate)")] = None,
     max_output_pixels: Annotated[str | None, typer.Option(help="pixel limit of the estimate")] = None,
+    fmt: Annotated[str, typer.Option(
+        "--format", help="table (whole values when piped) | csv (one row per file; the "
+                         "estimate goes to stderr) | json (files, targets and estimates)")] = "table",
 ) -> None:
-    """Print the frame catalog (headers only) as a table, and the estimate of a run."""
+    """Print the frame catalog (headers only), the targets a run would make, and the
+    estimate of a run of each."""
     from skymosaic.io import FrameError, discover_inputs, scan_frame
 
+    if fmt not in ("table", "csv", "json"):
+        raise _fail(f"--format must be table, csv or json, got {fmt!r}", EXIT_USAGE)
     try:
         config = load_config(config_file, {"output.pixel_scale_arcsec": pixel_scale,
-                                           "output.max_output_pixels": max_output_pixels})
-        paths = discover_inputs(inputs)
-    except ConfigError as err:
+                                           "output.max_output_pixels": max_output_pixels,
+                                           "input.wcs_dirs": [str(p) for p in wcs_dir]
+                                           if wcs_dir else None})
+        paths = discover_inputs(inputs, recursive=config.input.recursive)
+    except (ConfigError, FileNotFoundError) as err:
         raise _fail(str(err), EXIT_USAGE) from err
-    except FileNotFoundError as err:
-        raise _fail(str(err), EXIT_USAGE) from err
-    usable = []
-    table = Table(title=f"{len(paths)} file(s)")
-    for col in ("file", "kind", "size", "exp (s)", "filter", "date", "WCS", "scale \"/px", "problem"):
-        table.add_column(col)
-    n_bad = 0
+    rows, usable, n_bad = [], [], 0
     for p in paths:
         try:
-            f = scan_frame(p, wcs_dirs=wcs_dir or ())
+            f = scan_frame(p, wcs_dirs=config.input.wcs_dirs,
+                           bayer_pattern=config.input.bayer_pattern)
         except FrameError as err:
             n_bad += 1
-            table.add_row(p.name, "", "", "", "", "", "", "", str(err))
+            rows.append(_inspect_row(p, error=str(err)))
             continue
+        rows.append(_inspect_row(p, f))
         if f.wcs is not None:
-            usable.append(f)
-        wcs = "none" if f.wcs is None else ("sidecar" if f.wcs_source.startswith("sidecar") else "header")
-        kind = f"{f.kind} {f.bayer_pattern}" if f.bayer_pattern else f.kind
-        table.add_row(
-            f.name, kind, f"{f.width}x{f.height}", f"{f.exposure:g}" if f.exposure else "",
-            f.filter or "", (f.date_obs or "")[:19], wcs,
-            f"{f.pixel_scale_arcsec:.3f}" if f.pixel_scale_arcsec else "",
-            "" if f.wcs is not None else "no celestial WCS",
-        )
-    Console().print(table)
+            usable.append((len(rows) - 1, f))
+    parts, lone, error = [], {}, None
+    if usable:  # mono and colour frames are not coadded together: estimate the majority
+        counts: dict[int, int] = {}
+        for _, f in usable:
+            counts[f.channels] = counts.get(f.channels, 0) + 1
+        keep = max(counts, key=lambda c: (counts[c], c))
+        for k, f in usable:
+            if f.channels != keep:
+                rows[k]["problem"] = (f"{f.channels}-channel frame among {counts[keep]} "
+                                      f"{keep}-channel frames (not coadded with them)")
+        frames = [f for _, f in usable if f.channels == keep]
+        parts, lone, error = _estimate_parts(frames, config)
+        by_name = {row["path"]: row for row in rows}
+        for part in parts:
+            for f in part.frames:
+                by_name[str(f.path)]["target"] = part.name
+        for f in frames:
+            if f.name in lone:
+                by_name[str(f.path)]["problem"] = f"lone frame: {lone[f.name]}"
+    if fmt == "json":
+        doc = {"files": rows, "targets": [p.to_dict() for p in parts], "lone": lone}
+        if error is not None:
+            doc["error"] = error
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    elif fmt == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(_INSPECT_COLUMNS)
+        writer.writerows([[_cell(k, row[k]) for k in _INSPECT_COLUMNS] for row in rows])
+    else:
+        _stdout().print(_inspect_table(rows, with_targets=len(parts) > 1))
+    if usable and fmt != "json":
+        # csv: stdout holds the rows only, the estimate goes to the terminal (stderr)
+        _print_estimate(None, config, console if fmt == "csv" else None, (parts, lone, error))
     if paths and n_bad == len(paths):
         raise typer.Exit(EXIT_USAGE)
-    channels = {f.channels for f in usable}
-    if usable:  # mono and colour frames are not coadded together: estimate the majority
-        keep = max(channels, key=lambda c: (sum(f.channels == c for f in usable), c))
-        _print_estimate([f for f in usable if f.channels == keep], config)
 
 
 @app.command()
@@ -393,8 +524,8 @@ def plan(
         raise _fail(str(err), EXIT_USAGE) from err
     except (NoUsableFramesError, FileNotFoundError) as err:
         raise _fail(str(err), EXIT_USAGE) from err
-    Console().print(f"{sum(len(g) for g in groups)} frame(s) in {len(groups)} group(s) written to "
-                    f"[bold]{path}[/]; {len(catalog.rejected)} file(s) left out")
+    _stdout().print(f"{sum(len(g) for g in groups)} frame(s) in {len(groups)} group(s) written to "
+                    f"[bold]{escape(str(path))}[/]; {len(catalog.rejected)} file(s) left out")
     _print_estimate(catalog.frames, config)
 
 
@@ -415,12 +546,13 @@ def demo(
             result, metrics = run_demo(out, seed=seed, size=size, progress=RichProgress(bars))
     except NoUsableFramesError as err:
         raise _fail(str(err), EXIT_USAGE) from err
-    Console().print(_summary_table(result))
+    out = _stdout()
+    out.print(_summary_table(result))
     table = Table(title="quality against the known truth", show_header=False)
     for key, value in metrics.items():
         table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
-    Console().print(table)
-    Console().print(f"Files are in [bold]{result.out_dir.resolve()}[/]")
+    out.print(table)
+    out.print(f"Files are in [bold]{escape(str(result.out_dir.resolve()))}[/]")
 
 
 @app.command()
@@ -544,8 +676,6 @@ def export_hips_command(
     threads: Annotated[int, typer.Option(help="threads (0: no threading)")] = 0,
 ) -> None:
     """Write a HiPS of the science mosaic of OUT (Aladin reads it; colour: one per channel)."""
-    import json
-
     from skymosaic.report import export_hips
 
     _setup_logging("INFO")

@@ -528,8 +528,10 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
                 tree = tomllib.load(fh)
         except FileNotFoundError as err:
             raise ConfigError(f"config file {source} does not exist") from err
-        except tomllib.TOMLDecodeError as err:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as err:
             raise ConfigError(f"config file {source} is not valid TOML: {err}") from err
+        except OSError as err:  # a folder, no permission
+            raise ConfigError(f"config file {source} cannot be read: {err}") from err
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(tree, key, value)

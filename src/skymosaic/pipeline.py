@@ -59,7 +59,7 @@ from skymosaic.io.stack_plan import (
 )
 from skymosaic.photometry import PhotometryOptions
 from skymosaic.plan import Clustering
-from skymosaic.plan.targets import Target, TargetError, split_targets
+from skymosaic.plan.targets import Target, TargetError, TargetSplit, split_targets
 from skymosaic.preflight import PreflightError, PreflightEstimate, estimate_run
 from skymosaic.reproject import OutputGrid, grid_from_header, optimal_grid
 from skymosaic.stack.classic import StackedGroups, group_frames, select_by_quality, stack_groups
@@ -73,9 +73,12 @@ __all__ = [
     "PreflightError",
     "Progress",
     "RunResult",
+    "TargetEstimate",
     "build_catalog",
     "estimate_frames",
+    "estimate_targets",
     "run_pipeline",
+    "split_frames",
 ]
 
 logger = logging.getLogger(__name__)
@@ -234,9 +237,78 @@ def choose_grid(frames: Sequence[FrameInfo], config: Config) -> OutputGrid:
 def estimate_frames(frames: Sequence[FrameInfo], config: Config) -> PreflightEstimate:
     """The pre-flight estimate of a run of ``frames`` (headers only; `skymosaic plan` and
     `skymosaic inspect` print it): the grid `choose_grid` picks, its size, the bytes it
-    writes and the memory it needs, checked against every limit but the free disk space
-    (which a run checks in its output folder)."""
+    writes, the memory it needs and the time it takes, checked against every limit but
+    the free disk space (which a run checks in its output folder)."""
     return estimate_run(frames, choose_grid(frames, config), config)
+
+
+@dataclass
+class TargetEstimate:
+    """The estimate of one target of `estimate_targets`: its name (None when the frames
+    are not split), frames and pre-flight estimate (None, with ``error``, when no output
+    grid can be made)."""
+
+    name: str | None
+    frames: list[FrameInfo]
+    estimate: PreflightEstimate | None = None
+    error: str | None = None
+    target: Target | None = None
+
+    def to_dict(self) -> dict:
+        out = self.target.to_dict() if self.target is not None else {"name": self.name}
+        out["frames"] = [f.name for f in self.frames]
+        out["estimate"] = None if self.estimate is None else self.estimate.to_dict()
+        if self.error is not None:
+            out["error"] = self.error
+        return out
+
+
+def split_frames(frames: Sequence[FrameInfo], config: Config) -> TargetSplit | None:
+    """The sky-disjoint targets of ``frames`` as a classic run splits them
+    (`skymosaic.plan.targets`; ``targets.*`` settings), or None when ``targets.split`` is
+    off or there is no frame.
+
+    Raises
+    ------
+    TargetError
+        When ``targets.select`` or ``targets.region`` match no frame.
+    """
+    cfg = config.targets
+    if not cfg.split or not frames:
+        return None
+    return split_targets(np.stack([np.asarray(f.footprint) for f in frames]),
+                         objects=[f.object for f in frames], names=[f.name for f in frames],
+                         link_diagonals=cfg.link_diagonals, select=cfg.select, region=cfg.region)
+
+
+def estimate_targets(frames: Sequence[FrameInfo], config: Config
+                     ) -> tuple[list[TargetEstimate], dict[str, str]]:
+    """The pre-flight estimate of each target a classic run of ``frames`` would mosaic
+    (`split_frames`, then `estimate_frames` per target), and the lone frames it would
+    leave out (name -> reason). Headers only: `skymosaic plan` and `inspect` print it.
+
+    Raises
+    ------
+    TargetError
+        When ``targets.select`` or ``targets.region`` match no frame.
+    """
+    frames = list(frames)
+    split = split_frames(frames, config)
+    if split is None:
+        parts = [TargetEstimate(None, frames)]
+        lone: dict[str, str] = {}
+    else:
+        parts = [TargetEstimate(t.name, [frames[k] for k in t.frames], target=t)
+                 for t in split.targets]
+        lone = {frames[k].name: reason for k, reason in split.lone.items()}
+    for part in parts:
+        if not part.frames:
+            continue
+        try:
+            part.estimate = estimate_frames(part.frames, config)
+        except ValueError as err:  # no usable grid (a bad output header, ...)
+            part.error = str(err)
+    return parts, lone
 
 
 def frame_weight(info: FrameInfo, stats: FrameStats | None, weighting: str) -> float:
@@ -964,16 +1036,13 @@ def find_run_targets(run: _Run, catalog: Catalog) -> None:
     """Split the catalog into sky-disjoint targets (`skymosaic.plan.targets`): lone far
     frames are rejected, frames outside ``targets.select``/``region`` dropped; sets
     ``run.targets`` and ``run.target_of``."""
-    cfg = run.config.targets
-    if not cfg.split or not catalog.frames:
-        return
     frames = catalog.frames
     try:
-        found = split_targets(np.stack([np.asarray(f.footprint) for f in frames]),
-                              objects=[f.object for f in frames], names=[f.name for f in frames],
-                              link_diagonals=cfg.link_diagonals, select=cfg.select, region=cfg.region)
+        found = split_frames(frames, run.config)
     except TargetError as err:
         run.fail("no such target", str(err))
+    if found is None:
+        return
     for k, reason in found.lone.items():
         catalog.rejected[str(frames[k].path)] = reason  # split_targets warned, naming the frame
     run.targets = found.targets

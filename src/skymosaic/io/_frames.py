@@ -53,7 +53,26 @@ _LONGITUDE_KEYS = ("SITELONG", "LONG-OBS", "OBSGEO-L", "SITE-LON", "OBS-LONG")
 
 
 class FrameError(ValueError):
-    """A frame that cannot be used; the message names the file and the reason."""
+    """A frame that cannot be used: the message gives the reason (naming the header field
+    where one is to blame), ``path`` the file (`scan_frame` sets it)."""
+
+    def __init__(self, message: str, path: Path | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+#: the most axes a FITS header may declare (the FITS standard's limit)
+_MAX_NAXIS = 999
+
+
+def _axis_count(header: fits.Header, key: str) -> int:
+    """A NAXIS or NAXISn card as a non-negative int, else a `FrameError` naming it."""
+    value = header.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0 or (
+            key == "NAXIS" and value > _MAX_NAXIS):
+        limit = f" <= {_MAX_NAXIS}" if key == "NAXIS" else ""
+        raise FrameError(f"bad {key} = {value!r} in the header (an integer >= 0{limit})")
+    return int(value)
 
 
 @dataclass
@@ -212,6 +231,7 @@ def _open_fits(path: Path) -> Iterator[fits.HDUList]:
     or reads garbage), so that warning is turned into a `FrameError` here. The file handle
     is our own, so it is closed whatever astropy raises while parsing.
     """
+    _check_primary_naxis(path)
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="File may have been truncated",
                                 category=AstropyUserWarning)
@@ -220,6 +240,26 @@ def _open_fits(path: Path) -> Iterator[fits.HDUList]:
                 yield hdul
         except AstropyUserWarning as err:
             raise FrameError(f"truncated file ({err})") from err
+
+
+def _check_primary_naxis(path: Path) -> None:
+    """Refuse a primary header whose NAXIS is not a FITS axis count before astropy reads
+    it: astropy loops over NAXIS axes to size the data (NAXIS = 10**12 never ends)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(2880 * 36)
+    except OSError:
+        return  # astropy reports it
+    for k in range(0, len(head) - 79, 80):
+        card = head[k:k + 80]
+        if card.startswith(b"END") and card[3:].strip() == b"":
+            return
+        if card[:8] == b"NAXIS   " and card[8:10] == b"= ":
+            text = card[10:].split(b"/")[0].strip()
+            if not text.isdigit() or int(text) > _MAX_NAXIS:
+                raise FrameError(f"bad NAXIS = {text.decode('ascii', 'replace')} in the header "
+                                 f"(an integer from 0 to {_MAX_NAXIS})")
+            return
 
 
 def _first_image_hdu(hdul: fits.HDUList) -> int:
@@ -277,18 +317,21 @@ def _site_longitude(header: fits.Header) -> float | None:
 
 
 def _classify(header: fits.Header, bayer_override: str | None) -> tuple[str, tuple[int, int, int], str | None]:
-    naxis = int(header.get("NAXIS", 0))
-    dims = [int(header.get(f"NAXIS{i}", 0)) for i in range(1, naxis + 1)]  # FITS order
+    naxis = _axis_count(header, "NAXIS")
+    dims = [_axis_count(header, f"NAXIS{i}") for i in range(1, naxis + 1)]  # FITS order
     extra = [d for d in dims[2:] if d != 1] if naxis > 2 else []
     if naxis == 2 or (naxis > 2 and not extra and naxis <= 4):
         w, h = dims[0], dims[1]
         pattern = bayer_override or header.get("BAYERPAT")
         if isinstance(pattern, str) and pattern.strip().upper() not in ("", "NONE", "MONO"):
-            pattern = normalize_bayer_pattern(
-                pattern,
-                x_offset=int(header.get("XBAYROFF", 0) or 0),
-                y_offset=int(header.get("YBAYROFF", 0) or 0),
-            )
+            try:
+                pattern = normalize_bayer_pattern(
+                    pattern,
+                    x_offset=int(header.get("XBAYROFF", 0) or 0),
+                    y_offset=int(header.get("YBAYROFF", 0) or 0),
+                )
+            except (TypeError, ValueError, OverflowError) as err:
+                raise FrameError(f"bad BAYERPAT/XBAYROFF/YBAYROFF in the header: {err}") from err
             if w % 2 or h % 2:
                 logger.debug("Bayer frame with odd size %dx%d", w, h)
             return "BAYER", (3, h, w), pattern
@@ -399,6 +442,16 @@ def scan_frame(
     """
     path = Path(path)
     try:
+        return _scan(path, wcs_dirs=wcs_dirs, bayer_pattern=bayer_pattern, on_bad_wcs=on_bad_wcs)
+    except FrameError as err:
+        if err.path is None:
+            err.path = path
+        raise
+
+
+def _scan(path: Path, *, wcs_dirs: Iterable[Path], bayer_pattern: str | None,
+          on_bad_wcs: str) -> FrameInfo:
+    try:
         with _open_fits(path) as hdul:
             index = _first_image_hdu(hdul)
             header = hdul[index].header.copy()
@@ -460,7 +513,10 @@ def _usable_wcs(load, source: str, shape, on_bad_wcs: str, info: FrameInfo):
         return wcs, (None if wcs is None else validate_wcs(wcs, shape[1:]))
     except FrameError as err:
         if on_bad_wcs == "raise":
-            raise
+            name = Path(source.split(":", 1)[1]).name if ":" in source else None
+            if name is None or name in str(err):
+                raise
+            raise FrameError(f"WCS sidecar {name}: {err}") from err
         reason = f"{source.split(':', 1)[0]} WCS unusable: {err}"
         info.extra["bad_wcs"] = "; ".join(filter(None, [info.extra.get("bad_wcs"), reason]))
         return None, None

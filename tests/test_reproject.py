@@ -540,6 +540,16 @@ def _pixels_of(grid: OutputGrid, pts: np.ndarray):
     return np.asarray(x), np.asarray(y)
 
 
+def test_optimal_grid_refuses_inputs_beyond_a_hemisphere():
+    """Frames on opposite sides of the sky (targets.split = false) have no TAN grid: a
+    clear error, not a NaN size."""
+    shape = (100, 100)
+    fps = [_frame_edges(celestial_wcs(shape, center=c, pixel_scale_arcsec=2.0), shape)
+           for c in [(10.0, 5.0), (100.0, 5.0), (190.0, -5.0)]]
+    with pytest.raises(ValueError, match="more than a hemisphere"):
+        optimal_grid(fps, pixel_scale_arcsec=2.0)
+
+
 def test_optimal_grid_covers_every_footprint_north_up():
     shapes = [(200, 300), (200, 300), (250, 150)]
     wcss = [

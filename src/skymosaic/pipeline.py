@@ -496,7 +496,10 @@ def _mosaic_phases(run: _Run, paths: Sequence[Path], plan: StackPlan | None,
     if not catalog.frames:
         run.fail("no usable frame", f"no usable frame among {len(paths)} file(s)")
     with run.phase("grid"):
-        grid = _canonical_grid(choose_grid(catalog.frames, config))
+        try:
+            grid = _canonical_grid(choose_grid(catalog.frames, config))
+        except ValueError as err:  # no grid can hold these frames (a clear reason)
+            run.fail("no output grid", str(err))
     logger.info("output grid %d x %d px at %.3f arcsec/px", grid.shape[1], grid.shape[0],
                 grid.pixel_scale_arcsec)
     _preflight(run, catalog, plan, grid)

@@ -118,6 +118,14 @@ def optimal_grid(
         angle = np.radians(deg)
     wcs = _make_wcs(center, scale, angle, projection)
     x, y = wcs.world_to_pixel_values(pts[:, 0], pts[:, 1])
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        far = float(np.degrees(np.arccos(np.clip(
+            _unit(pts[:, 0], pts[:, 1]) @ (mean / np.linalg.norm(mean)), -1.0, 1.0))).max())
+        raise ValueError(
+            f"the inputs span more than a hemisphere of the {projection} projection (a corner "
+            f"{far:.1f} deg from their centre) and cannot be drawn on one output grid: mosaic "
+            "the targets separately (targets.split = true), or check the inputs' WCS"
+        )
     xmin, xmax, ymin, ymax = np.min(x), np.max(x), np.min(y), np.max(y)
     width, height = int(np.ceil(xmax - xmin)) + 1, int(np.ceil(ymax - ymin)) + 1
     if width * height > max_pixels:

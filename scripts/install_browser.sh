@@ -29,41 +29,7 @@ if [ "${SKYMOSAIC_NO_BROWSER:-0}" = "1" ]; then
     exit 0
 fi
 
-if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
-    if command -v chromedriver >/dev/null 2>&1; then
-        say "found $(command -v chromedriver) (not managed by apt); nothing to do"
-        exit 0
-    fi
-    manual "apt-get not available on this system"
-fi
-
-missing=""
-for pkg in $PACKAGES; do
-    status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
-    [ "$status" = "install ok installed" ] || missing="$missing $pkg"
-done
-if [ -z "$missing" ]; then
-    say "already installed ($PACKAGES)"
-    exit 0
-fi
-
-if [ "$(id -u)" = "0" ]; then
-    SUDO=""
-elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-    SUDO="sudo -n"
-else
-    manual "not root and no password-less sudo: cannot install$missing"
-fi
-
-export DEBIAN_FRONTEND=noninteractive
-install() {
-    $SUDO apt-get install -y -q --no-install-recommends $missing
-}
-say "installing$missing"
-if ! install; then
-    say "apt-get install failed; refreshing the package lists and trying again"
-    if ! $SUDO apt-get update -q || ! install; then
-        manual "apt-get could not install$missing (offline, or another apt is running?)"
-    fi
-fi
+TOOL=chromedriver
+# shellcheck source=scripts/_apt_install.sh
+. "$(dirname "$0")/_apt_install.sh"
 say "installed: $(command -v chromium || echo '?') and $(command -v chromedriver || echo '?')"

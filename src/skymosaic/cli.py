@@ -297,15 +297,9 @@ def _start_server(out: Path, port: int, *, open_browser: bool):
 
 
 def _serve_until_interrupted(server) -> None:
-    import time
+    from skymosaic.report import serve_until_interrupted
 
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
+    serve_until_interrupted(server)
 
 
 #: the width of a console that is not a terminal (a pipe, a file): wide enough that no

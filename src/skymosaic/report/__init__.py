@@ -10,7 +10,7 @@ from skymosaic.report._hips import export_hips
 from skymosaic.report._html import ReportError, write_report
 from skymosaic.report._mosaic import MosaicFile
 from skymosaic.report._targets import write_targets_index
-from skymosaic.report._serve import LiveProgress, ReportServer, serve_report
+from skymosaic.report._serve import LiveProgress, ReportServer, serve_report, serve_until_interrupted
 
 __all__ = [
     "DziPyramid",
@@ -20,6 +20,7 @@ __all__ = [
     "ReportServer",
     "export_hips",
     "serve_report",
+    "serve_until_interrupted",
     "write_dzi",
     "write_report",
     "write_targets_index",

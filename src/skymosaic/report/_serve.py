@@ -37,7 +37,7 @@ from skymosaic.io._stretch import apply_stretch, fit_stretch, to_uint
 from skymosaic.report._html import _copy_static, page_html
 from skymosaic.reproject import optimal_grid
 
-__all__ = ["LiveProgress", "ReportServer", "partial_mosaic", "serve_report"]
+__all__ = ["LiveProgress", "ReportServer", "partial_mosaic", "serve_report", "serve_until_interrupted"]
 
 logger = logging.getLogger(__name__)
 
@@ -301,8 +301,13 @@ def serve_report(out: str | os.PathLike, *, port: int = 8000, open_browser: bool
     logger.info("serving %s at %s", out, server.url)
     if open_browser:
         webbrowser.open(server.url)
-    if not block:
-        return server
+    if block:
+        serve_until_interrupted(server)
+    return server
+
+
+def serve_until_interrupted(server: ReportServer) -> None:
+    """Keep ``server`` serving until Ctrl-C, then stop it."""
     try:
         while True:
             time.sleep(3600)
@@ -310,4 +315,3 @@ def serve_report(out: str | os.PathLike, *, port: int = 8000, open_browser: bool
         pass
     finally:
         server.stop()
-    return server

@@ -41,7 +41,8 @@ if sys.argv[1] != "baseline":
     cfg = load_config(None, {"run.memory_budget_mb": float(sys.argv[3]), "run.threads": 2,
                              "quality.enabled": False, "photometry.enabled": False,
                              "stack.enabled": False,
-                             "targets.split": False})  # 4 far frames, one grid
+                             "targets.split": False,  # 4 far frames, one grid
+                             "output.report": sys.argv[4] == "report"})
     result = run_pipeline([sys.argv[1]], sys.argv[2], cfg)
     report = {"shape": list(result.data_shape), "blocks": result.report["output"]["blocks"]}
 report["maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -70,7 +71,7 @@ def test_mosaic_four_times_the_budget_stays_within_it(tmp_path):
         data = (100.0 + rng.normal(0.0, 5.0, (FRAME, FRAME))).astype(np.float32)
         fits.PrimaryHDU(data, header=header).writeto(frames / f"corner_{k}.fits")
     baseline = _child("baseline")["maxrss_kib"] / 1024
-    run = _child(str(frames), str(tmp_path / "out"), str(BUDGET_MB))
+    run = _child(str(frames), str(tmp_path / "out"), str(BUDGET_MB), "report")
     c, h, w = run["shape"]
     output_mb = h * w * (4 * c + 6) / 2**20
     assert output_mb > 3.5 * BUDGET_MB  # the output does not fit in the budget

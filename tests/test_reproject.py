@@ -467,7 +467,7 @@ def test_resample_rejects_bad_arguments():
         resample(data[0], xm, xm)
     with pytest.raises(ValueError, match=r"xmap \(2, 2\) and ymap \(2, 3\)"):
         resample(data, xm, np.zeros((2, 3), np.float32))
-    with pytest.raises(ValueError, match=r"edge rule 'wide'; expected one of \('strict', 'half'\)"):
+    with pytest.raises(ValueError, match=r"edge rule 'wide'; expected one of \('half', 'strict'\)"):
         resample(data, xm, xm, edge="wide")
 
 

@@ -19,15 +19,18 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from astropy.wcs import WCS
 
-from skymosaic.config import Config
 from skymosaic.io._export import RowSource, write_linear_fits, write_tiff
 from skymosaic.io._stretch import StretchOptions, StretchParams, fit_stretch
 from skymosaic.io._writer import write_preview
 from skymosaic.photometry._color import ColorCalibration, ColorOptions, measure_color
+
+if TYPE_CHECKING:  # config reads its choices from the algorithm packages: no import cycle
+    from skymosaic.config import Config
 
 __all__ = ["Display", "color_options", "plan_display", "stretch_options", "write_display"]
 

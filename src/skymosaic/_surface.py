@@ -20,10 +20,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SURFACE_ORDERS", "SkySurface", "n_terms", "surface_terms"]
+__all__ = ["SURFACE_NAMES", "SURFACE_ORDERS", "SkySurface", "n_terms", "surface_terms"]
 
 #: Surface order by name (the ``photometry.sky_surface`` choices) and its number of terms.
 SURFACE_ORDERS = {"constant": 0, "plane": 1, "quadratic": 2}
+#: The surface names in order of increasing order (the ``stack.sky_surface`` choices).
+SURFACE_NAMES = tuple(SURFACE_ORDERS)
 _N_TERMS = {0: 1, 1: 3, 2: 6}
 
 

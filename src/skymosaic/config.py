@@ -18,7 +18,22 @@ from typing import Any, Literal
 import psutil
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from skymosaic._errors import ConfigError
 from skymosaic._space import parse_count, parse_size
+from skymosaic._surface import SURFACE_NAMES
+from skymosaic.assemble import COADD_REJECT, COADD_WEIGHTINGS
+from skymosaic.astrometry import SOLVER_CHOICES
+from skymosaic.backend import USE_GPU_CHOICES
+from skymosaic.grid import GRID_BLENDS
+from skymosaic.io import BAYER_PATTERNS, EXPORT_FORMATS, STRETCH_CURVES
+from skymosaic.photometry import COLOR_MODES, COLOR_WHITE, GAIN_SOURCES, SKY_SURFACES
+from skymosaic.reproject import EDGES, KERNELS, PROJECTIONS, ROTATIONS
+from skymosaic.stack import (
+    COMBINE_METHODS,
+    NORMALIZATION_METHODS,
+    REJECTION_METHODS,
+    WEIGHTING_METHODS,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -26,6 +41,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = [
+    "LOG_LEVELS",
     "Config",
     "ConfigError",
     "config_digest",
@@ -34,9 +50,11 @@ __all__ = [
     "load_config",
 ]
 
-
-class ConfigError(ValueError):
-    """A bad configuration: unknown key, wrong type or out-of-range value."""
+#: Console log levels (``run.log_level``; names of the `logging` module). Every other choice
+#: list is owned by the module that implements the choice; the ``Literal`` types below read
+#: them (``Literal[X]`` with a tuple ``X`` is ``Literal[*X]``), so the two cannot drift
+#: (tests/test_choices.py). mypy cannot read a variable as a literal: ``valid-type`` ignores.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 class _Section(BaseModel):
@@ -48,7 +66,7 @@ class InputConfig(_Section):
 
     recursive: bool = Field(default=True, description="search folders recursively")
     wcs_dirs: list[Path] = Field(default_factory=list, description="extra folders with .wcs sidecars")
-    bayer_pattern: Literal["RGGB", "GRBG", "GBRG", "BGGR"] | None = Field(
+    bayer_pattern: Literal[BAYER_PATTERNS] | None = Field(  # type: ignore[valid-type]
         default=None, description="force this CFA pattern (cameras that write no BAYERPAT)"
     )
     valid_min: float | None = Field(
@@ -67,7 +85,7 @@ class SolveConfig(_Section):
     enabled: bool = Field(
         default=True, description="plate-solve frames that have no usable celestial WCS"
     )
-    solver: Literal["auto", "astrometry.net", "astap"] = Field(
+    solver: Literal[SOLVER_CHOICES] = Field(  # type: ignore[valid-type]
         default="auto", description="auto: ASTAP if it has a star database, else solve-field"
     )
     timeout_s: float = Field(
@@ -104,10 +122,10 @@ class SolveConfig(_Section):
 class ReprojectConfig(_Section):
     """Resampling onto the output grid."""
 
-    kernel: Literal["nearest", "bilinear", "bicubic", "lanczos3"] = Field(
+    kernel: Literal[KERNELS] = Field(  # type: ignore[valid-type]
         default="bilinear", description="resampling kernel (see docs/reprojection.md)"
     )
-    edge: Literal["half", "strict"] = Field(
+    edge: Literal[EDGES] = Field(  # type: ignore[valid-type]
         default="half",
         description="frame edges in the coadd: half = out to each frame's outer pixel edges "
         "(as reproject), strict = only within its outermost pixel centres; photometric fits "
@@ -125,10 +143,10 @@ class OutputConfig(_Section):
     """The output grid and products."""
 
     pixel_scale_arcsec: float | None = Field(default=None, gt=0, description="None: median input scale")
-    rotation: Literal["north", "auto"] = Field(
+    rotation: Literal[ROTATIONS] = Field(  # type: ignore[valid-type]
         default="north", description="north-up, or rotated to the minimum-area rectangle"
     )
-    projection: Literal["TAN", "SIN", "ZEA", "STG", "ARC", "CAR"] = Field(
+    projection: Literal[PROJECTIONS] = Field(  # type: ignore[valid-type]
         default="TAN", description="FITS projection of the output grid"
     )
     wcs_header: Path | None = Field(default=None, description="use this FITS/text header as output grid")
@@ -143,7 +161,7 @@ class OutputConfig(_Section):
         default=2e9, gt=0, description="largest output grid, pixels (H x W); larger grids stop the "
         "run before anything is written (pre-flight check, docs/scale.md); a number or '2G', '500M'",
     )
-    export: list[Literal["siril", "tiff"]] = Field(
+    export: list[Literal[EXPORT_FORMATS]] = Field(  # type: ignore[valid-type]
         default_factory=list, description="extra products (docs/colour.md): siril = "
         "NAME_linear.fits (one HDU, float32 in [0, 1], no data 0) + NAME_linear_mask.fits; "
         "tiff = NAME.tif (16-bit, stretched, sRGB)",
@@ -165,10 +183,10 @@ class OutputConfig(_Section):
 class CoaddConfig(_Section):
     """How inputs are weighted and outliers rejected in the final coadd."""
 
-    weighting: Literal["uniform", "exposure", "noise"] = Field(
+    weighting: Literal[COADD_WEIGHTINGS] = Field(  # type: ignore[valid-type]
         default="noise", description="noise = inverse variance from each frame's robust noise"
     )
-    reject: Literal["auto", "off"] = Field(
+    reject: Literal[COADD_REJECT] = Field(  # type: ignore[valid-type]
         default="auto", description="outlier rejection across overlapping inputs (trails, hot "
         "pixels): depth >= 3 clipped mean, depth 2 the brighter input's outliers dropped")
     reject_kappa: float = Field(default=5.0, gt=0, description="rejection threshold, in combined "
@@ -202,7 +220,7 @@ class GridConfig(_Section):
     tile_factor: float = Field(default=1.0, gt=0, le=20, description="tile size / median frame size")
     overlap: float = Field(default=0.3, ge=0, le=0.9, description="fraction of a tile shared with its neighbour")
     min_frames: int = Field(default=1, ge=1, description="tiles with fewer frames are dropped")
-    blend: Literal["pyramid", "feather", "mean"] = Field(
+    blend: Literal[GRID_BLENDS] = Field(  # type: ignore[valid-type]
         default="pyramid", description="multi-resolution blending, feathering or weighted mean")
     blend_levels: int | None = Field(default=None, ge=1, le=12, description="pyramid levels (default: from overlap)")
     feather_sigma: float = Field(default=2.0, gt=0, description="smoothing of the feathering masks, px")
@@ -262,18 +280,18 @@ class StackConfig(_Section):
 
     enabled: bool = Field(default=True, description="false: coadd every frame directly (no master tiles)")
     min_frames: int = Field(default=2, ge=1, description="smaller groups go to the coadd frame by frame")
-    normalization: Literal["none", "additive", "multiplicative", "linear", "stars"] = Field(
+    normalization: Literal[NORMALIZATION_METHODS] = Field(  # type: ignore[valid-type]
         default="stars", description="photometric normalisation to the reference frame (stars: "
         "gains from the reference's stars, sky surfaces from the binned difference)"
     )
-    sky_surface: Literal["constant", "plane", "quadratic"] = Field(
+    sky_surface: Literal[SURFACE_NAMES] = Field(  # type: ignore[valid-type]
         default="quadratic", description="normalization = stars: order of each frame's sky "
         "surface relative to the reference"
     )
-    weighting: list[Literal["exposure", "noise", "fwhm"]] = Field(
+    weighting: list[Literal[WEIGHTING_METHODS]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: ["noise"], description="frame weights (product of these)"
     )
-    rejection: Literal["none", "kappa_sigma", "winsorized", "linear_fit", "minmax"] = Field(
+    rejection: Literal[REJECTION_METHODS] = Field(  # type: ignore[valid-type]
         default="winsorized", description="per-pixel outlier rejection"
     )
     kappa_low: float = Field(default=3.0, gt=0, description="low clipping threshold, sigma")
@@ -281,7 +299,8 @@ class StackConfig(_Section):
     max_iter: int = Field(default=5, ge=1, description="clipping iterations")
     n_low: int = Field(default=1, ge=0, description="minmax: lowest samples dropped")
     n_high: int = Field(default=1, ge=0, description="minmax: highest samples dropped")
-    combine: Literal["mean", "median"] = Field(default="mean", description="weighted mean or median")
+    combine: Literal[COMBINE_METHODS] = Field(  # type: ignore[valid-type]
+        default="mean", description="weighted mean or median")
 
 
 class PhotometryConfig(_Section):
@@ -295,12 +314,12 @@ class PhotometryConfig(_Section):
     robust_iter: int = Field(default=3, ge=0, description="robust re-weighting iterations of the solve")
     min_overlap_pixels: int = Field(default=100, ge=10, description="smallest overlap used for a pair")
     max_samples: int = Field(default=20000, ge=100, description="pixels sampled per pair and channel")
-    gain_from: Literal["auto", "pixels", "stars", "none"] = Field(
+    gain_from: Literal[GAIN_SOURCES] = Field(  # type: ignore[valid-type]
         default="auto", description="pair gains from detrended pixels, star aperture fluxes, or auto "
         "(the more precise of the two; apertures when PSFs differ; docs/photometry.md)")
-    match_kernel: Literal["nearest", "bilinear", "bicubic", "lanczos3"] = Field(
+    match_kernel: Literal[KERNELS] = Field(  # type: ignore[valid-type]
         default="lanczos3", description="resampling kernel of the inputs for the pair fits")
-    sky_surface: Literal["quadratic", "plane", "constant", "none"] = Field(
+    sky_surface: Literal[SKY_SURFACES] = Field(  # type: ignore[valid-type]
         default="quadratic", description="per-input sky surface in the input's own pixels, solved "
         "with the gains from star-masked overlap differences (smallest surfaces consistent with "
         "the overlaps); 'none': one offset per input and background matching (docs/photometry.md)")
@@ -337,11 +356,11 @@ class PhotometryConfig(_Section):
 class ColorConfig(_Section):
     """Colour calibration and the display stretch of previews and exports (docs/colour.md)."""
 
-    mode: Literal["record", "apply", "off"] = Field(
+    mode: Literal[COLOR_MODES] = Field(  # type: ignore[valid-type]
         default="record", description="record: background neutralisation and white balance "
         "measured, written to run.json and the FITS header, applied to the preview and TIFF "
         "only; apply: also to the science FITS (stays linear; said in HISTORY); off: none")
-    white: Literal["stars", "none"] = Field(
+    white: Literal[COLOR_WHITE] = Field(  # type: ignore[valid-type]
         default="stars", description="white reference: the robust mean colour of the unsaturated "
         "stars, or none (background neutralisation only)")
     min_stars: int = Field(default=10, ge=1, description="fewest good stars for a white balance")
@@ -362,7 +381,7 @@ class ColorConfig(_Section):
     shadow_clip: float = Field(
         default=2.8, ge=0, le=20, description="preview black point, in normalised MADs below "
         "the sky median")
-    curve: Literal["asinh", "mtf"] = Field(
+    curve: Literal[STRETCH_CURVES] = Field(  # type: ignore[valid-type]
         default="asinh", description="display curve: asinh (highlights compressed, cores keep "
         "structure) or mtf (PixInsight's screen transfer function)")
     highlight_percentile: float = Field(
@@ -402,11 +421,11 @@ class RunConfig(_Section):
         "or 25% of RAM if less), or a size with a unit: '4GB' (10^9 bytes), '4GiB' (2^30), '800M' (10^6)",
     )
     threads: int = Field(default=0, ge=0, description="worker threads, 0 = all cores")
-    use_gpu: Literal["auto", "on", "off"] = Field(
+    use_gpu: Literal[USE_GPU_CHOICES] = Field(  # type: ignore[valid-type]
         default="auto", description="CuPy GPU backend: auto = when CuPy and a CUDA device are "
         "present, on = required (error otherwise), off = CPU only (docs/gpu.md)",
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+    log_level: Literal[LOG_LEVELS] = Field(  # type: ignore[valid-type]
         default="INFO", description="console log level (the log file is always INFO or finer)"
     )
     fresh: bool = Field(

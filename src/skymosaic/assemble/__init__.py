@@ -1,6 +1,8 @@
 """Phase 5: the coadd of frames or tiles onto the output grid."""
 
 from skymosaic.assemble._coadd import (
+    COADD_REJECT,
+    COADD_WEIGHTINGS,
     CoaddOptions,
     CoaddResult,
     DiskMosaic,
@@ -12,6 +14,8 @@ from skymosaic.assemble._coadd import (
 from skymosaic.assemble._sources import ArraySource, FileSource, ImageSource
 
 __all__ = [
+    "COADD_REJECT",
+    "COADD_WEIGHTINGS",
     "ArraySource",
     "CoaddOptions",
     "CoaddResult",

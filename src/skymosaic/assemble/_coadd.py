@@ -49,6 +49,8 @@ from skymosaic.backend._reproject import resample_weighted
 from skymosaic.reproject._resample import EDGES, KERNEL_RADIUS, KERNELS
 
 __all__ = [
+    "COADD_REJECT",
+    "COADD_WEIGHTINGS",
     "BlockStore",
     "CoaddOptions",
     "CoaddResult",
@@ -60,6 +62,12 @@ __all__ = [
     "resample_source",
     "source_bbox",
 ]
+
+#: Scalar weights of the coadd's inputs (``coadd.weighting``, `skymosaic.pipeline.frame_weight`):
+#: equal, by exposure time, or inverse variance of each input's robust noise.
+COADD_WEIGHTINGS = ("uniform", "exposure", "noise")
+#: Outlier rejection across overlapping inputs (``coadd.reject``, `reject_outliers`).
+COADD_REJECT = ("auto", "off")
 
 logger = logging.getLogger(__name__)
 
@@ -112,8 +120,8 @@ class CoaddOptions:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
         if self.block_rows is not None and self.block_rows < 1:
             raise ValueError(f"block_rows must be >= 1 or None, got {self.block_rows}")
-        if self.reject not in ("off", "auto"):
-            raise ValueError(f"reject must be 'off' or 'auto', got {self.reject!r}")
+        if self.reject not in COADD_REJECT:
+            raise ValueError(f"reject must be one of {COADD_REJECT}, got {self.reject!r}")
         if not (math.isfinite(self.reject_kappa) and self.reject_kappa > 0):
             raise ValueError(f"reject_kappa must be finite and > 0, got {self.reject_kappa!r}")
 

@@ -23,6 +23,7 @@ from skymosaic.astrometry._solve import (
     write_solver_image,
 )
 from skymosaic.astrometry._solvers import (
+    SOLVER_CHOICES,
     AstapSolver,
     AstrometryNetSolver,
     SolveAttempt,
@@ -35,6 +36,7 @@ from skymosaic.astrometry._solvers import (
 from skymosaic.astrometry._validate import check_wcs, describe_non_celestial, review_wcs
 
 __all__ = [
+    "SOLVER_CHOICES",
     "AstapSolver",
     "AstrometryNetSolver",
     "FrameSolution",

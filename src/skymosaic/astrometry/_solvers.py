@@ -35,6 +35,7 @@ from skymosaic.astrometry._indexes import astrometry_cfg_paths
 
 __all__ = [
     "ASTAP_BINARIES",
+    "SOLVER_CHOICES",
     "SOLVE_FIELD",
     "AstapSolver",
     "AstrometryNetSolver",
@@ -50,6 +51,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SOLVE_FIELD = "solve-field"
+#: Which solver a run uses (``solve.solver``): auto = ASTAP if it has a star database,
+#: else solve-field.
+SOLVER_CHOICES = ("auto", "astrometry.net", "astap")
 ASTAP_BINARIES = ("astap", "astap_cli")
 #: Folders where ASTAP's installers put the program and its star databases.
 ASTAP_DATABASE_DIRS = (Path("/opt/astap"), Path("/usr/share/astap"), Path("/usr/local/share/astap"))
@@ -102,9 +106,8 @@ class SolveOptions:
     astap_database: Path | None = None
 
     def __post_init__(self) -> None:
-        if self.solver not in ("auto", "astrometry.net", "astap"):
-            raise ValueError("solver must be 'auto', 'astrometry.net' or 'astap', "
-                             f"got {self.solver!r}")
+        if self.solver not in SOLVER_CHOICES:
+            raise ValueError(f"solver must be one of {SOLVER_CHOICES}, got {self.solver!r}")
         if not self.timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
         if int(self.downsample) < 1:

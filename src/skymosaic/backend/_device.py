@@ -30,7 +30,7 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 from array_api_compat import array_namespace, is_cupy_namespace, is_numpy_namespace
 
-from skymosaic.config import ConfigError
+from skymosaic._errors import ConfigError
 
 __all__ = [
     "USE_GPU_CHOICES",

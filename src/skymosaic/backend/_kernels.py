@@ -55,7 +55,7 @@ _CUBIC_A = -0.75
 #: (with a replicated border they read the edge; the callers mark them invalid).
 _FAR = -1.0e6
 #: Edge rules of `resample` (see `skymosaic.reproject._resample`).
-EDGES = ("strict", "half")
+EDGES = ("half", "strict")
 
 
 # ------------------------------------------------------------------ resampling

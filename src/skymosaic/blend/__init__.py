@@ -1,6 +1,7 @@
 """Multi-resolution (Burt & Adelson) blending, Gaussian feathering and their pyramids."""
 
 from skymosaic.blend._blend import (
+    BLEND_METHODS,
     BlendResult,
     band_weights,
     blend_tiles,
@@ -19,6 +20,7 @@ from skymosaic.blend._pyramid import (
 )
 
 __all__ = [
+    "BLEND_METHODS",
     "BlendResult",
     "band_weights",
     "blend_tiles",

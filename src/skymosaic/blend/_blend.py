@@ -55,11 +55,13 @@ from skymosaic.blend._pyramid import (
 )
 from skymosaic.photometry._overlaps import bbox_candidate_pairs
 
-__all__ = ["BlendResult", "band_weights", "blend_tiles", "distance_ramp", "feather_weights"]
+__all__ = ["BLEND_METHODS", "BlendResult", "band_weights", "blend_tiles", "distance_ramp",
+           "feather_weights"]
 
 logger = logging.getLogger(__name__)
 
-_METHODS = ("pyramid", "feather")
+#: Methods of `blend_tiles`: multi-resolution (Burt & Adelson) blending or Gaussian feathering.
+BLEND_METHODS = ("pyramid", "feather")
 #: Added to expanded weights so a valid pixel never gets an all-zero denominator.
 _TINY = np.float32(1e-12)
 #: Pyramid depth used to fill the holes of the common fill image.
@@ -506,8 +508,8 @@ def _validate(
         raise ValueError(f"canvas_shape must be (H, W) integers, got {canvas_shape!r}") from err
     if len(shape) != 2 or min(shape) < 1:
         raise ValueError(f"canvas_shape must be (H, W) with H, W >= 1, got {canvas_shape!r}")
-    if opts.method not in _METHODS:
-        raise ValueError(f"method must be one of {_METHODS}, got {opts.method!r}")
+    if opts.method not in BLEND_METHODS:
+        raise ValueError(f"method must be one of {BLEND_METHODS}, got {opts.method!r}")
     if opts.levels is not None and (
         isinstance(opts.levels, bool)
         or not isinstance(opts.levels, (int, np.integer))

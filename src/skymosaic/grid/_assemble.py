@@ -23,14 +23,17 @@ import numpy as np
 
 from skymosaic._tiles import PlacedTile
 from skymosaic.backend import Backend
-from skymosaic.blend import blend_tiles
+from skymosaic.blend import BLEND_METHODS, blend_tiles
 from skymosaic.photometry import PhotometryOptions, normalize_tiles
 
-__all__ = ["AssembleResult", "assemble_tiles", "weighted_mean"]
+__all__ = ["GRID_BLENDS", "AssembleResult", "assemble_tiles", "weighted_mean"]
 
 logger = logging.getLogger(__name__)
 
-BlendMethod = Literal["pyramid", "feather", "mean"]
+#: Assemblies of `assemble_tiles` (``grid.blend``): those of `skymosaic.blend.blend_tiles`,
+#: or a plain weighted mean (`weighted_mean`, also the fallback of a failed blend).
+GRID_BLENDS = (*BLEND_METHODS, "mean")
+BlendMethod = Literal[GRID_BLENDS]  # type: ignore[valid-type]
 
 
 @dataclass
@@ -162,7 +165,7 @@ def assemble_tiles(
     timings["photometry"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     data = weight = None
-    if blend in ("pyramid", "feather") and len(corrected) > 1:
+    if blend in BLEND_METHODS and len(corrected) > 1:
         try:
             res = blend_tiles(corrected, canvas_shape, method=blend, levels=levels,
                               feather_sigma=feather_sigma, backend=backend)

@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from astropy.io import fits
@@ -22,7 +22,6 @@ from skymosaic._dask import run_tasks
 from skymosaic._tiles import PlacedTile
 from skymosaic._version import __version__
 from skymosaic.assemble import CoaddOptions
-from skymosaic.config import Config, config_digest
 from skymosaic.grid._assemble import AssembleResult, assemble_tiles
 from skymosaic.grid._geometry import GridTile, make_tile_grid, tile_grid_of
 from skymosaic._display import plan_display, write_display
@@ -34,6 +33,9 @@ from skymosaic.photometry import PhotometryOptions
 from skymosaic.reproject import OutputGrid
 from skymosaic.stack.classic import build_tile, stack_settings
 from skymosaic.stack.master import MasterTile, TileInputs
+
+if TYPE_CHECKING:  # config reads its choices from the algorithm packages: no import cycle
+    from skymosaic.config import Config
 
 __all__ = ["GridProducts", "find_plan", "run_grid"]
 
@@ -263,6 +265,8 @@ def _write(out: Path, name: str, config: Config, canvas: OutputGrid, result: Ass
            placed: list[PlacedTile], filt: str | None) -> tuple[Path, Path | None, dict]:
     """The science FITS, preview and exports of one grid mosaic, with the colour
     calibration (`skymosaic._display`); the third value: the exports and the colour report."""
+    from skymosaic.config import config_digest  # noqa: PLC0415 - config imports this package's choices
+
     history = [
         f"skymosaic {__version__}: grid mode, {len(placed)} tile(s), photometry "
         f"{result.report.get('photometry_mode')}, blend {result.report.get('blend')}",

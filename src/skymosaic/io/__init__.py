@@ -1,6 +1,7 @@
 """FITS reading (frames, Bayer, WCS sidecars) and atomic writing (mosaic, preview, reports)."""
 
 from skymosaic.io._bayer import BAYER_PATTERNS, bayer_masks, debayer, normalize_bayer_pattern
+from skymosaic.io._export import EXPORT_FORMATS
 from skymosaic.io._frames import (
     FITS_SUFFIXES,
     FrameError,
@@ -12,6 +13,7 @@ from skymosaic.io._frames import (
     scan_frame,
     validate_wcs,
 )
+from skymosaic.io._stretch import STRETCH_CURVES
 from skymosaic.io._writer import (
     atomic_path,
     read_mosaic,
@@ -23,7 +25,9 @@ from skymosaic.io._writer import (
 
 __all__ = [
     "BAYER_PATTERNS",
+    "EXPORT_FORMATS",
     "FITS_SUFFIXES",
+    "STRETCH_CURVES",
     "FrameError",
     "FrameInfo",
     "atomic_path",

@@ -35,9 +35,13 @@ from astropy.wcs import WCS
 from skymosaic.io._stretch import ColorMap, StretchParams, apply_stretch, to_uint
 from skymosaic.io._writer import atomic_path, mosaic_header
 
-__all__ = ["ArraySource", "RowSource", "linear_range", "write_linear_fits", "write_tiff"]
+__all__ = ["EXPORT_FORMATS", "ArraySource", "RowSource", "linear_range", "write_linear_fits",
+           "write_tiff"]
 
 logger = logging.getLogger(__name__)
+
+#: Extra products (``output.export``): siril = `write_linear_fits`, tiff = `write_tiff`.
+EXPORT_FORMATS = ("siril", "tiff")
 
 #: TIFF tile side (px): 256 is what libtiff and photo editors handle best.
 _TILE = 256

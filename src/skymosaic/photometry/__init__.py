@@ -9,9 +9,16 @@ from skymosaic.photometry._background import (
     estimate_background,
     match_backgrounds,
 )
-from skymosaic.photometry._color import COLOR_WHITE, ColorCalibration, ColorOptions, measure_color
+from skymosaic.photometry._color import (
+    COLOR_MODES,
+    COLOR_WHITE,
+    ColorCalibration,
+    ColorOptions,
+    measure_color,
+)
 from skymosaic.photometry._coverage import coverage_gains
 from skymosaic.photometry._engine import (
+    GAIN_SOURCES,
     SKY_SURFACES,
     PhotometryOptions,
     PhotometryReport,
@@ -40,7 +47,9 @@ from skymosaic.photometry._surfaces import (
 from skymosaic.photometry._solve import Solution, apply_gains_offsets, solve_gains_offsets
 
 __all__ = [
+    "COLOR_MODES",
     "COLOR_WHITE",
+    "GAIN_SOURCES",
     "SKY_SURFACES",
     "ColorCalibration",
     "ColorOptions",

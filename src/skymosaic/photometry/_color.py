@@ -41,10 +41,13 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["COLOR_WHITE", "ColorCalibration", "ColorOptions", "measure_color"]
+__all__ = ["COLOR_MODES", "COLOR_WHITE", "ColorCalibration", "ColorOptions", "measure_color"]
 
 logger = logging.getLogger(__name__)
 
+#: What becomes of the calibration (``color.mode``): recorded (preview and TIFF only),
+#: applied (also to the science FITS) or not measured.
+COLOR_MODES = ("record", "apply", "off")
 #: White references: the robust mean colour of the stars, or none (background only).
 COLOR_WHITE = ("stars", "none")
 

@@ -25,12 +25,15 @@ from skymosaic.photometry._regression import pairwise_relations
 from skymosaic.photometry._solve import apply_gains_offsets, solve_gains_offsets
 from skymosaic.photometry._surfaces import SkySamples, overlap_block, sky_samples, solve_sky_surfaces, to_samples
 
-__all__ = ["SKY_SURFACES", "PhotometryOptions", "PhotometryReport", "normalize_tiles",
-           "solve_corrections", "tile_sky_samples"]
+__all__ = ["GAIN_SOURCES", "SKY_SURFACES", "PhotometryOptions", "PhotometryReport",
+           "normalize_tiles", "solve_corrections", "tile_sky_samples"]
 
 #: The ``sky_surface`` choices: a surface order, or ``none`` (offsets from the pair levels
 #: and optional background matching, the engine before sky surfaces).
-SKY_SURFACES = (*SURFACE_ORDERS, "none")
+SKY_SURFACES = (*reversed(SURFACE_ORDERS), "none")
+#: Where the pair gains come from (``photometry.gain_from``): the more precise of the two,
+#: detrended overlap pixels, star aperture fluxes, or none (gains fixed to 1).
+GAIN_SOURCES = ("auto", "pixels", "stars", "none")
 
 logger = logging.getLogger(__name__)
 
@@ -122,8 +125,8 @@ class PhotometryOptions:
             raise ValueError(f"max_samples={self.max_samples} < min_points={self.min_points}")
         if not self.min_dynamic_range >= 0:
             raise ValueError(f"min_dynamic_range must be >= 0, got {self.min_dynamic_range!r}")
-        if self.gain_from not in ("auto", "pixels", "stars", "none"):
-            raise ValueError(f"gain_from must be 'auto', 'pixels', 'stars' or 'none', got {self.gain_from!r}")
+        if self.gain_from not in GAIN_SOURCES:
+            raise ValueError(f"gain_from must be one of {GAIN_SOURCES}, got {self.gain_from!r}")
         if self.sky_surface not in SKY_SURFACES:
             raise ValueError(f"sky_surface must be one of {SKY_SURFACES}, got {self.sky_surface!r}")
         if not (isinstance(self.surface_block, int) and self.surface_block >= 4):

@@ -1,6 +1,12 @@
 """Fast WCS reprojection: coarse-grid pixel mapping, NaN-aware kernels, output grids."""
 
-from skymosaic.reproject._grid import OutputGrid, grid_from_header, optimal_grid
+from skymosaic.reproject._grid import (
+    PROJECTIONS,
+    ROTATIONS,
+    OutputGrid,
+    grid_from_header,
+    optimal_grid,
+)
 from skymosaic.reproject._mapping import PixelMap, exact_pixel_map, pixel_map
 from skymosaic.reproject._resample import EDGES, KERNEL_RADIUS, KERNELS, resample
 
@@ -8,6 +14,8 @@ __all__ = [
     "EDGES",
     "KERNELS",
     "KERNEL_RADIUS",
+    "PROJECTIONS",
+    "ROTATIONS",
     "OutputGrid",
     "PixelMap",
     "exact_pixel_map",

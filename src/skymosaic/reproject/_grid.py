@@ -13,7 +13,12 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
-__all__ = ["OutputGrid", "grid_from_header", "optimal_grid"]
+__all__ = ["PROJECTIONS", "ROTATIONS", "OutputGrid", "grid_from_header", "optimal_grid"]
+
+#: Orientations of `optimal_grid` (``output.rotation``): north up, or the minimum-area rectangle.
+ROTATIONS = ("north", "auto")
+#: FITS projections offered for the output grid (``output.projection``).
+PROJECTIONS = ("TAN", "SIN", "ZEA", "STG", "ARC", "CAR")
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +105,8 @@ def optimal_grid(
         raise ValueError("no footprints to build an output grid from")
     if not (pixel_scale_arcsec > 0 and np.isfinite(pixel_scale_arcsec)):
         raise ValueError(f"pixel_scale_arcsec must be a positive number, got {pixel_scale_arcsec}")
-    if rotation not in ("north", "auto"):
-        raise ValueError(f"rotation must be 'north' or 'auto', got {rotation!r}")
+    if rotation not in ROTATIONS:
+        raise ValueError(f"rotation must be one of {ROTATIONS}, got {rotation!r}")
     pts = np.concatenate([np.asarray(f, dtype=np.float64).reshape(-1, 2) for f in footprints])
     mean = _unit(pts[:, 0], pts[:, 1]).mean(axis=0)
     center = (

@@ -12,18 +12,20 @@ import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from skymosaic.assemble._coadd import CoaddOptions
-from skymosaic.config import Config
 from skymosaic.io._frames import FrameInfo
 from skymosaic.plan.cluster import Clustering, cluster_frames
 from skymosaic.stack._combine import StackSettings
 from skymosaic.stack.master import MasterTile, TileInputs, build_master_tile
 from skymosaic.stack.quality import FrameQuality, QualitySettings, select_frames
 from skymosaic.stack.sessions import SessionSummary, session_keys, summarise_sessions
+
+if TYPE_CHECKING:  # config reads its choices from the algorithm packages: no import cycle
+    from skymosaic.config import Config
 
 __all__ = ["StackedGroups", "group_frames", "select_by_quality", "session_key", "stack_groups", "stack_settings"]
 

@@ -226,7 +226,7 @@ def test_mixed_channel_counts_raise():
 def test_bad_options_raise():
     with pytest.raises(ValueError, match="kernel 'spline' is not one of"):
         CoaddOptions(kernel="spline")
-    with pytest.raises(ValueError, match=r"edge 'outer' is not one of \('strict', 'half'\)"):
+    with pytest.raises(ValueError, match=r"edge 'outer' is not one of \('half', 'strict'\)"):
         CoaddOptions(edge="outer")
     with pytest.raises(ValueError, match="memory_budget 1000 bytes"):
         CoaddOptions(memory_budget=1000)

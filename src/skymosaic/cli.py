@@ -11,7 +11,6 @@ import csv
 import json
 import logging
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -326,15 +325,11 @@ def _estimate_parts(frames, config: Config):
         return [], {}, str(err)
 
 
-@contextmanager
 def _quiet_targets():
     """The split's warnings about lone frames: `inspect` and `plan` list them themselves."""
-    log = logging.getLogger("skymosaic.plan.targets")
-    disabled, log.disabled = log.disabled, True
-    try:
-        yield
-    finally:
-        log.disabled = disabled
+    from skymosaic.plan.targets import quiet_logger
+
+    return quiet_logger("skymosaic.plan.targets")
 
 
 def _print_estimate(frames, config: Config, out: Console | None = None, parts=None) -> None:

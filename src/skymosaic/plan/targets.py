@@ -49,14 +49,19 @@ class TargetError(ValueError):
 
 
 @contextmanager
-def quiet_clustering() -> Iterator[None]:
-    """Silence the clustering's log lines (its callers log what matters to them)."""
-    cluster_log = logging.getLogger("skymosaic.plan.cluster")
-    disabled, cluster_log.disabled = cluster_log.disabled, True
+def quiet_logger(name: str) -> Iterator[None]:
+    """Silence the logger ``name`` for the block (its callers log what matters to them)."""
+    log = logging.getLogger(name)
+    disabled, log.disabled = log.disabled, True
     try:
         yield
     finally:
-        cluster_log.disabled = disabled
+        log.disabled = disabled
+
+
+def quiet_clustering():
+    """Silence the clustering's log lines (its callers log what matters to them)."""
+    return quiet_logger("skymosaic.plan.cluster")
 
 
 @dataclass

@@ -176,9 +176,11 @@ def _build_tiles(jobs: list[tuple[int, TileInputs]], options: CoaddOptions, kwar
     from skymosaic._dask import run_tasks
 
     # one thread per task (the cluster's parallelism is its workers), host backend (see
-    # `skymosaic.assemble._coadd._run_blocks`)
-    single = dataclasses.replace(options, threads=1, backend=None)
+    # `skymosaic.assemble._coadd._run_blocks`); the workers' tiles share the budget, so a
+    # tile's cube is held in memory only when its share holds it (`fits_in_memory`)
     workers = len(client.scheduler_info().get("workers", {})) or 1
+    single = dataclasses.replace(options, threads=1, backend=None,
+                                 memory_budget=max(options.memory_budget // workers, 16 * 2**20))
     for job, (tile, err) in run_tasks(client, build_tile, jobs, window=2 * workers, args=(single, kwargs)):
         if progress is not None and not (tile is not None and tile.reused):
             progress(len(job[1].frames))  # reused tiles are reported by the caller (tile_done)

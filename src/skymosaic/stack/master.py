@@ -1,11 +1,19 @@
 """Master tiles: every frame of a group resampled onto one tile grid, then stacked.
 
-Frames are resampled one at a time (in a thread pool) into a memory-mapped cube
-``(N, C, H, W)`` float32 and a pixel-weight cube ``(N, H, W)`` uint8 (1 where the frame
-covers the pixel) in a scratch folder, so memory holds one frame's temporaries per thread
-whatever N is; `skymosaic.stack.stack_cube` then reads the cube in chunks of rows through
-`NpyReader`, which keeps no page of it mapped between reads. Field
-rotation between sessions is handled by the WCS: no pixel-space alignment is needed.
+Frames are resampled one at a time (in a thread pool) into a cube ``(N, C, H, W)``
+float32 and a pixel-weight cube ``(N, H, W)`` uint8 (1 where the frame covers the pixel);
+`skymosaic.stack.stack_cube` then stacks the cube in bands of rows. Where the cube lives:
+
+* **in memory** when it fits the memory budget (`CoaddOptions.memory_budget`) beside what
+  else the tile holds (`fits_in_memory`): each frame is resampled straight into its slice
+  of the cube, and no scratch file is written or read back;
+* **on disk** otherwise, in ``.npy`` files in the scratch folder, filled one frame at a
+  time and read back in chunks of rows through `NpyReader` (which keeps no page mapped
+  between reads), so memory holds one frame's temporaries per thread whatever N is.
+
+Both give the same master tile, bit for bit: the same float32 samples reach the same
+stack. Field rotation between sessions is handled by the WCS: no pixel-space alignment
+is needed.
 """
 
 from __future__ import annotations
@@ -25,7 +33,13 @@ from astropy.io import fits
 
 from skymosaic._space import disk_full_guard
 from skymosaic._version import __version__
-from skymosaic.assemble._coadd import CoaddOptions, ordered_window, resample_source, source_bbox
+from skymosaic.assemble._coadd import (
+    _TASK_FACTOR,
+    CoaddOptions,
+    ordered_window,
+    resample_source,
+    source_bbox,
+)
 from skymosaic.assemble._sources import FileSource
 from skymosaic.io._frames import FrameInfo, frame_footprint
 from skymosaic.io._writer import write_mosaic
@@ -33,7 +47,8 @@ from skymosaic.reproject._grid import OutputGrid, optimal_grid
 from skymosaic.stack._combine import StackSettings, stack_cube
 from skymosaic.stack._normalize import bin_factor, block_mean
 
-__all__ = ["MasterTile", "NpyReader", "TileInputs", "build_master_tile", "tile_fingerprint"]
+__all__ = ["MasterTile", "NpyReader", "TileInputs", "build_master_tile", "fits_in_memory",
+           "tile_fingerprint"]
 
 logger = logging.getLogger(__name__)
 
@@ -147,13 +162,19 @@ def build_master_tile(
     grid = grid if grid is not None else _tile_grid(inputs.frames, pixel_scale_arcsec)
     n, c = len(inputs.frames), inputs.frames[0].channels
     h, w = grid.shape
+    in_memory = fits_in_memory(inputs.frames, (h, w), settings=settings, options=options)
     scratch = Path(scratch_dir)
-    scratch.mkdir(parents=True, exist_ok=True)
     cube_path, pw_path = scratch / f"{inputs.tile_id}_cube.npy", scratch / f"{inputs.tile_id}_pw.npy"
-    # created sparse and filled one frame at a time (`_fill_cube`), so that resampling
-    # never keeps more than one frame of the cube resident
-    cube = NpyReader.create(cube_path, (n, c, h, w), np.float32)
-    covered = NpyReader.create(pw_path, (n, h, w), np.uint8)
+    if in_memory:  # every element is written by `_fill_cube`
+        cube, covered = np.empty((n, c, h, w), np.float32), np.empty((n, h, w), np.uint8)
+    else:
+        scratch.mkdir(parents=True, exist_ok=True)
+        # created sparse and filled one frame at a time (`_fill_cube`), so that resampling
+        # never keeps more than one frame of the cube resident
+        cube = NpyReader.create(cube_path, (n, c, h, w), np.float32)
+        covered = NpyReader.create(pw_path, (n, h, w), np.uint8)
+    logger.info("tile %s: %d frames of %dx%dx%d stacked %s", inputs.tile_id, n, c, h, w,
+                "in memory" if in_memory else f"from a scratch cube in {scratch}")
     # the normalisation's block means, taken from each frame while it is in memory
     factor = bin_factor(h, w, settings.sample_pixels)
     binned = None
@@ -172,8 +193,10 @@ def build_master_tile(
             names=[f.name for f in inputs.frames], threads=options.n_threads, binned=binned,
         )
     finally:
-        for p in (cube_path, pw_path):
-            p.unlink(missing_ok=True)
+        del cube, covered  # the in-memory cube is freed before the tile is written
+        if not in_memory:
+            for p in (cube_path, pw_path):
+                p.unlink(missing_ok=True)
     names = [f.name for f in inputs.frames]
     summary = {"frames": names, **result.to_dict()}
     exposure_sum = float(np.nansum(exposure))
@@ -276,17 +299,39 @@ def _figure_array(values: list, n: int, channels: int | None) -> np.ndarray | No
     return arr
 
 
-def _fill_cube(inputs: TileInputs, grid: OutputGrid, cube: NpyReader, covered: NpyReader,
-               options: CoaddOptions, valid_min: float | None, progress, *,
-               binned: np.ndarray | None = None, factor: int = 1) -> None:
-    """Resample every frame onto the tile grid into the cube files (NaN / 0 elsewhere).
+def fits_in_memory(frames: Sequence[FrameInfo], shape: tuple[int, int], *, settings: StackSettings,
+                   options: CoaddOptions) -> bool:
+    """Whether the cube of ``frames`` on a tile grid of ``shape`` (H, W) is held in memory.
 
-    Each frame's plane of the cube is one contiguous block of the ``.npy`` file, written
-    with a single ``pwrite`` from a full-size buffer: no page faults on a map of the
-    sparse file, and no forced write-back (the stack reads the cube back through the
-    page cache; the scratch files are deleted after it). When ``binned`` is given, frame
-    ``k``'s `block_mean` at ``factor`` goes to ``binned[k]`` (left NaN for a frame off
-    the grid), so that the normalisation does not read the cube again.
+    It is when the cube (``N * H * W * (4 C + 1)`` bytes: float32 samples and uint8 pixel
+    weights) plus the larger of what the two steps hold beside it fits
+    ``options.memory_budget``: the resampling's ``n_threads + 1`` frames in flight (the
+    coadd's per-task estimate, ``_TASK_FACTOR`` float32 copies of the largest frame, plus
+    the frame's cutout on the tile), or the stack's chunks (``settings.memory_budget_bytes``)
+    and its results. The scratch cube holds the same beside a cube on disk, so the
+    in-memory path adds exactly the cube to the peak.
+    """
+    h, w = shape
+    n, c = len(frames), frames[0].channels
+    cube = n * h * w * (4 * c + 1)
+    source = max(f.channels * f.height * f.width for f in frames)
+    resampling = (options.n_threads + 1) * (source * 4 * _TASK_FACTOR + h * w * (4 * c + 4))
+    stacking = settings.memory_budget_bytes + h * w * (4 * c + 8)
+    return cube + max(resampling, stacking) <= options.memory_budget
+
+
+def _fill_cube(inputs: TileInputs, grid: OutputGrid, cube: NpyReader | np.ndarray,
+               covered: NpyReader | np.ndarray, options: CoaddOptions, valid_min: float | None,
+               progress, *, binned: np.ndarray | None = None, factor: int = 1) -> None:
+    """Resample every frame onto the tile grid into the cube (NaN / 0 elsewhere).
+
+    An in-memory cube (ndarrays) is filled in place, each frame by its own thread, every
+    element written once. On disk, each frame's plane of the cube is one contiguous block
+    of the ``.npy`` file, written with a single ``pwrite`` from a full-size buffer: no page
+    faults on a map of the sparse file, and no forced write-back (the stack reads the cube
+    back through the page cache; the scratch files are deleted after it). When ``binned``
+    is given, frame ``k``'s `block_mean` at ``factor`` goes to ``binned[k]`` (left NaN for
+    a frame off the grid), so that the normalisation does not read the cube again.
 
     Frames are resampled with the ``"strict"`` edge rule whatever the coadd's: the stack's
     normalisation fits frames against each other, and an extrapolated half-pixel rim
@@ -294,25 +339,33 @@ def _fill_cube(inputs: TileInputs, grid: OutputGrid, cube: NpyReader, covered: N
     """
     c, (h, w) = inputs.frames[0].channels, grid.shape
     options = dataclasses.replace(options, edge="strict")
+    in_memory = isinstance(cube, np.ndarray)
 
     def one(k: int):
+        # the frame's slice of an in-memory cube, or one plane per channel: arrays below
+        # the allocator's mmap threshold are reused from frame to frame instead of being
+        # faulted in afresh (see skymosaic._memory)
+        if in_memory:
+            planes, footprint = list(cube[k]), covered[k]
+        else:
+            planes = [np.empty((h, w), np.float32) for _ in range(c)]
+            footprint = np.empty((h, w), np.uint8)
         source = FileSource.from_info(inputs.frames[k], valid_min=valid_min)
         bbox = source_bbox(source, grid)
         if bbox is None:
+            for plane in planes:
+                plane.fill(np.nan)
+            footprint.fill(0)
             return k, None
         (y0, y1, x0, x1), data, weight = resample_source(source, grid, bbox, options)
-        # one plane per channel: arrays below the allocator's mmap threshold are reused
-        # from frame to frame instead of being faulted in afresh (see skymosaic._memory)
-        planes = []
-        for ch in range(c):
-            plane = np.full((h, w), np.nan, dtype=np.float32)
+        for ch, plane in enumerate(planes):
+            _fill_outside(plane, (y0, y1, x0, x1), np.nan)
             plane[y0:y1, x0:x1] = data[ch]
             if binned is not None:
                 binned[k, ch] = block_mean(plane[None], factor)[0]
-            planes.append(plane)
-        covered = np.zeros((h, w), dtype=np.uint8)
-        covered[y0:y1, x0:x1] = weight > 0
-        return k, (planes, covered)
+        _fill_outside(footprint, (y0, y1, x0, x1), 0)
+        footprint[y0:y1, x0:x1] = weight > 0
+        return k, (planes, footprint)
 
     frames = range(len(inputs.frames))
     with ThreadPoolExecutor(max_workers=options.n_threads) as pool:
@@ -322,11 +375,22 @@ def _fill_cube(inputs: TileInputs, grid: OutputGrid, cube: NpyReader, covered: N
             if result is None:
                 logger.warning("tile %s: %s has no pixel on the tile grid", inputs.tile_id,
                                inputs.frames[k].name)
+            if in_memory:
+                continue
             planes, footprint = result or ([np.full((h, w), np.nan, np.float32)] * c,
                                            np.zeros((h, w), np.uint8))
             for ch, plane in enumerate(planes):
                 cube.write_frame(k, plane, channel=ch)
             covered.write_frame(k, footprint)
+
+
+def _fill_outside(plane: np.ndarray, bbox: tuple[int, int, int, int], value) -> None:
+    """Set ``plane`` to ``value`` outside rows ``y0:y1`` x columns ``x0:x1`` (each element once)."""
+    y0, y1, x0, x1 = bbox
+    plane[:y0] = value
+    plane[y1:] = value
+    plane[y0:y1, :x0] = value
+    plane[y0:y1, x1:] = value
 
 
 def _write_tile(path: Path, result, grid: OutputGrid, inputs: TileInputs, fingerprint: str,

@@ -18,7 +18,6 @@ import os
 import numpy as np
 import pytest
 
-from skymosaic import pipeline
 from skymosaic._tiles import PlacedTile
 from skymosaic.assemble import ArraySource, CoaddOptions, coadd
 from skymosaic.assemble._phase5 import match_sources, renormalise_coverage
@@ -44,6 +43,7 @@ from skymosaic.io import read_mosaic
 from skymosaic.photometry import PhotometryOptions
 from skymosaic.photometry._coverage import coverage_ratio
 from skymosaic.photometry._solve import apply_gains_offsets
+from skymosaic.pipeline import _run as pipeline_run
 from skymosaic.pipeline import run_pipeline
 from skymosaic.reproject import optimal_grid
 from skymosaic.reproject._resample import EDGES, KERNELS, resample
@@ -296,7 +296,7 @@ def test_pipeline_classic_run_parity(dev, tmp_frames, tmp_path, monkeypatch):
     cfg = load_config(None, {"run.threads": 2, "output.preview": False, "quality.enabled": False})
     cpu = run_pipeline([paths[0].parent], tmp_path / "cpu", cfg)
     fresh = Backend(dev.xp, device=dev.device, name=dev.name, requested="on")
-    monkeypatch.setattr(pipeline, "select_backend", lambda use_gpu: fresh)
+    monkeypatch.setattr(pipeline_run, "select_backend", lambda use_gpu: fresh)  # the run state picks it
     gpu = run_pipeline([paths[0].parent], tmp_path / "gpu", cfg)
     cpu_data, _, _ = read_mosaic(cpu.mosaic_path)
     gpu_data, _, _ = read_mosaic(gpu.mosaic_path)

@@ -22,10 +22,10 @@ import pytest
 from astropy.io import fits
 from scipy import ndimage
 
-from skymosaic import pipeline
 from skymosaic.config import load_config
 from skymosaic.io import read_mosaic
 from skymosaic.photometry._linefit import fit_linear_relation
+from skymosaic.pipeline import photometry as photometry_phase
 from skymosaic.pipeline import run_pipeline
 from skymosaic.synth import frame_border_mask, make_survey, make_truth_sky, seam_score, write_survey
 
@@ -193,7 +193,7 @@ def test_fallback_when_matching_fails(survey_dir, plain, monkeypatch, caplog):
     def boom(*args, **kwargs):
         raise ValueError("synthetic failure")
 
-    monkeypatch.setattr(pipeline, "match_sources", boom)
+    monkeypatch.setattr(photometry_phase, "match_sources", boom)  # the photometry phase's solver
     caplog.set_level(logging.WARNING, logger="skymosaic")
     result, data, _ = _run(survey_dir, "fallback")
     assert result.report["status"] == "ok"

@@ -3,6 +3,7 @@
 from skymosaic.assemble._coadd import (
     COADD_REJECT,
     COADD_WEIGHTINGS,
+    BlockStore,
     CoaddOptions,
     CoaddResult,
     DiskMosaic,
@@ -11,12 +12,14 @@ from skymosaic.assemble._coadd import (
     resample_source,
     source_bbox,
 )
+from skymosaic.assemble._phase5 import match_sources, renormalise_coverage
 from skymosaic.assemble._sources import ArraySource, FileSource, ImageSource
 
 __all__ = [
     "COADD_REJECT",
     "COADD_WEIGHTINGS",
     "ArraySource",
+    "BlockStore",
     "CoaddOptions",
     "CoaddResult",
     "DiskMosaic",
@@ -24,6 +27,8 @@ __all__ = [
     "ImageSource",
     "coadd",
     "coadd_memory_floor",
+    "match_sources",
+    "renormalise_coverage",
     "resample_source",
     "source_bbox",
 ]

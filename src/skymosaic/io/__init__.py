@@ -1,6 +1,7 @@
 """FITS reading (frames, Bayer, WCS sidecars) and atomic writing (mosaic, preview, reports)."""
 
 from skymosaic.io._bayer import BAYER_PATTERNS, bayer_masks, debayer, normalize_bayer_pattern
+from skymosaic.io._diagnostics import write_photometry_diagnostics
 from skymosaic.io._export import EXPORT_FORMATS
 from skymosaic.io._frames import (
     FITS_SUFFIXES,
@@ -44,5 +45,6 @@ __all__ = [
     "validate_wcs",
     "write_json",
     "write_mosaic",
+    "write_photometry_diagnostics",
     "write_preview",
 ]

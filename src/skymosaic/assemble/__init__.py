@@ -11,6 +11,7 @@ from skymosaic.assemble._coadd import (
     resample_source,
     source_bbox,
 )
+from skymosaic.assemble._phase5 import MatchResult, match_sources
 from skymosaic.assemble._sources import ArraySource, FileSource, ImageSource
 
 __all__ = [
@@ -22,8 +23,10 @@ __all__ = [
     "DiskMosaic",
     "FileSource",
     "ImageSource",
+    "MatchResult",
     "coadd",
     "coadd_memory_floor",
+    "match_sources",
     "resample_source",
     "source_bbox",
 ]

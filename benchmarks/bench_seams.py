@@ -91,6 +91,7 @@ from skymosaic.synth import (
     large_scale_residual,
     make_survey,
     make_truth_sky,
+    star_color_scatter,
     star_flux_scatter,
     write_survey,
 )
@@ -128,21 +129,37 @@ NEEDS = {"swarp": (["SWarp"], "apt-get install swarp"),
 # -- the measured runs (in worker subprocesses) -------------------------------------------
 
 
-def _run_skymosaic(frames: Path, out: Path, overrides: dict, threads: int) -> dict:
+def _run_skymosaic(frames: Path, out: Path, overrides: dict, threads: int, mode: str) -> dict:
     from skymosaic.config import load_config  # noqa: PLC0415
     from skymosaic.pipeline import run_pipeline  # noqa: PLC0415
 
     shutil.rmtree(out, ignore_errors=True)  # a fresh run: no resume
-    config = load_config(None, {
-        "stack.enabled": False, "quality.enabled": False, "output.preview": False,
-        "photometry.diagnostics": False, "run.threads": threads, "run.log_level": "WARNING",
-        **overrides,
-    })
+    settings = {"quality.enabled": False, "output.preview": False, "photometry.diagnostics": False,
+                "run.threads": threads, "run.log_level": "WARNING"}
+    if mode == "grid":
+        settings["grid.plan"] = str(_write_plan(frames, out.parent / f"plan_{out.name}.csv"))
+        if overrides.get("photometry.enabled") is False:  # a reference row: frames as given
+            settings["stack.normalization"] = "none"
+    else:
+        settings["stack.enabled"] = False
+    config = load_config(None, {**settings, **overrides})
     result = run_pipeline([frames], out, config)
     ph = result.report.get("photometry", {})
+    if mode == "grid":  # the tiles' solve, one filter
+        grid = next(iter(result.report.get("grid", {}).values()), {})
+        ph = {**grid.get("photometry", {}), "timings_s": grid.get("timings", {})}
     return {"mosaic": str(result.mosaic_path), "phases_s": result.report.get("timings_s", {}),
             "photometry_s": ph.get("timings_s", {}), "photometry_status": ph.get("status", "off"),
             "sky_surface": ph.get("sky_surface")}
+
+
+def _write_plan(frames: Path, path: Path) -> Path:
+    """A ``stack_plan.csv`` of every frame in ``frames`` (grid mode), outside that folder so
+    that a classic run of the same frames finds no plan."""
+    from skymosaic.io.stack_plan import PlanRow, write_stack_plan  # noqa: PLC0415
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_stack_plan([PlanRow(path=f.resolve()) for f in sorted(frames.glob("*.fits"))], path)
 
 
 def _channel_dirs(frames: Path, work: Path, *, weights: bool) -> list[Path]:
@@ -290,7 +307,8 @@ def worker(args: argparse.Namespace) -> None:
         warnings.simplefilter("ignore")  # FITSFixedWarning and the like
         t0 = time.perf_counter()
         if tool == "skymosaic":
-            res = _run_skymosaic(frames, workdir / f"out_{slug}", overrides, args.threads)
+            res = _run_skymosaic(frames, workdir / f"out_{slug}", overrides, args.threads,
+                                 args.mode)
         elif tool == "reproject":
             np.random.seed(args.seed)  # noqa: NPY002  # reproject's SGD uses the global state
             res = _run_reproject(frames, workdir / "out_skymosaic" / "mosaic.fits",
@@ -472,7 +490,15 @@ def _quality(survey: Survey, data: np.ndarray, wcs: WCS, truth: np.ndarray,
         except ValueError as err:  # too few isolated stars (a small survey)
             logger.warning("star-flux scatter not measured: %s", err)
             scatter.append(math.nan)
+    color = math.nan
+    if data.shape[0] == 3:
+        try:
+            color = star_color_scatter(data, wcs, survey.truth, min_flux=args.min_flux,
+                                       truth_image=truth)
+        except ValueError as err:
+            logger.warning("star-colour scatter not measured: %s", err)
     return {
+        "color_scatter": color,
         "border_step": steps.border, "control_step": steps.control, "ratio": steps.ratio,
         "n_segments": [steps.n_border, steps.n_control],
         "worst_frames": _worst(survey, steps.frame_steps),
@@ -510,6 +536,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--small", action="store_true",
                    help="quick run: 3 x 2 pointings of 540 x 960 px")
     p.add_argument("--channels", type=int, choices=(1, 3), default=1)
+    p.add_argument("--mode", choices=("classic", "grid"), default="classic",
+                   help="skymosaic's mode: classic direct (default) or grid (a stack_plan.csv "
+                        "of the frames; only skymosaic's rows, the other tools do not change)")
     p.add_argument("--overlap", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--noise-sigma", type=float, default=5.0)
@@ -550,9 +579,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _orchestrate(args: argparse.Namespace, workdir: Path) -> int:
     machine = machine_info()
-    labels = list(RUNS) if args.runs is None else ["skymosaic", *(r for r in RUNS
-                                                                  if r in args.runs and
-                                                                  r != "skymosaic")]
+    default = [r for r in RUNS if args.mode == "classic" or RUNS[r][0] == "skymosaic"]
+    labels = default if args.runs is None else ["skymosaic", *(r for r in RUNS
+                                                               if r in args.runs and
+                                                               r != "skymosaic")]
     survey = _prepare(args, workdir, labels)
     cache = _TruthCache(survey)
     results: dict[str, dict] = {}
@@ -567,7 +597,7 @@ def _orchestrate(args: argparse.Namespace, workdir: Path) -> int:
         try:
             res = run_worker([str(Path(__file__).resolve()), "--worker", label, "--workdir",
                               str(workdir), "--threads", str(args.threads), "--seed",
-                              str(args.seed)], timeout=args.timeout)
+                              str(args.seed), "--mode", args.mode], timeout=args.timeout)
         except RuntimeError as err:
             if label == "skymosaic":
                 raise
@@ -607,6 +637,8 @@ def _report(args, survey: Survey, machine: dict, results: dict[str, dict]) -> No
             "LS": f"{q['large_scale']:.3f}",
             "LS-quad": f"{q['large_scale_quad']:.3f}",
             "flux scatter %": f"{100 * q['flux_scatter']:.2f}",
+            **({"colour scatter %": f"{100 * q['color_scatter']:.2f}"} if args.channels == 3
+               else {}),
             "wall s": f"{res['wall_s']:.1f}",
             "peak RSS": format_bytes(res["peak"]),
         })
@@ -614,7 +646,7 @@ def _report(args, survey: Survey, machine: dict, results: dict[str, dict]) -> No
     sm = results["skymosaic"]
     command = " ".join([Path(sys.executable).name, *sys.argv])
     print()
-    print(f"## bench_seams (skymosaic {skymosaic.__version__})")
+    print(f"## bench_seams (skymosaic {skymosaic.__version__}, {args.mode} mode)")
     print()
     print("machine: " + ", ".join(f"{k}={v}" for k, v in machine.items()))
     print("command: " + command)

@@ -344,6 +344,7 @@ def test_mounts_and_sessions_are_stacked_apart(survey_frames, tmp_path):
     for t in grid["tiles"]:
         boxes.setdefault(tuple(t["bbox"]), []).append(t["tile_id"])
     assert any(len(v) == 2 for v in boxes.values())  # both sessions on the same box
-    assert grid["photometry_mode"] == "gain+offset"
+    assert grid["photometry_mode"] == "frames"  # sessions matched by the frames' solve
+    assert grid["frame_photometry"]["status"] == "ok"
     data, _, _ = read_mosaic(result.mosaic_path)
     assert np.isfinite(data).mean() > 0.8

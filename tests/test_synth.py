@@ -25,6 +25,7 @@ from skymosaic.synth import (
     residual_map,
     residual_rms,
     seam_score,
+    star_color_scatter,
     star_flux_scatter,
     write_seestar_frames,
     write_survey,
@@ -347,3 +348,34 @@ def test_star_flux_scatter_measures_injected_photometric_errors(amplitude):
     assert measured == pytest.approx(amplitude, rel=0.35)
     with pytest.raises(ValueError, match="usable stars"):
         star_flux_scatter(mosaic, wcs, sky, truth_image=truth, min_flux=1e7)
+
+
+@pytest.mark.parametrize("amplitude", [0.03, 0.08])
+def test_star_color_scatter_measures_injected_colour_errors(amplitude):
+    """A colour error of ``amplitude`` per star in R and B (G exact) is measured as such;
+    a common error of every channel (grey: a flux error, not a colour one) and one balance
+    per channel give 0."""
+    sky = make_truth_sky(center=CENTER, size_deg=(0.15, 0.15), channels=3, n_stars=400,
+                         n_galaxies=2, flux_range=(1e3, 1e5), seed=8)
+    wcs = sky.wcs_for((256, 256), rotation_deg=10.0)
+    truth = sky.render(wcs, (256, 256), channels=3)
+    rng = np.random.default_rng(0)
+    balance = np.array([1.3, 2.0, 0.7], np.float32)[:, None, None]
+    grey = 1.0 + 0.1 * rng.standard_normal((sky.n_stars, 1))
+    greyed = dataclasses.replace(sky, star_flux=sky.star_flux * grey).render(wcs, (256, 256),
+                                                                              channels=3)
+    mosaic = balance * greyed + 7.0 + rng.normal(0, 1.0, truth.shape).astype(np.float32)
+    assert star_flux_scatter(mosaic, wcs, sky, truth_image=truth) > 0.05  # the grey errors
+    assert star_color_scatter(mosaic, wcs, sky, truth_image=truth) < 0.01
+    errors = 1.0 + amplitude * rng.standard_normal((sky.n_stars, 3))
+    errors[:, 1] = 1.0
+    perturbed = dataclasses.replace(sky, star_flux=sky.star_flux * errors).render(wcs, (256, 256),
+                                                                                  channels=3)
+    measured = star_color_scatter(perturbed, wcs, sky)  # truth rendered internally
+    assert measured == pytest.approx(amplitude, rel=0.35)
+    with pytest.raises(ValueError, match=">= 2 channels"):
+        star_color_scatter(mosaic[:1], wcs, sky, truth_image=truth[:1])
+    with pytest.raises(ValueError, match="reference must be"):
+        star_color_scatter(mosaic, wcs, sky, truth_image=truth, reference=3)
+    with pytest.raises(ValueError, match="usable stars"):
+        star_color_scatter(mosaic, wcs, sky, truth_image=truth, min_flux=1e7)

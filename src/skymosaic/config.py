@@ -224,6 +224,10 @@ class GridConfig(_Section):
         default="pyramid", description="multi-resolution blending, feathering or weighted mean")
     blend_levels: int | None = Field(default=None, ge=1, le=12, description="pyramid levels (default: from overlap)")
     feather_sigma: float = Field(default=2.0, gt=0, description="smoothing of the feathering masks, px")
+    frame_photometry: bool = Field(
+        default=True, description="with photometry on: solve every frame's gain and sky surface over "
+        "the frame overlaps (the classic engine) before stacking the tiles; false: the stack "
+        "normalisation inside each tile, then a gain and surface per tile")
 
 
 class ClusterConfig(_Section):

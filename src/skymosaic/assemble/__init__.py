@@ -12,7 +12,7 @@ from skymosaic.assemble._coadd import (
     resample_source,
     source_bbox,
 )
-from skymosaic.assemble._phase5 import match_sources, renormalise_coverage
+from skymosaic.assemble._phase5 import MatchResult, match_sources, renormalise_coverage
 from skymosaic.assemble._sources import ArraySource, FileSource, ImageSource
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "DiskMosaic",
     "FileSource",
     "ImageSource",
+    "MatchResult",
     "coadd",
     "coadd_memory_floor",
     "match_sources",

@@ -23,6 +23,7 @@ from skymosaic._tiles import PlacedTile
 from skymosaic._version import __version__
 from skymosaic.assemble import CoaddOptions
 from skymosaic.grid._assemble import AssembleResult, assemble_tiles
+from skymosaic.grid._frames import match_grid_frames
 from skymosaic.grid._geometry import GridTile, make_tile_grid, tile_grid_of
 from skymosaic._display import plan_display, write_display
 from skymosaic.io import FrameInfo, write_mosaic
@@ -84,16 +85,19 @@ def _load_tile(tile: MasterTile, grid_tile: GridTile) -> PlacedTile:
 def _stack_tiles(
     tiles: list[GridTile], frames: list[FrameInfo], canvas: OutputGrid, config: Config,
     options: CoaddOptions, out: Path, scratch: Path, noise: dict, fwhm: dict, threads: int,
-    progress: Callable[[int], None] | None, client: Any | None = None,
+    progress: Callable[[int], None] | None, client: Any | None = None, corrected: bool = False,
 ) -> tuple[list[PlacedTile], dict[str, str]]:
     """Stack every tile: in parallel across tiles (the memory budget shared among them) or,
     given a ``dask.distributed`` client, as one Dask task per tile (classic mode's task:
     `build_master_tile` on a worker, which reads the frames and writes the tile at the same
-    paths; the tile is then read back here)."""
+    paths; the tile is then read back here). ``corrected``: the frames carry the global
+    frame photometry already (`match_grid_frames`): stacked without normalisation, NaN = no
+    data."""
     workers = 1 if client is not None else max(1, min(threads, len(tiles)))
     settings = stack_settings(config)
     per_tile = max(settings.memory_budget_bytes // workers, 16 * 2**20)
-    settings = dataclasses.replace(settings, memory_budget_bytes=per_tile)
+    settings = dataclasses.replace(settings, memory_budget_bytes=per_tile,
+                                   **({"normalization": "none"} if corrected else {}))
     tile_opts = dataclasses.replace(options, threads=max(1, threads // workers),
                                     memory_budget=max(options.memory_budget // workers, 16 * 2**20))
     tasks = {}  # tile id -> (inputs, the tile's cutout of the canvas)
@@ -103,7 +107,8 @@ def _stack_tiles(
                             fwhm=[fwhm.get(str(f.path)) for f in members])
         tasks[t.tile_id] = (inputs, tile_grid_of(canvas, t.bbox))
     kwargs = {"settings": settings, "pixel_scale_arcsec": canvas.pixel_scale_arcsec,
-              "out_dir": out / "tiles", "scratch_dir": scratch, "valid_min": config.input.valid_min,
+              "out_dir": out / "tiles", "scratch_dir": scratch,
+              "valid_min": None if corrected else config.input.valid_min,
               "reuse": not config.run.fresh}
 
     def stack(t: GridTile) -> tuple[PlacedTile | None, str | None]:
@@ -199,23 +204,40 @@ def run_grid(
         if not tiles:
             logger.warning("[GRID]%s no tile has enough frames; no mosaic for this filter", label)
             continue
+        frame_report, consistent = None, False
+        stacked_frames, stack_noise, stack_fwhm = members, noise, fwhm
+        if config.photometry.enabled and config.grid.frame_photometry and len(members) > 1:
+            with phase("photometry"):
+                match = match_grid_frames(
+                    members, canvas, options=options,
+                    photometry=PhotometryOptions.from_config(config),
+                    match_kernel=config.photometry.match_kernel, scratch=scratch / _safe(filt or "all"),
+                    noise=noise, valid_min=config.input.valid_min)
+            frame_report, consistent = match.report, match.tiles_consistent
+            stacked_frames, stack_noise = match.frames, {**noise, **match.noise}
+            stack_fwhm = {**fwhm, **{str(c.path): fwhm.get(str(f.path))
+                                     for f, c in zip(members, match.frames, strict=True)}}
         if progress is not None:
             progress.start("stack", len(tiles))
         with phase("stack"):
             placed, failed = _stack_tiles(
-                tiles, members, canvas, config, options, out, scratch, noise, fwhm, threads,
-                (lambda n: progress.advance("stack", n)) if progress is not None else None,
-                client=client)
+                tiles, stacked_frames, canvas, config, options, out, scratch, stack_noise, stack_fwhm,
+                threads, (lambda n: progress.advance("stack", n)) if progress is not None else None,
+                client=client, corrected=consistent)
         if progress is not None:
             progress.end("stack")
         if not placed:
             logger.warning("[GRID]%s every tile failed to stack; no mosaic for this filter", label)
             continue
         with phase("assemble"):
-            photometry = PhotometryOptions.from_config(config) if config.photometry.enabled else None
+            # frames already on one scale: the tiles' solve would only fit noise
+            tile_solve = config.photometry.enabled and not consistent
+            photometry = PhotometryOptions.from_config(config) if tile_solve else None
             result = assemble_tiles(placed, canvas.shape, photometry=photometry,
                                     blend=config.grid.blend, levels=config.grid.blend_levels,
                                     feather_sigma=config.grid.feather_sigma, backend=options.backend)
+            if consistent:
+                result.report["photometry_mode"] = "frames"
         name = config.output.name + (f"_{_safe(filt)}" if multi and filt else "")
         with phase("write"):
             mosaic_path, preview_path, written = _write(out, name, config, canvas, result, placed, filt)
@@ -224,6 +246,7 @@ def run_grid(
             "preview": preview_path.name if preview_path else None,
             "tiles": [t.to_dict() for t in tiles], "tiles_failed": failed,
             "frames": [f.name for f in members],
+            "frame_photometry": frame_report,
             **{k: v for k, v in result.report.items()},
             "tile_names": [t.tile_id for t in placed],
             "coverage_fraction": float(np.isfinite(result.data).all(axis=0).mean()),

@@ -10,6 +10,7 @@ from skymosaic.synth._metrics import (
     residual_map,
     residual_rms,
     seam_score,
+    star_color_scatter,
     star_flux_scatter,
 )
 from skymosaic.synth._seestar import (
@@ -40,6 +41,7 @@ __all__ = [
     "residual_map",
     "residual_rms",
     "seam_score",
+    "star_color_scatter",
     "star_flux_scatter",
     "write_seestar_frames",
     "write_survey",

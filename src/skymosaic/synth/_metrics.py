@@ -32,6 +32,7 @@ __all__ = [
     "residual_map",
     "residual_rms",
     "seam_score",
+    "star_color_scatter",
     "star_flux_scatter",
 ]
 
@@ -407,9 +408,86 @@ def star_flux_scatter(
     -------
     float
     """
+    ratio = _star_ratios(mosaic, wcs, truth, channels=(channel,), select=channel,
+                         aperture_arcsec=aperture_arcsec, max_stars=max_stars, min_flux=min_flux,
+                         max_flux=max_flux, truth_image=truth_image, min_stars=min_stars)[0]
+    return _robust_scatter(ratio)
+
+
+def star_color_scatter(
+    mosaic: Any,
+    wcs: WCS,
+    truth: TruthSky,
+    *,
+    reference: int = 1,
+    aperture_arcsec: float | None = None,
+    max_stars: int = 300,
+    min_flux: float = 1000.0,
+    max_flux: float = math.inf,
+    truth_image: Any = None,
+    min_stars: int = 5,
+) -> float:
+    """Robust scatter of star colours in the mosaic against the truth, channels averaged.
+
+    The stars and apertures of `star_flux_scatter`, chosen by their flux in the
+    ``reference`` channel (default 1: G of an RGB mosaic) and measured in every channel at
+    the same positions. A star's colour error in channel ``c`` is
+    ``q = (f_c / t_c) / (f_ref / t_ref)`` (``f`` mosaic, ``t`` truth aperture fluxes); with
+    ``s = median(q)`` (the global colour balance, which a colour calibration sets), its scatter
+    is ``1.4826 * median(|q / s - 1|)``. The result is the mean over the channels other than
+    ``reference``: 0 when every star's colour is right up to one balance per channel, the
+    relative error of a star's colour otherwise (a tile whose R gain is 1 % off gives its
+    stars 1 % colour errors, whatever its G gain).
+
+    Parameters
+    ----------
+    mosaic : array (C, H, W), C >= 2
+    wcs : astropy.wcs.WCS
+    truth : TruthSky
+    reference : int
+        The channel colours are taken against.
+    truth_image : array, optional
+        ``truth.render(wcs, (H, W))`` if already computed.
+    min_stars : int
+        Fewer usable stars (finite in every channel) raise ValueError.
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    ValueError
+        A mosaic with one channel, a reference channel out of range, or too few stars.
+    """
     m = _as_chw(mosaic, "mosaic")
-    if not 0 <= channel < m.shape[0]:
-        raise ValueError(f"channel must be in [0, {m.shape[0]}), got {channel!r}")
+    if m.shape[0] < 2:
+        raise ValueError(f"star_color_scatter needs a mosaic of >= 2 channels, got {m.shape[0]}")
+    if not 0 <= reference < m.shape[0]:
+        raise ValueError(f"reference must be in [0, {m.shape[0]}), got {reference!r}")
+    ratios = _star_ratios(m, wcs, truth, channels=tuple(range(m.shape[0])), select=reference,
+                          aperture_arcsec=aperture_arcsec, max_stars=max_stars, min_flux=min_flux,
+                          max_flux=max_flux, truth_image=truth_image, min_stars=min_stars)
+    others = [c for c in range(m.shape[0]) if c != reference]
+    return float(np.mean([_robust_scatter(ratios[c] / ratios[reference]) for c in others]))
+
+
+def _robust_scatter(ratio: np.ndarray) -> float:
+    s = float(np.median(ratio))
+    return _MAD_TO_SIGMA * float(np.median(np.abs(ratio / s - 1.0)))
+
+
+def _star_ratios(
+    mosaic: Any, wcs: WCS, truth: TruthSky, *, channels: tuple[int, ...], select: int,
+    aperture_arcsec: float | None, max_stars: int, min_flux: float, max_flux: float,
+    truth_image: Any, min_stars: int,
+) -> list[np.ndarray]:
+    """Per channel of ``channels``, ``f_mosaic / f_truth`` of the same isolated stars (chosen
+    by their flux in channel ``select``), usable in every one of those channels."""
+    m = _as_chw(mosaic, "mosaic")
+    for c in (*channels, select):
+        if not 0 <= c < m.shape[0]:
+            raise ValueError(f"channel must be in [0, {m.shape[0]}), got {c!r}")
     if max_stars < 1 or min_stars < 1:
         raise ValueError(f"max_stars and min_stars must be >= 1, got {max_stars!r}, {min_stars!r}")
     h, w = m.shape[1:]
@@ -421,26 +499,26 @@ def star_flux_scatter(
         raise ValueError(f"aperture_arcsec must be > 0, got {aperture_arcsec!r}")
     r_in, r_out = max(2.5 * fwhm / scale, r_ap + 1.0), max(4.0 * fwhm / scale, r_ap + 3.0)
     _, x, y = _star_candidates(
-        cw, (h, w), truth, channel=channel, r_out_px=r_out,
+        cw, (h, w), truth, channel=select, r_out_px=r_out,
         isolation_arcsec=r_out * scale + fwhm, min_flux=min_flux, max_flux=max_flux,
     )
-    x, y = _annulus_covered(m[channel], x, y, r_out)
+    x, y = _annulus_covered(m[select], x, y, r_out)
     x, y = x[: 2 * max_stars], y[: 2 * max_stars]
     if truth_image is None:
         truth_image = truth.render(cw, (h, w), channels=m.shape[0])
     t = _as_chw(truth_image, "truth_image")
-    t_ch = t[min(channel, t.shape[0] - 1)]
-    img = m[channel]
-    f_m, bad = _aperture(img, x, y, radii=(r_ap, r_in, r_out))
-    f_t, _ = _aperture(t_ch, x, y, radii=(r_ap, r_in, r_out))
-    ok = ~bad & (f_t > 0) & np.isfinite(f_m)
-    ratio = (f_m / np.where(f_t > 0, f_t, 1.0))[ok][:max_stars]
-    if ratio.size < min_stars:
-        raise ValueError(f"only {ratio.size} usable stars (need {min_stars}); lower min_flux "
+    ratios, ok = [], np.ones(x.size, dtype=bool)
+    for c in channels:
+        f_m, bad = _aperture(m[c], x, y, radii=(r_ap, r_in, r_out))
+        f_t, _ = _aperture(t[min(c, t.shape[0] - 1)], x, y, radii=(r_ap, r_in, r_out))
+        ok &= ~bad & (f_t > 0) & np.isfinite(f_m)
+        ratios.append(f_m / np.where(f_t > 0, f_t, 1.0))
+    ratios = [r[ok][:max_stars] for r in ratios]
+    if ratios[0].size < min_stars:
+        raise ValueError(f"only {ratios[0].size} usable stars (need {min_stars}); lower min_flux "
                          "or min_stars, or use a larger mosaic")
-    s = float(np.median(ratio))
-    logger.debug("star_flux_scatter: %d stars, global scale %.4f", ratio.size, s)
-    return _MAD_TO_SIGMA * float(np.median(np.abs(ratio / s - 1.0)))
+    logger.debug("star ratios: %d stars, channels %s", ratios[0].size, channels)
+    return ratios
 
 
 def _annulus_covered(img: np.ndarray, x: np.ndarray, y: np.ndarray, r_out: float):

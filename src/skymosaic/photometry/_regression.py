@@ -106,10 +106,12 @@ def _sky_noise(image: np.ndarray, valid: np.ndarray) -> tuple[float, np.ndarray]
     and the pixels it was measured on."""
     sigma = estimate_noise(image, mask=valid)
     sky = valid
+    level = None
     for _ in range(2):
         if not np.isfinite(sigma) or sigma <= 0:
             break
-        level = np.median(image[valid])
+        if level is None:  # the same for both passes
+            level = np.median(image[valid])
         bright = grow_mask(np.abs(np.where(valid, image, level) - level) > 3 * sigma, 2)
         if np.count_nonzero(valid & ~bright) < 0.2 * np.count_nonzero(valid):
             break

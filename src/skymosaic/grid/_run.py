@@ -33,7 +33,7 @@ from skymosaic.io.stack_plan import PlanRow, StackPlan
 from skymosaic.photometry import PhotometryOptions
 from skymosaic.reproject import OutputGrid
 from skymosaic.stack.classic import build_tile, stack_settings
-from skymosaic.stack.master import MasterTile, TileInputs
+from skymosaic.stack.master import FrameCorrection, MasterTile, TileInputs
 
 if TYPE_CHECKING:  # config reads its choices from the algorithm packages: no import cycle
     from skymosaic.config import Config
@@ -85,30 +85,32 @@ def _load_tile(tile: MasterTile, grid_tile: GridTile) -> PlacedTile:
 def _stack_tiles(
     tiles: list[GridTile], frames: list[FrameInfo], canvas: OutputGrid, config: Config,
     options: CoaddOptions, out: Path, scratch: Path, noise: dict, fwhm: dict, threads: int,
-    progress: Callable[[int], None] | None, client: Any | None = None, corrected: bool = False,
+    progress: Callable[[int], None] | None, client: Any | None = None,
+    corrections: list[FrameCorrection] | None = None,
 ) -> tuple[list[PlacedTile], dict[str, str]]:
     """Stack every tile: in parallel across tiles (the memory budget shared among them) or,
     given a ``dask.distributed`` client, as one Dask task per tile (classic mode's task:
     `build_master_tile` on a worker, which reads the frames and writes the tile at the same
-    paths; the tile is then read back here). ``corrected``: the frames carry the global
-    frame photometry already (`match_grid_frames`): stacked without normalisation, NaN = no
-    data."""
+    paths; the tile is then read back here). ``corrections``: each frame's correction from
+    the global frame photometry (`match_grid_frames`), applied while the tiles resample the
+    frames, which are then stacked without normalisation."""
     workers = 1 if client is not None else max(1, min(threads, len(tiles)))
     settings = stack_settings(config)
     per_tile = max(settings.memory_budget_bytes // workers, 16 * 2**20)
     settings = dataclasses.replace(settings, memory_budget_bytes=per_tile,
-                                   **({"normalization": "none"} if corrected else {}))
+                                   **({"normalization": "none"} if corrections else {}))
     tile_opts = dataclasses.replace(options, threads=max(1, threads // workers),
                                     memory_budget=max(options.memory_budget // workers, 16 * 2**20))
     tasks = {}  # tile id -> (inputs, the tile's cutout of the canvas)
     for t in tiles:
         members = [frames[k] for k in t.frames]
         inputs = TileInputs(t.tile_id, members, noise=[noise.get(str(f.path)) for f in members],
-                            fwhm=[fwhm.get(str(f.path)) for f in members])
+                            fwhm=[fwhm.get(str(f.path)) for f in members],
+                            corrections=[corrections[k] for k in t.frames] if corrections else [])
         tasks[t.tile_id] = (inputs, tile_grid_of(canvas, t.bbox))
     kwargs = {"settings": settings, "pixel_scale_arcsec": canvas.pixel_scale_arcsec,
               "out_dir": out / "tiles", "scratch_dir": scratch,
-              "valid_min": None if corrected else config.input.valid_min,
+              "valid_min": config.input.valid_min,
               "reuse": not config.run.fresh}
 
     def stack(t: GridTile) -> tuple[PlacedTile | None, str | None]:
@@ -204,26 +206,23 @@ def run_grid(
         if not tiles:
             logger.warning("[GRID]%s no tile has enough frames; no mosaic for this filter", label)
             continue
-        frame_report, consistent = None, False
-        stacked_frames, stack_noise, stack_fwhm = members, noise, fwhm
+        frame_report, consistent, corrections, stack_noise = None, False, None, noise
         if config.photometry.enabled and config.grid.frame_photometry and len(members) > 1:
             with phase("photometry"):
                 match = match_grid_frames(
                     members, canvas, options=options,
                     photometry=PhotometryOptions.from_config(config),
-                    match_kernel=config.photometry.match_kernel, scratch=scratch / _safe(filt or "all"),
-                    noise=noise, valid_min=config.input.valid_min)
+                    match_kernel=config.photometry.match_kernel, noise=noise,
+                    valid_min=config.input.valid_min)
             frame_report, consistent = match.report, match.tiles_consistent
-            stacked_frames, stack_noise = match.frames, {**noise, **match.noise}
-            stack_fwhm = {**fwhm, **{str(c.path): fwhm.get(str(f.path))
-                                     for f, c in zip(members, match.frames, strict=True)}}
+            corrections, stack_noise = match.corrections, {**noise, **match.noise}
         if progress is not None:
             progress.start("stack", len(tiles))
         with phase("stack"):
             placed, failed = _stack_tiles(
-                tiles, stacked_frames, canvas, config, options, out, scratch, stack_noise, stack_fwhm,
-                threads, (lambda n: progress.advance("stack", n)) if progress is not None else None,
-                client=client, corrected=consistent)
+                tiles, members, canvas, config, options, out, scratch, stack_noise, fwhm, threads,
+                (lambda n: progress.advance("stack", n)) if progress is not None else None,
+                client=client, corrections=corrections)
         if progress is not None:
             progress.end("stack")
         if not placed:

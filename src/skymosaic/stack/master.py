@@ -32,6 +32,7 @@ import numpy as np
 from astropy.io import fits
 
 from skymosaic._space import disk_full_guard
+from skymosaic._surface import SkySurface
 from skymosaic._version import __version__
 from skymosaic.assemble._coadd import (
     _TASK_FACTOR,
@@ -47,20 +48,41 @@ from skymosaic.reproject._grid import OutputGrid, optimal_grid
 from skymosaic.stack._combine import StackSettings, stack_cube
 from skymosaic.stack._normalize import bin_factor, block_mean
 
-__all__ = ["MasterTile", "NpyReader", "TileInputs", "build_master_tile", "fits_in_memory",
-           "tile_fingerprint"]
+__all__ = ["FrameCorrection", "MasterTile", "NpyReader", "TileInputs", "build_master_tile",
+           "fits_in_memory", "tile_fingerprint"]
 
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class FrameCorrection:
+    """A frame's photometric correction ``gain * x + offset + S(x, y)``, applied while the
+    frame is resampled (`skymosaic.assemble.resample_source`); ``S`` in the frame's pixels."""
+
+    gain: np.ndarray | None = None  # (C,)
+    offset: np.ndarray | None = None  # (C,)
+    surface: SkySurface | None = None
+
+    def to_list(self) -> list:
+        """Its numbers as nested lists (the tile fingerprint)."""
+        coeffs = None if self.surface is None else self.surface.coeffs
+        return [None if v is None else np.asarray(v, float).tolist()
+                for v in (self.gain, self.offset, coeffs)]
+
+
 @dataclass
 class TileInputs:
-    """The frames of one group and what is known of them (all lists of length N)."""
+    """The frames of one group and what is known of them (all lists of length N, or empty).
+
+    ``corrections``: each frame's photometric correction (grid mode's frame photometry),
+    None or empty for none.
+    """
 
     tile_id: str
     frames: list[FrameInfo]
     noise: list[Sequence[float] | None] = field(default_factory=list)
     fwhm: list[float | None] = field(default_factory=list)
+    corrections: list[FrameCorrection | None] = field(default_factory=list)
 
 
 @dataclass
@@ -95,6 +117,8 @@ def tile_fingerprint(inputs: TileInputs, settings: StackSettings, options: Coadd
     }
     if grid is not None:  # only then, so that classic fingerprints stay as they were
         parts["grid"] = [list(grid.shape), grid.wcs.to_header_string(relax=True)]
+    if any(c is not None for c in inputs.corrections):  # likewise
+        parts["corrections"] = [None if c is None else c.to_list() for c in inputs.corrections]
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
@@ -333,6 +357,7 @@ def _fill_cube(inputs: TileInputs, grid: OutputGrid, cube: NpyReader | np.ndarra
     is given, frame ``k``'s `block_mean` at ``factor`` goes to ``binned[k]`` (left NaN for
     a frame off the grid), so that the normalisation does not read the cube again.
 
+    A frame's correction (``inputs.corrections[k]``) is applied by the resampling.
     Frames are resampled with the ``"strict"`` edge rule whatever the coadd's: the stack's
     normalisation fits frames against each other, and an extrapolated half-pixel rim
     would enter those fits (see `skymosaic.reproject.resample`).
@@ -351,6 +376,9 @@ def _fill_cube(inputs: TileInputs, grid: OutputGrid, cube: NpyReader | np.ndarra
             planes = [np.empty((h, w), np.float32) for _ in range(c)]
             footprint = np.empty((h, w), np.uint8)
         source = FileSource.from_info(inputs.frames[k], valid_min=valid_min)
+        if k < len(inputs.corrections) and inputs.corrections[k] is not None:
+            fix = inputs.corrections[k]
+            source.gain, source.offset, source.surface = fix.gain, fix.offset, fix.surface
         bbox = source_bbox(source, grid)
         if bbox is None:
             for plane in planes:

@@ -382,6 +382,8 @@ def test_run_disk_full_while_stacking_is_not_a_tile_fallback(tmp_path, no_qualit
     frames = write_survey(make_survey(n_x=1, n_y=1, frames_per_pointing=3, frame_shape=(64, 80),
                                       channels=3, seed=2), tmp_path / "stackme")
     out = tmp_path / "out"
+    # a cube this small fits in memory: take the scratch-cube path that a large tile takes
+    monkeypatch.setattr("skymosaic.stack.master.fits_in_memory", lambda *a, **k: False)
     monkeypatch.setattr("os.pwrite", _enospc)
     assert main(["run", str(frames[0].parent), "-o", str(out), "-c", str(no_quality)]) == 2
     err = capsys.readouterr().err

@@ -1,6 +1,6 @@
 # skymosaic: two commands on a fresh clone (see README.md):
 #   make demo   install into .venv and mosaic a synthetic survey with a known truth
-#   make test   install with the test extras and run the test suite
+#   make test   install with the test extras, lint (ruff) and run the test suite
 #   make solver install astrometry.net + index files for plate solving (apt; no-op if present)
 #   make browser install headless Chromium + chromedriver for the report's browser tests
 PYTHON ?= python3
@@ -42,6 +42,7 @@ browser:
 	@bash scripts/install_browser.sh
 
 test: solver browser $(VENV)/.installed-test
+	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
 # bench_end_to_end.py runs with E2E_ARGS (its own default, 30/80/200 frames mono and colour,
@@ -54,7 +55,7 @@ bench: $(VENV)/.installed-test
 	@echo "(bench_scale.py: 1000 raw frames, ~40 min and 4 GB of disk; run it by hand)"
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
 
 clean:
 	rm -rf $(VENV) $(OUT) build dist src/*.egg-info .pytest_cache

@@ -272,7 +272,8 @@ def _seam_parts(data: np.ndarray, truth: np.ndarray, borders: np.ndarray) -> tup
 
 
 def _source_mask(truth: np.ndarray, noise: float, n_sigma: float) -> np.ndarray:
-    """Pixels of the truth's sources (any channel): above its median by ``n_sigma * noise``, grown 3 px."""
+    """Pixels of the truth's sources (any channel): above its median by ``n_sigma * noise``,
+    grown 3 px."""
     excess = truth - np.nanmedian(truth, axis=(1, 2), keepdims=True)
     return ndimage.binary_dilation(np.any(excess > n_sigma * noise, axis=0), iterations=3)
 
@@ -296,7 +297,8 @@ def _quality(survey: Survey, data: np.ndarray, wcs: WCS, args: argparse.Namespac
                            f"!= {seam}")
     seam_masked = seam_score(data, truth, borders,
                              mask=_source_mask(truth, args.noise_sigma, args.source_sigma))
-    return {"seam": seam, "seam_masked": seam_masked, "grad_border": border, "grad_interior": interior,
+    return {"seam": seam, "seam_masked": seam_masked, "grad_border": border,
+            "grad_interior": interior,
             "flux_scatter": float(np.mean(scatter)), "flux_scatter_ch": scatter,
             "rms_sigma": residual_rms(data, truth) / args.noise_sigma,
             "valid": coverage_fraction(data)}

@@ -30,7 +30,8 @@ def _classic_mosaic(tmp_path: Path) -> tuple[np.ndarray, np.ndarray]:
                          gain_range=(0.9, 1.1), offset_range=(0.0, 30.0), noise_sigma=4.0,
                          hot_pixels=3, seed=42)
     paths = write_survey(survey, tmp_path / "frames")
-    config = load_config(None, {"run.threads": 2, "quality.enabled": False, "output.preview": False})
+    config = load_config(None,
+                         {"run.threads": 2, "quality.enabled": False, "output.preview": False})
     result = run_pipeline([paths[0].parent], tmp_path / "out", config)
     assert result.report["mode"] == "classic"
     data, _, _ = read_mosaic(result.mosaic_path)

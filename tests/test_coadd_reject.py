@@ -23,7 +23,8 @@ SHAPE = (120, 200)
 
 
 def _grid() -> OutputGrid:
-    return OutputGrid(wcs=celestial_wcs(SHAPE, center=(150.0, 2.0), pixel_scale_arcsec=2.0), shape=SHAPE)
+    return OutputGrid(wcs=celestial_wcs(SHAPE, center=(150.0, 2.0), pixel_scale_arcsec=2.0),
+                      shape=SHAPE)
 
 
 def _source(grid: OutputGrid, name: str, data: np.ndarray, x0: int) -> ArraySource:
@@ -51,7 +52,8 @@ def test_a_trail_in_one_of_two_inputs_is_gone():
     rng = np.random.default_rng(0)
     grid = _grid()
     a_img, b_img = _sky(rng, 120, 140), _sky(rng, 120, 140)
-    a_img += _trail(120, 140)  # crosses a's whole width, the overlap (columns 60..139 of a) included
+    # crosses a's whole width, the overlap (columns 60..139 of a) included
+    a_img += _trail(120, 140)
     a, b = _source(grid, "a", a_img, 0), _source(grid, "b", b_img, 60)
     res = coadd([a, b], grid, options=_opts())
     plain = coadd([a, b], grid, options=_opts(reject="off"))
@@ -97,7 +99,8 @@ def test_star_cores_of_different_seeing_are_kept():
         s = fwhm / 2.3548
         img = np.zeros((120, 200))
         for y, x in stars:
-            img += flux / (2 * np.pi * s * s) * np.exp(-0.5 * ((yy - y) ** 2 + (xx - x) ** 2) / s**2)
+            img += (flux / (2 * np.pi * s * s)
+                    * np.exp(-0.5 * ((yy - y) ** 2 + (xx - x) ** 2) / s**2))
         return img
 
     sharp, soft = field(3.0), field(3.0 * np.sqrt(1.25))  # peak 20 % lower in the softer one

@@ -15,7 +15,8 @@ from skymosaic.synth import make_survey, write_survey
 
 
 def _config(**extra):
-    base = {"run.threads": 2, "quality.enabled": False, "output.preview": False, "run.block_rows": 40}
+    base = {"run.threads": 2, "quality.enabled": False, "output.preview": False,
+            "run.block_rows": 40}
     return load_config(None, {**base, **extra})
 
 
@@ -26,7 +27,8 @@ def test_local_cluster_gives_the_threaded_mosaic(tmp_path):
     frames = write_survey(survey, tmp_path / "frames")[0].parent
     threaded = run_pipeline([frames], tmp_path / "threads", _config())
     # LocalCluster(processes=True, n_workers=2, threads_per_worker=1, dashboard_address=None)
-    dask = run_pipeline([frames], tmp_path / "dask", _config(**{"run.scheduler": "local", "run.workers": 2}))
+    dask = run_pipeline([frames], tmp_path / "dask",
+                        _config(**{"run.scheduler": "local", "run.workers": 2}))
     assert dask.report["scheduler"] == "local" and threaded.report["scheduler"] == "threads"
     assert [t["reused"] for t in dask.report["tiles"]] == [False] * 4
     assert dask.report["output"]["blocks"] == threaded.report["output"]["blocks"] == 4
@@ -50,9 +52,11 @@ def test_grid_mode_tiles_are_dask_tasks_with_the_threaded_result(tmp_path):
     paths = write_survey(survey, tmp_path / "frames")
     plan = tmp_path / "stack_plan.csv"
     plan.write_text("file\n" + "".join(f"{p}\n" for p in paths))
-    threaded = run_pipeline([paths[0].parent], tmp_path / "threads", _config(**{"grid.plan": str(plan)}))
+    threaded = run_pipeline([paths[0].parent], tmp_path / "threads",
+                            _config(**{"grid.plan": str(plan)}))
     dask = run_pipeline([paths[0].parent], tmp_path / "dask",
-                        _config(**{"grid.plan": str(plan), "run.scheduler": "local", "run.workers": 2}))
+                        _config(**{"grid.plan": str(plan), "run.scheduler": "local",
+                                   "run.workers": 2}))
     assert threaded.report["mode"] == dask.report["mode"] == "grid"
     assert dask.report["scheduler"] == "local"
     tiles = dask.report["grid"][""]["tile_names"]

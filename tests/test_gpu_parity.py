@@ -296,7 +296,8 @@ def test_pipeline_classic_run_parity(dev, tmp_frames, tmp_path, monkeypatch):
     cfg = load_config(None, {"run.threads": 2, "output.preview": False, "quality.enabled": False})
     cpu = run_pipeline([paths[0].parent], tmp_path / "cpu", cfg)
     fresh = Backend(dev.xp, device=dev.device, name=dev.name, requested="on")
-    monkeypatch.setattr(pipeline_run, "select_backend", lambda use_gpu: fresh)  # the run state picks it
+    # the run state picks it
+    monkeypatch.setattr(pipeline_run, "select_backend", lambda use_gpu: fresh)
     gpu = run_pipeline([paths[0].parent], tmp_path / "gpu", cfg)
     cpu_data, _, _ = read_mosaic(cpu.mosaic_path)
     gpu_data, _, _ = read_mosaic(gpu.mosaic_path)

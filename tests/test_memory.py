@@ -78,7 +78,8 @@ def test_mosaic_four_times_the_budget_stays_within_it(tmp_path):
     assert run["blocks"] > 4  # so it was built block by block
     peak = run["maxrss_kib"] / 1024
     assert peak - baseline < BUDGET_MB, (
-        f"peak RSS {peak:.0f} MiB = import baseline {baseline:.0f} MiB + {peak - baseline:.0f} MiB, "
+        f"peak RSS {peak:.0f} MiB = import baseline {baseline:.0f} MiB "
+        f"+ {peak - baseline:.0f} MiB, "
         f"over the {BUDGET_MB} MiB budget (output {output_mb:.0f} MiB)")
     with fits.open(tmp_path / "out" / "mosaic.fits", memmap=True) as hdul:
         assert hdul[0].data.shape == (h, w)

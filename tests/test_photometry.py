@@ -12,6 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from skymosaic._tiles import PlacedTile
+from skymosaic.assemble._coadd import CoaddOptions
+from skymosaic.assemble._phase5 import place_sources
+from skymosaic.assemble._sources import ArraySource
+from skymosaic.io._frames import frame_footprint
 from skymosaic.photometry import (
     PairRelation,
     PhotometryOptions,
@@ -31,6 +35,9 @@ from skymosaic.photometry import (
     solve_gains_offsets,
     valid_mask,
 )
+from skymosaic.photometry._linefit import _model_error
+from skymosaic.reproject._grid import optimal_grid
+from skymosaic.synth import make_survey, make_truth_sky
 
 SIGMA = 1.0
 
@@ -207,18 +214,12 @@ def test_constant_sky_is_offset_only_and_few_points_fail():
 
 def _resampled_survey_pairs(threads: int = 2):
     """Pair relations of a 3 x 3 survey of 128 px frames, placed with lanczos3 as Phase 5 does."""
-    from skymosaic.assemble._coadd import CoaddOptions
-    from skymosaic.assemble._phase5 import place_sources
-    from skymosaic.assemble._sources import ArraySource
-    from skymosaic.io._frames import frame_footprint
-    from skymosaic.reproject._grid import optimal_grid
-    from skymosaic.synth import make_survey, make_truth_sky
-
     truth = make_truth_sky(center=(150.0, 2.0), size_deg=(0.35, 0.35), n_stars=3000, seed=11)
     survey = make_survey(n_x=3, n_y=3, frame_shape=(128, 128), gain_range=(0.8, 1.25),
                          offset_range=(0.0, 60.0), noise_sigma=5.0, seed=4, truth=truth)
     sources = [ArraySource.from_arrays(f.name, f.data, f.wcs) for f in survey.frames]
-    grid = optimal_grid([frame_footprint(f.wcs, f.data.shape[1:], samples=9) for f in survey.frames],
+    grid = optimal_grid([frame_footprint(f.wcs, f.data.shape[1:],
+                                         samples=9) for f in survey.frames],
                         pixel_scale_arcsec=survey.pixel_scale_arcsec)
     tiles = place_sources(sources, grid, CoaddOptions(kernel="lanczos3", threads=2))
     masks = [np.asarray(valid_mask(t.data)) for t in tiles]
@@ -248,13 +249,6 @@ def test_pair_gain_errors_are_honest_on_resampled_frames():
 def _bright_star_pairs(seed: int):
     """Pair relations (auto) of a 3 x 1 survey of 128 px frames rich in bright stars,
     placed with lanczos3 as Phase 5 does, and the true gain ratios."""
-    from skymosaic.assemble._coadd import CoaddOptions
-    from skymosaic.assemble._phase5 import place_sources
-    from skymosaic.assemble._sources import ArraySource
-    from skymosaic.io._frames import frame_footprint
-    from skymosaic.reproject._grid import optimal_grid
-    from skymosaic.synth import make_survey, make_truth_sky
-
     truth = make_truth_sky(center=(150.0, 2.0), size_deg=(0.2, 0.2), n_stars=400, n_galaxies=0,
                            flux_range=(3e3, 3e5), seed=seed)
     survey = make_survey(n_x=3, n_y=1, frame_shape=(128, 128), gain_range=(0.8, 1.25),
@@ -344,14 +338,13 @@ def test_loose_gain_becomes_offset_only_with_its_reason():
 
 
 def test_model_error_is_zero_for_an_exact_line_and_seen_on_a_scaled_profile():
-    from skymosaic.photometry._linefit import _model_error
-
     rng = np.random.default_rng(0)
     x = rng.gamma(0.5, 40.0, 20000)
     noise_y = rng.normal(0, 1, x.size)
     assert _model_error(noise_y, x, 1.0, 0.0, 1.0) < 2e-3
     # residuals that are 1 % of the signal: eps ~ 0.01
-    eps = _model_error(noise_y + 0.01 * (x - np.median(x)) * rng.choice([-1, 1], x.size), x, 1.0, 0.0, 1.0)
+    eps = _model_error(noise_y + 0.01 * (x - np.median(x)) * rng.choice([-1, 1], x.size), x, 1.0,
+                       0.0, 1.0)
     assert 0.008 < eps < 0.012
 
 
@@ -442,7 +435,9 @@ def test_recovers_known_gains_and_offsets(n, channels):
 
 def test_reference_gauge_keeps_reference_tile():
     tiles, g, b = make_mosaic(3, 1, seed=7)
-    _, rep = normalize_tiles(tiles, config=PhotometryOptions(gauge=4, background=False, sky_surface="none"))
+    _, rep = normalize_tiles(tiles,
+                             config=PhotometryOptions(gauge=4, background=False,
+                                                      sky_surface="none"))
     assert rep.gains[4, 0] == pytest.approx(1.0, abs=1e-12)
     assert rep.offsets[4, 0] == pytest.approx(0.0, abs=1e-9)
     gain_err, off_err = gauge_errors(rep.gains[:, 0], rep.offsets[:, 0], g[:, 0], b[:, 0])

@@ -136,7 +136,8 @@ def _corrected_placed(paths, grid, inputs) -> list[PlacedTile]:
         s = FileSource.from_info(scan_frame(p))
         s.gain = np.asarray(inp["gain"], np.float32)
         s.offset = np.asarray(inp["offset"], np.float32)
-        s.surface = None if inp.get("surface") is None else SkySurface(np.asarray(inp["surface"]), s.shape[1:])
+        s.surface = None if inp.get("surface") is None else SkySurface(np.asarray(inp["surface"]),
+                                                                       s.shape[1:])
         cut, data, weight = resample_source(s, grid, source_bbox(s, grid), CoaddOptions(threads=2))
         out.append(PlacedTile(data, cut[0], cut[2], weight=weight, tile_id=s.name))
     return out

@@ -21,6 +21,7 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 
+from skymosaic import cli
 from skymosaic.cli import main
 from skymosaic.config import load_config
 from skymosaic.io import write_mosaic
@@ -36,6 +37,7 @@ from skymosaic.report import (
 from skymosaic.report._dzi import _shrink, level_sizes
 from skymosaic.report._geometry import clip_polygon, polygon_area, sky_grid
 from skymosaic.report._html import preview_stretch
+from skymosaic.synth import make_survey, write_survey
 
 
 def _wcs(shape, *, ctype="TAN", crval=(150.0, 2.0), scale_arcsec=2.0) -> WCS:
@@ -54,7 +56,7 @@ def _unit(ra, dec):
 
 
 def _mosaic_file(path, data, *, wcs=None):
-    c, h, w = data.shape
+    _, h, w = data.shape
     cov = np.where(np.isfinite(data).all(axis=0), 2.0, 0.0).astype(np.float32)
     write_mosaic(path, data, wcs or _wcs((h, w)), weight=cov, coverage=cov)
     return path
@@ -67,12 +69,10 @@ def _read_level(pyramid, level, shape, fmt):
     out = None
     for row in range(math.ceil(h / t)):
         for col in range(math.ceil(w / t)):
-            img = cv2.imread(str(pyramid.tiles_dir / str(level) / f"{col}_{row}.{fmt}"), cv2.IMREAD_UNCHANGED)
+            img = cv2.imread(str(pyramid.tiles_dir / str(level) / f"{col}_{row}.{fmt}"),
+                             cv2.IMREAD_UNCHANGED)
             assert img is not None, f"missing tile {level}/{col}_{row}"
-            if img.ndim == 3:
-                img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-            else:
-                img = img[..., None]
+            img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if img.ndim == 3 else img[..., None]
             if out is None:
                 out = np.zeros((h, w, img.shape[-1]), np.uint8)
             y0, x0 = max(0, row * t - ov), max(0, col * t - ov)
@@ -119,9 +119,11 @@ def test_dzi_levels_and_tile_geometry(tmp_path):
     assert cv2.imread(str(pyr.tiles_dir / "0" / "0_0.png"), cv2.IMREAD_UNCHANGED).shape == (1, 1)
     # 530 x 300 in 128 px tiles: 5 x 3, the last column 530 - 511 = 19 px wide
     assert len(list((pyr.tiles_dir / "10").iterdir())) == 15
-    assert cv2.imread(str(pyr.tiles_dir / "10" / "4_2.png"), cv2.IMREAD_UNCHANGED).shape == (300 - 255, 530 - 511)
+    assert cv2.imread(str(pyr.tiles_dir / "10" / "4_2.png"),
+                      cv2.IMREAD_UNCHANGED).shape == (300 - 255, 530 - 511)
     xml = pyr.dzi_path.read_text()
-    assert 'TileSize="128"' in xml and 'Overlap="1"' in xml and 'Width="530"' in xml and 'Height="300"' in xml
+    assert 'TileSize="128"' in xml and 'Overlap="1"' in xml
+    assert 'Width="530"' in xml and 'Height="300"' in xml
     assert not list(tmp_path.glob("dzi/.*"))  # no staging or scratch left behind
 
 
@@ -150,7 +152,8 @@ def test_dzi_of_a_mosaic_larger_than_the_budget_is_streamed_and_exact(tmp_path):
             tracemalloc.stop()
     assert peak < budget, f"peak {peak / 2**20:.1f} MiB over the {budget / 2**20:.0f} MiB budget"
     np.testing.assert_array_equal(_read_level(pyr, pyr.max_level, (h, w), "png"), expected)
-    np.testing.assert_array_equal(_read_level(pyr, pyr.max_level - 1, (h // 2, w // 2), "png"), half)
+    np.testing.assert_array_equal(_read_level(pyr, pyr.max_level - 1, (h // 2, w // 2), "png"),
+                                  half)
 
 
 def test_dzi_colour_jpeg_tiles_are_rgb(tmp_path):
@@ -199,10 +202,9 @@ def test_clip_polygon_of_two_squares():
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
     """A classic run: 2 x 2 pointings, 2 frames each (4 master tiles), one frame rejected."""
-    from skymosaic.synth import make_survey, write_survey
-
     root = tmp_path_factory.mktemp("report_run")
-    survey = make_survey(n_x=2, n_y=2, frame_shape=(96, 120), channels=3, frames_per_pointing=2, seed=4)
+    survey = make_survey(n_x=2, n_y=2, frame_shape=(96, 120), channels=3, frames_per_pointing=2,
+                         seed=4)
     paths = write_survey(survey, root / "frames", prefix="f")
     bad = root / "frames" / "f_bad.fits"
     with fits.open(paths[0]) as hdul:
@@ -224,13 +226,14 @@ def test_run_writes_the_report(small_run):
     run = json.loads((out / "run.json").read_text())
     page = (out / "index.html").read_text()
     assert "report/static/openseadragon.min.js" in page and "report/data.js" in page
-    assert "http" not in re.sub(r"http://www\.w3\.org/\S+|https?://openseadragon\S*", "", page)  # no CDN
+    # no CDN
+    assert "http" not in re.sub(r"http://www\.w3\.org/\S+|https?://openseadragon\S*", "", page)
     for name in ("openseadragon.min.js", "LICENSE-openseadragon.txt", "report.js", "report.css"):
         assert (out / "report" / "static" / name).is_file()
     assert "BSD" in (out / "report" / "static" / "LICENSE-openseadragon.txt").read_text() or \
         "Redistribution" in (out / "report" / "static" / "LICENSE-openseadragon.txt").read_text()
     data = _data(out)
-    c, h, w = result.data_shape
+    _, h, w = result.data_shape
     size = data["image"]["tile_source"]["Image"]["Size"]
     assert (int(size["Width"]), int(size["Height"])) == (w, h)
     assert data["image"]["max_level"] == math.ceil(math.log2(max(h, w)))
@@ -249,7 +252,8 @@ def test_report_inputs_carry_the_solved_corrections(small_run):
         assert entry["kind"] == "tile" and entry["n_frames"] == 2
         # the outline of a master tile covers about its own pixel area (same pixel scale)
         tile_h, tile_w = entry["shape"][1:]
-        assert abs(polygon_area(np.array(entry["outline"]))) == pytest.approx(tile_h * tile_w, rel=0.03)
+        assert abs(polygon_area(np.array(entry["outline"]))) == pytest.approx(tile_h * tile_w,
+                                                                              rel=0.03)
     framed = {f["name"]: f for f in data["frames"]}
     stacked = run["tiles"][0]
     first = framed[stacked["frames"][0]]
@@ -287,7 +291,8 @@ def test_report_values_are_the_linear_mosaic(small_run):
     for x, y in [(5, 7), (w // 2, h // 2), (w - 1, h - 1), (w - 1, 0)]:
         cx, cy = x // values["chunk"], y // values["chunk"]
         text = (out / "report" / "values" / f"{cx}_{cy}.js").read_text()
-        key, ch, cw, b64 = re.match(r'SKYMOSAIC_VALUES\("(\S+)",(\d+),(\d+),"(\S+)"\);', text).groups()
+        _, ch, cw, b64 = re.match(r'SKYMOSAIC_VALUES\("(\S+)",(\d+),(\d+),"(\S+)"\);',
+                                    text).groups()
         chunk = np.frombuffer(base64.b64decode(b64), "<f4").reshape(c, int(ch), int(cw))
         got = chunk[:, y % values["chunk"], x % values["chunk"]]
         np.testing.assert_array_equal(got, science[:, y, x])
@@ -318,7 +323,8 @@ def test_no_report_option(tmp_frames, tmp_path):
     paths = tmp_frames()
     config = load_config(None, {"run.threads": 1, "stack.enabled": False, "output.report": False})
     run_pipeline(paths, tmp_path / "out", config)
-    assert not (tmp_path / "out" / "index.html").exists() and not (tmp_path / "out" / "report").exists()
+    assert not (tmp_path / "out" / "index.html").exists()
+    assert not (tmp_path / "out" / "report").exists()
 
 
 def test_server_serves_the_report_status_and_partial_mosaic(small_run):
@@ -352,7 +358,8 @@ def test_server_serves_the_report_status_and_partial_mosaic(small_run):
         assert inner == [("start", "stack", 8), ("advance", "stack", 3), ("end", "stack")]
         page = urllib.request.urlopen(server.url, timeout=10).read().decode()
         assert "report/data.js" in page
-        assert urllib.request.urlopen(server.url + "report/data.js", timeout=10).read().startswith(b"window.")
+        assert urllib.request.urlopen(server.url + "report/data.js",
+                                      timeout=10).read().startswith(b"window.")
         png = urllib.request.urlopen(server.url + "partial.png", timeout=30).read()
         img = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
         assert img.ndim == 3 and max(img.shape[:2]) > 100 and img.std() > 5  # 4 tiles, not blank
@@ -363,7 +370,7 @@ def test_server_serves_the_report_status_and_partial_mosaic(small_run):
 
 
 def test_export_hips_tiles_hold_the_mosaic_values(tmp_path):
-    from astropy_healpix import HEALPix
+    from astropy_healpix import HEALPix  # noqa: PLC0415 - only this test needs it
 
     h, w = 240, 300
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -371,7 +378,8 @@ def test_export_hips_tiles_hold_the_mosaic_values(tmp_path):
     wcs = _wcs((h, w), crval=(150.0, 2.0), scale_arcsec=6.0)
     path = _mosaic_file(tmp_path / "m.fits", data, wcs=wcs)
     (folder,) = export_hips(path, tmp_path / "hips", memory_budget=2**28)
-    props = dict(line.split("=", 1) for line in (folder / "properties").read_text().splitlines() if "=" in line)
+    props = dict(line.split("=", 1) for line in (folder / "properties").read_text().splitlines()
+                 if "=" in line)
     props = {k.strip(): v.strip() for k, v in props.items()}
     order = int(props["hips_order"])
     assert props["hips_tile_format"] == "fits" and props["hips_frame"] == "equatorial"
@@ -392,7 +400,8 @@ def test_export_hips_tiles_hold_the_mosaic_values(tmp_path):
     x, y = wcs.world_to_pixel_values(ra, dec)
     inside = (x > 1) & (x < w - 2) & (y > 1) & (y < h - 2)
     assert inside.sum() > 20
-    np.testing.assert_allclose(tile[jj[pick], ii[pick]][inside], (1000 + 2 * x + 3 * y)[inside], rtol=1e-4)
+    np.testing.assert_allclose(tile[jj[pick], ii[pick]][inside], (1000 + 2 * x + 3 * y)[inside],
+                               rtol=1e-4)
     with pytest.raises(FileExistsError, match="exists"):
         export_hips(path, tmp_path / "hips", memory_budget=2**28)
     with pytest.raises(MemoryError, match="memory budget"):
@@ -409,8 +418,6 @@ def test_export_hips_cli(small_run):
 def test_run_serve_feeds_the_live_server(tmp_frames, tmp_path, monkeypatch):
     """`skymosaic run --serve`: the served status follows the run's phases and ends "done"
     with the report ready (the wait for Ctrl-C replaced by a stop)."""
-    from skymosaic import cli
-
     seen = {}
 
     def stop(server):
@@ -433,9 +440,8 @@ def test_run_serve_feeds_the_live_server(tmp_frames, tmp_path, monkeypatch):
 def test_grid_mode_report_carries_the_global_solve(tmp_path):
     """Grid mode: every placed tile is an input with its solved gain, offset and sky
     surface per channel (run.json ``grid``), its outline on the canvas and its overlaps."""
-    from skymosaic.synth import make_survey, write_survey
-
-    survey = make_survey(n_x=2, n_y=2, frame_shape=(96, 120), channels=3, frames_per_pointing=2, seed=5)
+    survey = make_survey(n_x=2, n_y=2, frame_shape=(96, 120), channels=3, frames_per_pointing=2,
+                         seed=5)
     paths = write_survey(survey, tmp_path / "frames", prefix="g")
     plan = tmp_path / "stack_plan.csv"
     plan.write_text("path,exptime\n" + "".join(f"{p},10\n" for p in paths))

@@ -26,6 +26,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from skymosaic.config import load_config
+from skymosaic.demo import run_demo
 from skymosaic.pipeline import run_pipeline
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
@@ -33,14 +34,16 @@ from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 
 #: Flags for a machine with no network and no display (the closed network refuses others).
-CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--disable-dev-shm-usage", "--window-size=1400,900")
 
 
 def _browser() -> tuple[str, str] | None:
     binary = os.environ.get("SKYMOSAIC_CHROMIUM") or next(
-        (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+        (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p),
+        None)
     driver = os.environ.get("SKYMOSAIC_CHROMEDRIVER") or shutil.which("chromedriver")
     return (binary, driver) if binary and driver else None
 
@@ -49,8 +52,9 @@ def _browser() -> tuple[str, str] | None:
 def browser():
     found = _browser()
     if found is None:
-        pytest.skip("no chromium + chromedriver (make test installs them: scripts/install_browser.sh)")
-    from selenium.webdriver.chrome.service import Service
+        pytest.skip("no chromium + chromedriver "
+                    "(make test installs them: scripts/install_browser.sh)")
+    from selenium.webdriver.chrome.service import Service  # noqa: PLC0415 - after the skip
 
     options = webdriver.ChromeOptions()
     for flag in CHROMIUM_FLAGS:
@@ -94,7 +98,8 @@ def _errors(driver) -> list[str]:
 
 def _check_report(driver, out: Path, shots: Path, label: str) -> dict:
     """The checks both reports go through; returns what the test may check further."""
-    data = json.loads((out / "report" / "data.js").read_text()[len("window.SKYMOSAIC_REPORT = "):-2])
+    text = (out / "report" / "data.js").read_text()
+    data = json.loads(text[len("window.SKYMOSAIC_REPORT = "):-2])
     driver.get((out / "index.html").resolve().as_uri())
     _wait(driver, "return window.skymosaicReport && window.skymosaicReport.state.ready")
     _wait(driver, "return window.skymosaicReport.state.tilesLoaded > 0")
@@ -115,18 +120,21 @@ def _check_report(driver, out: Path, shots: Path, label: str) -> dict:
     for name in ("seams", "coverage", "frames"):
         driver.find_element(By.ID, f"ov-{name}").click()
     time.sleep(0.5)
-    assert driver.execute_script("return document.getElementById('layer-seams').style.display") == "none"
+    display = "return document.getElementById('layer-seams').style.display"
+    assert driver.execute_script(display) == "none"
 
     # a real mouse click on the centre of the largest input shows its gain
     target = max((i for i in data["inputs"] if i["outline"]), key=lambda i: len(i["outline"]))
     cx, cy = np.mean(np.array(target["outline"]), axis=0)
     offset = driver.execute_script(
         "const m = window.skymosaicReport.mainImage();"
-        "const p = m.imageToViewerElementCoordinates(new OpenSeadragon.Point(arguments[0], arguments[1]));"
+        "const p = m.imageToViewerElementCoordinates("
+        "new OpenSeadragon.Point(arguments[0], arguments[1]));"
         "const r = document.getElementById('viewer').getBoundingClientRect();"
         "return [p.x - r.width / 2, p.y - r.height / 2];", float(cx), float(cy))
     viewer = driver.find_element(By.ID, "viewer")
-    ActionChains(driver).move_to_element_with_offset(viewer, int(offset[0]), int(offset[1])).click().perform()
+    chain = ActionChains(driver).move_to_element_with_offset(viewer, int(offset[0]), int(offset[1]))
+    chain.click().perform()
     _wait(driver, "return window.skymosaicReport.state.selected")
     selection = driver.find_element(By.ID, "selection").text
     picked = driver.execute_script("return window.skymosaicReport.state.selected")
@@ -148,7 +156,8 @@ def _check_report(driver, out: Path, shots: Path, label: str) -> dict:
         "v.panTo(m.imageToViewportCoordinates(arguments[0], arguments[1]), true);"
         "v.zoomTo(v.getMaxZoom(), null, true);", float(cx), float(cy))
     level = _wait(driver, "const s = window.skymosaicReport.state;"
-                          f"return s.maxLevelLoaded >= {data['image']['max_level']} ? s.maxLevelLoaded : 0", 30)
+                          f"return s.maxLevelLoaded >= {data['image']['max_level']} "
+                          "? s.maxLevelLoaded : 0", 30)
     assert level == data["image"]["max_level"]
     time.sleep(1.0)
     deep = _viewer_pixels(_screenshot(driver, shots / f"report_{label}_deep.png")).astype(float)
@@ -166,20 +175,20 @@ def _check_sky_and_values(driver, out: Path, mosaic: Path) -> None:
     h, w = science.shape[1:]
     scale = float(np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix)))) * 3600
     for x, y in [(0, 0), (w - 1, h - 1), (w // 3, 2 * h // 3), (w // 2, h // 2)]:
-        ra, dec = driver.execute_script("return window.skymosaicReport.skyAt(arguments[0], arguments[1])", x, y)
+        ra, dec = driver.execute_script(
+            "return window.skymosaicReport.skyAt(arguments[0], arguments[1])", x, y)
         tra, tdec = wcs.pixel_to_world_values(x, y)
         dra = ((ra - tra + 180) % 360 - 180) * np.cos(np.radians(tdec))
         assert np.hypot(dra, dec - tdec) * 3600 / scale < 0.02, (x, y, ra, dec, tra, tdec)
         got = driver.execute_async_script(
-            "const done = arguments[2]; window.skymosaicReport.valueAt(arguments[0], arguments[1]).then(done);", x, y)
+            "const done = arguments[2];"
+            "window.skymosaicReport.valueAt(arguments[0], arguments[1]).then(done);", x, y)
         expect = science[:, y, x]
         for g, e in zip(got, expect, strict=True):
             assert (g is None and not np.isfinite(e)) or g == pytest.approx(float(e), rel=1e-6)
 
 
 def test_report_of_the_demo_run_in_chromium(browser, tmp_path):
-    from skymosaic.demo import run_demo
-
     result, _ = run_demo(tmp_path / "out", config=load_config(None, {"run.threads": 2}))  # ~25 s
     data = _check_report(browser, tmp_path / "out", tmp_path, "demo")
     assert {i["kind"] for i in data["inputs"]} == {"tile"} and len(data["inputs"]) == 9

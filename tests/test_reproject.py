@@ -147,7 +147,8 @@ def test_dense_interpolation_of_the_spline_is_measured_or_skipped():
     y0, y1, x0, x1 = cutout = (0, 300, 0, 400)
     fitted = (0, 305, 0, 401)  # grown to multiples of DENSE_STEP = 8
     gy, gx = _nodes(0, 305, 32), _nodes(0, 401, 32)
-    node_x, node_y = wcs_in.world_to_pixel_values(*wcs_out.pixel_to_world_values(*np.meshgrid(gx, gy)))
+    node_x, node_y = wcs_in.world_to_pixel_values(
+        *wcs_out.pixel_to_world_values(*np.meshgrid(gx, gy)))
     sx = RectBivariateSpline(gy, gx, node_x, kx=3, ky=3)
     sy = RectBivariateSpline(gy, gx, node_y, kx=3, ky=3)
     ry, rx = np.arange(y0, y1, dtype=float), np.arange(x0, x1, dtype=float)

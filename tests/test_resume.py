@@ -20,12 +20,14 @@ import time
 import numpy as np
 import pytest
 
+from skymosaic.cli import main
 from skymosaic.config import load_config
 from skymosaic.io import read_mosaic
 from skymosaic.pipeline import run_pipeline
 from skymosaic.synth import make_survey, write_survey
 
-OVERRIDES = {"run.threads": 2, "quality.enabled": False, "output.preview": False, "run.block_rows": 40}
+OVERRIDES = {"run.threads": 2, "quality.enabled": False, "output.preview": False,
+             "run.block_rows": 40}
 
 #: Runs the pipeline in a child process (so that it can be killed) with OVERRIDES.
 CHILD = """
@@ -57,7 +59,8 @@ def survey(tmp_path_factory):
 
 def _killed_run(survey, out, crash: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, SKYMOSAIC_CRASH_AFTER=crash)
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(survey["frames"]), str(out), json.dumps(OVERRIDES)],
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(survey["frames"]), str(out),
+                           json.dumps(OVERRIDES)],
                           env=env, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     return proc
@@ -109,7 +112,8 @@ def test_rerun_reuses_the_mosaic_and_fresh_recomputes_everything(survey, tmp_pat
     t0 = time.perf_counter()
     again = run_pipeline([survey["frames"]], out, _config())
     rerun_seconds = time.perf_counter() - t0
-    assert set(again.report["resume"]["reused"]) == {"catalog", "clustering", "tiles", "photometry", "mosaic"}
+    assert set(again.report["resume"]["reused"]) == {"catalog", "clustering", "tiles", "photometry",
+                                                     "mosaic"}
     assert "stack" in again.report["timings_s"] and "coadd" not in again.report["timings_s"]
     assert rerun_seconds < survey["seconds"]
     fresh = run_pipeline([survey["frames"]], out, _config(**{"run.fresh": True}))
@@ -157,8 +161,6 @@ def test_touched_input_frame_invalidates_its_tile_only(survey, tmp_path):
 
 
 def test_cli_fresh_flag_ignores_the_manifest(survey, tmp_path):
-    from skymosaic.cli import main
-
     out = tmp_path / "cli"
     args = ["run", str(survey["frames"]), "-o", str(out), "--threads", "2", "--no-preview"]
     config = tmp_path / "c.toml"

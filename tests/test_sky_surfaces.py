@@ -31,7 +31,8 @@ def _quad_basis(x, y):
     return np.column_stack([np.ones_like(x), x, y, x * x, x * y, y * y])
 
 
-def _block_medians(residual: np.ndarray, block: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _block_medians(residual: np.ndarray,
+                   block: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     h, w = (residual.shape[0] // block) * block, (residual.shape[1] // block) * block
     blk = residual[:h, :w].reshape(h // block, block, w // block, block).transpose(0, 2, 1, 3)
     blk = blk.reshape(h // block, w // block, -1)
@@ -67,13 +68,15 @@ def test_surface_evaluate_at_an_offset_region_matches_the_whole_frame():
 
 
 # ----------------------------------------------------------------------------- solver
-def _frames(n_x: int = 4, n_y: int = 3, h: int = 300, w: int = 400, overlap: float = 0.2, seed: int = 0):
+def _frames(n_x: int = 4, n_y: int = 3, h: int = 300, w: int = 400, overlap: float = 0.2,
+            seed: int = 0):
     """Frame geometry: (x0, y0, angle) of each frame's centre on a sky plane (pixels)."""
     rng = np.random.default_rng(seed)
     out = []
     for iy in range(n_y):
         for ix in range(n_x):
-            out.append((ix * w * (1 - overlap) + rng.normal(0, 3), iy * h * (1 - overlap) + rng.normal(0, 3),
+            out.append((ix * w * (1 - overlap) + rng.normal(0, 3),
+                        iy * h * (1 - overlap) + rng.normal(0, 3),
                         np.radians(rng.uniform(-3, 3))))
     return out
 
@@ -171,7 +174,8 @@ def gradient_survey(tmp_path_factory):
     nebulous sky; every frame also sees a real sky gradient across the whole field."""
     root = tmp_path_factory.mktemp("surfaces")
     size = (NX * W * 2 / 3600 * 0.85 + 0.05, NY * H * 2 / 3600 * 0.85 + 0.05)
-    truth = make_truth_sky(center=(150.0, 2.0), size_deg=size, n_stars=int(20000 * size[0] * size[1]),
+    truth = make_truth_sky(center=(150.0, 2.0), size_deg=size,
+                           n_stars=int(20000 * size[0] * size[1]),
                            nebula_amplitude=30.0, nebula_scale_arcsec=300.0, seed=5)
     survey = make_survey(n_x=NX, n_y=NY, frame_shape=(H, W), overlap=0.2, gain_range=(0.8, 1.25),
                          offset_range=(100.0, 400.0), noise_sigma=5.0, sky_level=100.0,

@@ -30,7 +30,8 @@ def _scene(seed: int = 3, n_stars: int = 250):
     for x0, y0, f in zip(sx, sy, flux, strict=True):
         r0, c0 = max(int(y0) - 8, 0), max(int(x0) - 8, 0)
         sl = (slice(r0, int(y0) + 9), slice(c0, int(x0) + 9))
-        truth[sl] += f / (2 * np.pi * sig**2) * np.exp(-((xx[sl] - x0) ** 2 + (yy[sl] - y0) ** 2) / (2 * sig**2))
+        truth[sl] += (f / (2 * np.pi * sig**2)
+                      * np.exp(-((xx[sl] - x0) ** 2 + (yy[sl] - y0) ** 2) / (2 * sig**2)))
     return rng, truth, xx, yy
 
 
@@ -67,7 +68,8 @@ def test_stack_keeps_the_nebula_and_loses_each_frames_gradient():
     cube, _, expected = _frames()
     s = StackSettings(normalization="stars", reference=0, rejection="none")
     res = stack_cube(cube, settings=s)
-    lin = stack_cube(cube, settings=StackSettings(normalization="linear", reference=0, rejection="none"))
+    lin = stack_cube(cube,
+                     settings=StackSettings(normalization="linear", reference=0, rejection="none"))
 
     def large_scale(data):
         d = (data[0] - expected)[:288, :384]
@@ -93,9 +95,11 @@ def test_frames_without_stars_take_the_pixel_fit_gain(caplog):
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:H, 0:W]
     sky = 100 + 40 * np.exp(-((xx - 200) ** 2 + (yy - 150) ** 2) / (2 * 60.0**2))
-    cube = np.array([g * sky + rng.normal(0, 1, sky.shape) for g in (1.0, 1.1, 0.9)], np.float32)[:, None]
+    cube = np.array([g * sky + rng.normal(0, 1, sky.shape) for g in (1.0, 1.1, 0.9)],
+                    np.float32)[:, None]
     with caplog.at_level(logging.INFO, logger="skymosaic.stack._normalize"):
-        g, _, _ = estimate_star_normalization(cube, reference=0, names=["a.fits", "b.fits", "c.fits"])
+        g, _, _ = estimate_star_normalization(cube, reference=0,
+                                              names=["a.fits", "b.fits", "c.fits"])
     assert "binned pixel-fit gain" in caplog.text and "b.fits" in caplog.text
     np.testing.assert_allclose(g[:, 0] * np.array([1.0, 1.1, 0.9]), 1.0, atol=0.02)
 
@@ -112,7 +116,8 @@ def test_reference_stars_and_gain_units():
     _, truth, _, _ = _scene()
     ref = reference_stars(truth + np.random.default_rng(1).normal(0, 3, truth.shape) + 100)
     assert ref.size >= 50 and 2.0 < ref.radius < 8.0
-    g, g_err, n = star_gain(0.5 * (truth + 100) + np.random.default_rng(2).normal(0, 1.5, truth.shape), ref)
+    noise = np.random.default_rng(2).normal(0, 1.5, truth.shape)
+    g, g_err, n = star_gain(0.5 * (truth + 100) + noise, ref)
     assert g == pytest.approx(2.0, rel=2e-3) and 0 < g_err < 2e-3 and n >= 50
 
 

@@ -53,12 +53,13 @@ def dask_client(scheduler: str | None, *, workers: int = 0, memory_limit_bytes: 
         yield None
         return
     try:
-        from distributed import Client, LocalCluster
+        from distributed import Client, LocalCluster  # noqa: PLC0415 - optional (skymosaic[dask])
     except ImportError as err:
         raise ImportError(f"run.scheduler = {scheduler!r} needs dask.distributed: "
                           "pip install 'skymosaic[dask]'") from err
     if scheduler == "local":
-        kwargs: dict[str, Any] = {"processes": True, "threads_per_worker": 1, "dashboard_address": None}
+        kwargs: dict[str, Any] = {"processes": True, "threads_per_worker": 1,
+                                  "dashboard_address": None}
         if workers:
             kwargs["n_workers"] = workers
         if memory_limit_bytes:
@@ -87,7 +88,7 @@ def run_tasks(client: Any, fn: Callable[..., T], items: Sequence[Any], *, window
     queue small. ``args`` are scattered once and shared by every task. A task's exception is
     re-raised here when its result is consumed.
     """
-    from distributed import as_completed
+    from distributed import as_completed  # noqa: PLC0415 - optional (skymosaic[dask])
 
     if not items:
         return

@@ -103,7 +103,7 @@ def plan_display(plane: np.ndarray, config: Config) -> Display:
     return Display(mode=mode, color=color, params=params, plane=plane)
 
 
-def write_display(  # noqa: PLR0917 - the products' folder, name and sources, as the writers
+def write_display(  # the products' folder, name and sources, as the writers
     out: Path,
     name: str,
     config: Config,

@@ -35,7 +35,8 @@ class PlacedTile:
 
     def __post_init__(self) -> None:
         if self.data.ndim != 3:
-            raise ValueError(f"tile {self.tile_id!r}: data must be (C, h, w), got {self.data.shape}")
+            raise ValueError(f"tile {self.tile_id!r}: data must be (C, h, w), "
+                             f"got {self.data.shape}")
         if self.weight is not None and self.weight.shape != self.data.shape[1:]:
             raise ValueError(
                 f"tile {self.tile_id!r}: weight shape {self.weight.shape} does not match "

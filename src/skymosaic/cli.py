@@ -103,7 +103,8 @@ class _RateColumn(ProgressColumn):
         speed = task.finished_speed or task.speed
         if speed is None:
             return Text("   -/s", style="progress.data.speed")
-        return Text(f"{speed:6.2f}/s" if speed < 100 else f"{speed:6.0f}/s", style="progress.data.speed")
+        return Text(f"{speed:6.2f}/s" if speed < 100 else f"{speed:6.0f}/s",
+                    style="progress.data.speed")
 
 
 def _bars() -> RichBars:
@@ -129,17 +130,20 @@ def _summary_table(result: RunResult) -> Table:
     h, w = output["shape"]
     table.add_row("mosaic", f"{w} x {h} px, {output['channels']} channel(s), "
                             f"{output['pixel_scale_arcsec']:.3f}\"/px")
-    table.add_row("coverage", f"{100 * output['coverage_fraction']:.1f}% of pixels, depth <= {output['max_depth']}")
+    table.add_row("coverage", f"{100 * output['coverage_fraction']:.1f}% of pixels, "
+                              f"depth <= {output['max_depth']}")
     table.add_row("time", ", ".join(f"{k} {v:.2f}s" for k, v in rep["timings_s"].items()))
     reused = rep.get("resume", {}).get("reused", {})
     if reused:
-        table.add_row("reused", ", ".join(sorted(reused)) + " (from an earlier run; --fresh recomputes)")
+        table.add_row("reused",
+                      ", ".join(sorted(reused)) + " (from an earlier run; --fresh recomputes)")
     table.add_row("output", str(result.mosaic_path))
     if result.preview_path:
         table.add_row("preview", str(result.preview_path))
     table.add_row("report", str(result.out_dir / "run.json"))
     if (result.out_dir / "index.html").is_file():
-        table.add_row("viewer", f"{result.out_dir / 'index.html'} (skymosaic view {result.out_dir})")
+        table.add_row("viewer",
+                      f"{result.out_dir / 'index.html'} (skymosaic view {result.out_dir})")
     return table
 
 
@@ -176,7 +180,8 @@ def _run_with_config(inputs: list[str], out: Path, config: Config, *, live=None)
 
                 progress = LiveProgress(live, progress)  # type: ignore[assignment]
             return run_pipeline(inputs, out, config, progress=progress)
-    except (NoUsableFramesError, FileNotFoundError, StackPlanError, ConfigError, PreflightError) as err:
+    except (NoUsableFramesError, FileNotFoundError, StackPlanError, ConfigError,
+            PreflightError) as err:
         # ConfigError here: a setting that only fails when the run starts (use_gpu = "on"
         # without a GPU); PreflightError: a limit exceeded, before anything was written
         raise _fail(str(err), EXIT_USAGE) from err
@@ -189,21 +194,26 @@ def _run_with_config(inputs: list[str], out: Path, config: Config, *, live=None)
 def run(
     inputs: Annotated[list[str], typer.Argument(help="FITS files, folders or glob patterns")],
     out: Annotated[Path, typer.Option("-o", "--out", help="output folder")],
-    config_file: Annotated[Path | None, typer.Option("--config", "-c", help="TOML configuration")] = None,
-    kernel: Annotated[str | None, typer.Option(help="nearest | bilinear | bicubic | lanczos3")] = None,
+    config_file: Annotated[Path | None, typer.Option("--config", "-c",
+                                                     help="TOML configuration")] = None,
+    kernel: Annotated[str | None, typer.Option(
+        help="nearest | bilinear | bicubic | lanczos3")] = None,
     pixel_scale: Annotated[float | None, typer.Option(help="output scale in arcsec/px")] = None,
     rotation: Annotated[str | None, typer.Option(help="north | auto")] = None,
-    output_header: Annotated[Path | None, typer.Option(help="FITS header defining the output grid")] = None,
+    output_header: Annotated[Path | None, typer.Option(
+        help="FITS header defining the output grid")] = None,
     weighting: Annotated[str | None, typer.Option(help="uniform | exposure | noise")] = None,
     wcs_dir: Annotated[list[Path] | None, typer.Option(help="folder with .wcs sidecars")] = None,
     bayer_pattern: Annotated[str | None, typer.Option(help="force RGGB/GRBG/GBRG/BGGR")] = None,
     memory_budget: Annotated[str | None, typer.Option(
-        help="memory budget: MiB, or a size with a unit (4GB = 10^9 B, 4GiB = 2^30 B, 800M)")] = None,
+        help="memory budget: MiB, or a size with a unit "
+             "(4GB = 10^9 B, 4GiB = 2^30 B, 800M)")] = None,
     max_output_pixels: Annotated[str | None, typer.Option(
         help="largest output grid in pixels (default 2e9; '2G', '500M'): the run stops before "
              "writing when the grid is larger")] = None,
     threads: Annotated[int | None, typer.Option(help="worker threads (0 = all cores)")] = None,
-    gpu: Annotated[str | None, typer.Option(help="auto | on | off: CuPy GPU backend (docs/gpu.md)")] = None,
+    gpu: Annotated[str | None, typer.Option(
+        help="auto | on | off: CuPy GPU backend (docs/gpu.md)")] = None,
     no_preview: Annotated[bool, typer.Option("--no-preview", help="skip the PNG preview")] = False,
     export: Annotated[str | None, typer.Option(
         help="extra products: siril (linear FITS in [0, 1] + mask), tiff (16-bit stretched), "
@@ -213,22 +223,27 @@ def run(
     log_level: Annotated[str | None, typer.Option(help="DEBUG | INFO | WARNING | ERROR")] = None,
     plan: Annotated[Path | None, typer.Option(
         help="stack_plan.csv: grid/survey mode (default: one found in an input folder)")] = None,
-    no_plan: Annotated[bool, typer.Option("--no-plan", help="ignore a stack_plan.csv in the inputs")] = False,
+    no_plan: Annotated[bool, typer.Option("--no-plan",
+                                          help="ignore a stack_plan.csv in the inputs")] = False,
     fresh: Annotated[bool, typer.Option(
         "--fresh", help="ignore the artifacts of an earlier run in OUT (default: resume)")] = False,
     scheduler: Annotated[str | None, typer.Option(
         help="Dask: 'local' (worker processes here) or tcp://HOST:PORT (docs/scale.md)")] = None,
-    workers: Annotated[int | None, typer.Option(help="worker processes of --scheduler local")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="worker processes of --scheduler local")] = None,
     target: Annotated[str | None, typer.Option(
         help="mosaic only this target (its OBJECT or folder name) of a folder holding several",
     )] = None,
     region: Annotated[str | None, typer.Option(
         help="RA,DEC,RADIUS in degrees: mosaic only the frames centred in this circle")] = None,
-    no_report: Annotated[bool, typer.Option("--no-report", help="skip OUT/index.html (the report)")] = False,
+    no_report: Annotated[bool, typer.Option("--no-report",
+                                            help="skip OUT/index.html (the report)")] = False,
     serve: Annotated[bool, typer.Option(
-        "--serve", help="serve the live report on 127.0.0.1 while the run goes (Ctrl-C stops)")] = False,
+        "--serve",
+        help="serve the live report on 127.0.0.1 while the run goes (Ctrl-C stops)")] = False,
     port: Annotated[int, typer.Option(help="port of --serve (0: any free port)")] = 8000,
-    no_browser: Annotated[bool, typer.Option("--no-browser", help="with --serve: do not open a browser")] = False,
+    no_browser: Annotated[bool, typer.Option("--no-browser",
+                                             help="with --serve: do not open a browser")] = False,
 ) -> None:
     """Build a mosaic from INPUTS into OUT (mosaic.fits, preview, index.html, run.json, log).
 
@@ -241,8 +256,10 @@ def run(
     """
     overrides = {
         "reproject.kernel": kernel, "output.pixel_scale_arcsec": pixel_scale,
-        "output.rotation": rotation, "output.wcs_header": str(output_header) if output_header else None,
-        "coadd.weighting": weighting, "input.wcs_dirs": [str(p) for p in wcs_dir] if wcs_dir else None,
+        "output.rotation": rotation,
+        "output.wcs_header": str(output_header) if output_header else None,
+        "coadd.weighting": weighting,
+        "input.wcs_dirs": [str(p) for p in wcs_dir] if wcs_dir else None,
         "input.bayer_pattern": bayer_pattern.upper() if bayer_pattern else None,
         "run.memory_budget_mb": memory_budget, "run.threads": threads,
         "output.max_output_pixels": max_output_pixels,
@@ -423,11 +440,14 @@ def inspect(
     wcs_dir: Annotated[list[Path] | None, typer.Option(help="folder with .wcs sidecars")] = None,
     config_file: Annotated[Path | None, typer.Option(
         "--config", "-c", help="TOML configuration (for the estimate)")] = None,
-    pixel_scale: Annotated[float | None, typer.Option(help="output scale in arcsec/px (estimate)")] = None,
-    max_output_pixels: Annotated[str | None, typer.Option(help="pixel limit of the estimate")] = None,
+    pixel_scale: Annotated[float | None, typer.Option(
+        help="output scale in arcsec/px (estimate)")] = None,
+    max_output_pixels: Annotated[str | None, typer.Option(
+        help="pixel limit of the estimate")] = None,
     fmt: Annotated[str, typer.Option(
         "--format", help="table (whole values when piped) | csv (one row per file; the "
-                         "estimate goes to stderr) | json (files, targets and estimates)")] = "table",
+                         "estimate goes to stderr) | json (files, targets and "
+                         "estimates)")] = "table",
 ) -> None:
     """Print the frame catalog (headers only), the targets a run would make, and the
     estimate of a run of each."""
@@ -495,9 +515,12 @@ def inspect(
 @app.command()
 def plan(
     inputs: Annotated[list[str], typer.Argument(help="FITS files, folders or glob patterns")],
-    out: Annotated[Path, typer.Option("-o", "--out", help="the CSV to write")] = Path("stack_plan.csv"),
-    config_file: Annotated[Path | None, typer.Option("--config", "-c", help="TOML configuration")] = None,
-    min_overlap: Annotated[float | None, typer.Option(help="link frames overlapping more than this")] = None,
+    out: Annotated[Path, typer.Option("-o", "--out",
+                                      help="the CSV to write")] = Path("stack_plan.csv"),
+    config_file: Annotated[Path | None, typer.Option("--config", "-c",
+                                                     help="TOML configuration")] = None,
+    min_overlap: Annotated[float | None, typer.Option(
+        help="link frames overlapping more than this")] = None,
     wcs_dir: Annotated[list[Path] | None, typer.Option(help="folder with .wcs sidecars")] = None,
 ) -> None:
     """Group frames by sky position and write an editable stack_plan.csv."""
@@ -616,7 +639,8 @@ def report(
         raise _fail(f"--tile-format must be 'jpg' or 'png', got {tile_format!r}", EXIT_USAGE)
     budget = _report_budget(memory_budget)
     try:
-        if (out / "targets.json").is_file() and (not (out / "run.json").is_file() or _is_targets_run(out)):
+        if (out / "targets.json").is_file() and (not (out / "run.json").is_file()
+                                                 or _is_targets_run(out)):
             for folder in sorted(p.parent for p in out.glob("*/run.json")):
                 write_report(folder, memory_budget=budget, tile_format=tile_format)
             page = write_targets_index(out)
@@ -632,7 +656,8 @@ def _is_targets_run(out: Path) -> bool:
     import json
 
     try:
-        return len(json.loads((out / "run.json").read_text()).get("targets", {}).get("targets", [])) > 1
+        targets = json.loads((out / "run.json").read_text()).get("targets", {})
+        return len(targets.get("targets", [])) > 1
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -659,7 +684,8 @@ app.add_typer(export_app, name="export")
 @export_app.command("hips")
 def export_hips_command(
     out: Annotated[Path, typer.Argument(help="a run folder (holding run.json and the mosaic)")],
-    dest: Annotated[Path | None, typer.Option("-o", "--out", help="HiPS folder (default OUT/hips)")] = None,
+    dest: Annotated[Path | None, typer.Option("-o", "--out",
+                                              help="HiPS folder (default OUT/hips)")] = None,
     memory_budget: Annotated[str | None, typer.Option(help="memory budget (as for run)")] = None,
     force: Annotated[bool, typer.Option("--force", help="replace an existing HiPS folder")] = False,
     threads: Annotated[int, typer.Option(help="threads (0: no threading)")] = 0,
@@ -676,8 +702,10 @@ def export_hips_command(
     if not mosaic.is_file():
         raise _fail(f"{mosaic}: no mosaic in this run folder", EXIT_USAGE)
     try:
-        folders = export_hips(mosaic, dest or out / "hips", memory_budget=_report_budget(memory_budget),
-                              threads=threads or False, overwrite=force, title=f"skymosaic {out.name}")
+        folders = export_hips(mosaic, dest or out / "hips",
+                              memory_budget=_report_budget(memory_budget),
+                              threads=threads or False, overwrite=force,
+                              title=f"skymosaic {out.name}")
     except (FileExistsError, MemoryError, ValueError) as err:
         raise _fail(str(err), EXIT_USAGE) from err
     Console().print("HiPS written to " + ", ".join(f"[bold]{f}[/]" for f in folders))

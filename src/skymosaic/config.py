@@ -65,7 +65,8 @@ class InputConfig(_Section):
     """Which files are frames and how to read them."""
 
     recursive: bool = Field(default=True, description="search folders recursively")
-    wcs_dirs: list[Path] = Field(default_factory=list, description="extra folders with .wcs sidecars")
+    wcs_dirs: list[Path] = Field(default_factory=list,
+                                 description="extra folders with .wcs sidecars")
     bayer_pattern: Literal[BAYER_PATTERNS] | None = Field(  # type: ignore[valid-type]
         default=None, description="force this CFA pattern (cameras that write no BAYERPAT)"
     )
@@ -75,7 +76,8 @@ class InputConfig(_Section):
         "borders); -inf keeps every finite value (sky-subtracted inputs)",
     )
     verify_pixels: bool = Field(
-        default=True, description="read every frame once up front: reject unreadable or all-NaN frames"
+        default=True,
+        description="read every frame once up front: reject unreadable or all-NaN frames"
     )
 
 
@@ -142,24 +144,29 @@ class ReprojectConfig(_Section):
 class OutputConfig(_Section):
     """The output grid and products."""
 
-    pixel_scale_arcsec: float | None = Field(default=None, gt=0, description="None: median input scale")
+    pixel_scale_arcsec: float | None = Field(default=None, gt=0,
+                                             description="None: median input scale")
     rotation: Literal[ROTATIONS] = Field(  # type: ignore[valid-type]
         default="north", description="north-up, or rotated to the minimum-area rectangle"
     )
     projection: Literal[PROJECTIONS] = Field(  # type: ignore[valid-type]
         default="TAN", description="FITS projection of the output grid"
     )
-    wcs_header: Path | None = Field(default=None, description="use this FITS/text header as output grid")
+    wcs_header: Path | None = Field(default=None,
+                                    description="use this FITS/text header as output grid")
     preview: bool = Field(default=True, description="write the stretched PNG preview")
-    preview_max_size: int = Field(default=4096, ge=64, le=65536, description="long side of the preview, px")
-    report: bool = Field(default=True, description="write OUT/index.html, the offline report with a "
+    preview_max_size: int = Field(default=4096, ge=64, le=65536,
+                                  description="long side of the preview, px")
+    report: bool = Field(default=True,
+                         description="write OUT/index.html, the offline report with a "
                          "deep-zoom viewer and overlays (docs/report.md)")
     name: str = Field(
         default="mosaic", pattern=r"^[A-Za-z0-9._-]+$", description="base name of the output files"
     )
     max_output_pixels: float = Field(
         default=2e9, gt=0, description="largest output grid, pixels (H x W); larger grids stop the "
-        "run before anything is written (pre-flight check, docs/scale.md); a number or '2G', '500M'",
+        "run before anything is written (pre-flight check, docs/scale.md); a number or '2G', "
+        "'500M'",
     )
     export: list[Literal[EXPORT_FORMATS]] = Field(  # type: ignore[valid-type]
         default_factory=list, description="extra products (docs/colour.md): siril = "
@@ -197,14 +204,19 @@ class QualityConfig(_Section):
     """Per-frame quality (star detection with sep) and session-relative rejection."""
 
     enabled: bool = Field(default=True, description="measure frame quality and reject outliers")
-    detect_sigma: float = Field(default=5.0, gt=0, description="star detection threshold, in noise sigma")
-    max_background_mad: float = Field(default=5.0, gt=0, description="reject background > median + k*MAD")
+    detect_sigma: float = Field(default=5.0, gt=0,
+                                description="star detection threshold, in noise sigma")
+    max_background_mad: float = Field(default=5.0, gt=0,
+                                      description="reject background > median + k*MAD")
     max_noise_mad: float = Field(default=5.0, gt=0, description="reject noise > median + k*MAD")
-    min_star_fraction: float = Field(default=0.3, ge=0, lt=1, description="reject star count < fraction of median")
+    min_star_fraction: float = Field(default=0.3, ge=0, lt=1,
+                                     description="reject star count < fraction of median")
     max_star_mad: float = Field(default=5.0, gt=0, description="reject star count < median - k*MAD")
     max_fwhm_mad: float = Field(default=5.0, gt=0, description="reject FWHM > median + k*MAD")
-    max_elongation_mad: float = Field(default=5.0, gt=0, description="reject elongation > median + k*MAD")
-    mad_floor: float = Field(default=0.02, ge=0, lt=1, description="MAD is at least this fraction of the median")
+    max_elongation_mad: float = Field(default=5.0, gt=0,
+                                      description="reject elongation > median + k*MAD")
+    mad_floor: float = Field(default=0.02, ge=0, lt=1,
+                             description="MAD is at least this fraction of the median")
     session_gap_hours: float = Field(
         default=4.0, gt=0, le=240, description="frames are judged per session (target, filter, "
         "instrument, night); without a site longitude in the header a new night starts after a gap "
@@ -216,14 +228,19 @@ class GridConfig(_Section):
 
     plan: Path | None = Field(
         default=None, description="stack_plan.csv (default: one found in an input folder)")
-    auto_plan: bool = Field(default=True, description="use a stack_plan.csv found in an input folder")
-    tile_factor: float = Field(default=1.0, gt=0, le=20, description="tile size / median frame size")
-    overlap: float = Field(default=0.3, ge=0, le=0.9, description="fraction of a tile shared with its neighbour")
+    auto_plan: bool = Field(default=True,
+                            description="use a stack_plan.csv found in an input folder")
+    tile_factor: float = Field(default=1.0, gt=0, le=20,
+                               description="tile size / median frame size")
+    overlap: float = Field(default=0.3, ge=0, le=0.9,
+                           description="fraction of a tile shared with its neighbour")
     min_frames: int = Field(default=1, ge=1, description="tiles with fewer frames are dropped")
     blend: Literal[GRID_BLENDS] = Field(  # type: ignore[valid-type]
         default="pyramid", description="multi-resolution blending, feathering or weighted mean")
-    blend_levels: int | None = Field(default=None, ge=1, le=12, description="pyramid levels (default: from overlap)")
-    feather_sigma: float = Field(default=2.0, gt=0, description="smoothing of the feathering masks, px")
+    blend_levels: int | None = Field(default=None, ge=1, le=12,
+                                     description="pyramid levels (default: from overlap)")
+    feather_sigma: float = Field(default=2.0, gt=0,
+                                 description="smoothing of the feathering masks, px")
     frame_photometry: bool = Field(
         default=True, description="with photometry on: solve every frame's gain and sky surface over "
         "the frame overlaps (the classic engine) before stacking the tiles; false: the stack "
@@ -233,9 +250,11 @@ class GridConfig(_Section):
 class ClusterConfig(_Section):
     """Grouping of frames by sky position (classic mode)."""
 
-    min_overlap: float = Field(default=0.5, gt=0, le=1, description="link frames overlapping more than this fraction")
+    min_overlap: float = Field(default=0.5, gt=0, le=1,
+                               description="link frames overlapping more than this fraction")
     max_frames: int | None = Field(default=None, ge=2, description="split groups larger than this")
-    max_group_mb: float | None = Field(default=None, gt=0, description="split groups whose frames exceed "
+    max_group_mb: float | None = Field(default=None, gt=0,
+                                       description="split groups whose frames exceed "
                                        "this size, MiB (or a size with a unit: '2GB', '1.5GiB')")
 
     @field_validator("max_group_mb", mode="before")
@@ -282,8 +301,10 @@ class TargetsConfig(_Section):
 class StackConfig(_Section):
     """Stacking of each group into a master tile (classic mode)."""
 
-    enabled: bool = Field(default=True, description="false: coadd every frame directly (no master tiles)")
-    min_frames: int = Field(default=2, ge=1, description="smaller groups go to the coadd frame by frame")
+    enabled: bool = Field(default=True,
+                          description="false: coadd every frame directly (no master tiles)")
+    min_frames: int = Field(default=2, ge=1,
+                            description="smaller groups go to the coadd frame by frame")
     normalization: Literal[NORMALIZATION_METHODS] = Field(  # type: ignore[valid-type]
         default="stars", description="photometric normalisation to the reference frame (stars: "
         "gains from the reference's stars, sky surfaces from the binned difference)"
@@ -310,16 +331,23 @@ class StackConfig(_Section):
 class PhotometryConfig(_Section):
     """Phase 5 photometric normalisation of the tiles/frames before the coadd."""
 
-    enabled: bool = Field(default=True, description="solve a gain and sky surface per input and channel")
+    enabled: bool = Field(default=True,
+                          description="solve a gain and sky surface per input and channel")
     gauge: Literal["mean"] | int = Field(
-        default="mean", description="'mean' (mean log-gain 0, mean offset 0) or a reference input index"
+        default="mean",
+        description="'mean' (mean log-gain 0, mean offset 0) or a reference input index"
     )
-    prior_weight: float = Field(default=1e-3, ge=0, description="weak prior toward gain 1, offset 0")
-    robust_iter: int = Field(default=3, ge=0, description="robust re-weighting iterations of the solve")
-    min_overlap_pixels: int = Field(default=100, ge=10, description="smallest overlap used for a pair")
-    max_samples: int = Field(default=20000, ge=100, description="pixels sampled per pair and channel")
+    prior_weight: float = Field(default=1e-3, ge=0,
+                                description="weak prior toward gain 1, offset 0")
+    robust_iter: int = Field(default=3, ge=0,
+                             description="robust re-weighting iterations of the solve")
+    min_overlap_pixels: int = Field(default=100, ge=10,
+                                    description="smallest overlap used for a pair")
+    max_samples: int = Field(default=20000, ge=100,
+                             description="pixels sampled per pair and channel")
     gain_from: Literal[GAIN_SOURCES] = Field(  # type: ignore[valid-type]
-        default="auto", description="pair gains from detrended pixels, star aperture fluxes, or auto "
+        default="auto",
+        description="pair gains from detrended pixels, star aperture fluxes, or auto "
         "(the more precise of the two; apertures when PSFs differ; docs/photometry.md)")
     match_kernel: Literal[KERNELS] = Field(  # type: ignore[valid-type]
         default="lanczos3", description="resampling kernel of the inputs for the pair fits")
@@ -335,9 +363,11 @@ class PhotometryConfig(_Section):
     background_plane: bool = Field(
         default=False, description="deprecated, ignored: sky gradients are part of sky_surface "
         "(the plane matching it enabled tilted inputs against each other)")
-    coverage_renorm: bool = Field(default=False, description="second pass: coverage-based gain per input")
+    coverage_renorm: bool = Field(default=False,
+                                  description="second pass: coverage-based gain per input")
     coverage_sigma_px: float = Field(default=32.0, gt=0, description="blur of the coverage map, px")
-    coverage_clip: tuple[float, float] = Field(default=(0.8, 1.25), description="allowed coverage gains")
+    coverage_clip: tuple[float, float] = Field(default=(0.8, 1.25),
+                                               description="allowed coverage gains")
     diagnostics: bool = Field(default=True, description="write photometry_diagnostics.png")
 
     @field_validator("background_plane")
@@ -421,8 +451,10 @@ class RunConfig(_Section):
     """Resources and logging."""
 
     memory_budget_mb: float = Field(
-        default_factory=_default_budget_mb, ge=64, description="memory budget in MiB (default 700 MiB, "
-        "or 25% of RAM if less), or a size with a unit: '4GB' (10^9 bytes), '4GiB' (2^30), '800M' (10^6)",
+        default_factory=_default_budget_mb, ge=64,
+        description="memory budget in MiB (default 700 MiB, "
+        "or 25% of RAM if less), or a size with a unit: '4GB' (10^9 bytes), '4GiB' (2^30), "
+        "'800M' (10^6)",
     )
     threads: int = Field(default=0, ge=0, description="worker threads, 0 = all cores")
     use_gpu: Literal[USE_GPU_CHOICES] = Field(  # type: ignore[valid-type]
@@ -439,7 +471,8 @@ class RunConfig(_Section):
         default=None, description="Dask: 'local' (a local cluster of processes) or a scheduler "
         "address 'tcp://host:port'; not set: threads in this process (docs/scale.md)",
     )
-    workers: int = Field(default=0, ge=0, description="worker processes of scheduler 'local', 0 = all cores")
+    workers: int = Field(default=0, ge=0,
+                         description="worker processes of scheduler 'local', 0 = all cores")
     block_rows: int | None = Field(
         default=None, ge=1, description="output rows per coadd block (a Dask task); not set: "
         "planned from the memory budget",
@@ -459,7 +492,8 @@ class RunConfig(_Section):
     @classmethod
     def _address(cls, v: str | None) -> str | None:
         if v is not None and v != "local" and "://" not in v:
-            raise ValueError(f"must be 'local' or a scheduler address such as 'tcp://host:8786', got {v!r}")
+            raise ValueError("must be 'local' or a scheduler address such as 'tcp://host:8786', "
+                             f"got {v!r}")
         return v
 
 
@@ -525,7 +559,8 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> Config:
+def load_config(path: str | os.PathLike | None = None,
+                overrides: dict[str, Any] | None = None) -> Config:
     """Build the validated configuration from a TOML file and dotted-key overrides.
 
     Parameters
@@ -606,11 +641,14 @@ def config_reference_markdown() -> str:
     for name in Config.model_fields:
         section = getattr(defaults, name)
         doc = (type(section).__doc__ or "").strip().splitlines()[0]
-        out += [f"## [{name}]", "", doc, "", "| key | default | type | meaning |", "|---|---|---|---|"]
+        out += [f"## [{name}]", "", doc, "", "| key | default | type | meaning |",
+                "|---|---|---|---|"]
         for key, f in type(section).model_fields.items():
-            default = "700 MiB (25% of RAM if less)" if (name, key) == ("run", "memory_budget_mb") else getattr(section, key)
+            default = ("700 MiB (25% of RAM if less)" if (name, key) == ("run", "memory_budget_mb")
+                       else getattr(section, key))
             shown = "not set" if default is None else json.dumps(default, default=str)
-            out.append(f"| `{key}` | `{shown}` | {_type_name(f.annotation)} | {f.description or ''} |")
+            out.append(f"| `{key}` | `{shown}` | {_type_name(f.annotation)} "
+                       f"| {f.description or ''} |")
         out.append("")
     return "\n".join(out)
 

@@ -23,6 +23,7 @@ finished block so that an interrupted coadd resumes where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -40,12 +41,12 @@ from scipy import ndimage
 
 from skymosaic._space import disk_full_guard, preallocate
 from skymosaic.assemble._sources import ImageSource
+from skymosaic.backend import Backend
+from skymosaic.backend._reproject import resample_weighted
 from skymosaic.io._frames import FrameError
 from skymosaic.photometry._linefit import estimate_noise
 from skymosaic.reproject._grid import OutputGrid
 from skymosaic.reproject._mapping import pixel_map
-from skymosaic.backend import Backend
-from skymosaic.backend._reproject import resample_weighted
 from skymosaic.reproject._resample import EDGES, KERNEL_RADIUS, KERNELS
 
 __all__ = [
@@ -115,7 +116,8 @@ class CoaddOptions:
         if self.edge not in EDGES:
             raise ValueError(f"edge {self.edge!r} is not one of {EDGES}")
         if self.memory_budget < 16 * 1024**2:
-            raise ValueError(f"memory_budget {self.memory_budget} bytes is below the 16 MiB minimum")
+            raise ValueError(f"memory_budget {self.memory_budget} bytes is below the 16 MiB "
+                             "minimum")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
         if self.block_rows is not None and self.block_rows < 1:
@@ -158,10 +160,12 @@ class DiskMosaic:
         store = cls(folder)
         store.folder.mkdir(parents=True, exist_ok=True)
         h, w = shape
-        for name, dtype, full in (("data", np.float32, (channels, h, w)), ("weight", np.float32, (h, w)),
+        for name, dtype, full in (("data", np.float32, (channels, h, w)),
+                                  ("weight", np.float32, (h, w)),
                                   ("coverage", np.uint16, (h, w))):
             with disk_full_guard(store.path(name)):
-                arr = np.lib.format.open_memmap(store.path(name), mode="w+", dtype=dtype, shape=full)
+                arr = np.lib.format.open_memmap(store.path(name), mode="w+", dtype=dtype,
+                                                shape=full)
                 del arr
             preallocate(store.path(name))
         return store
@@ -182,7 +186,8 @@ class DiskMosaic:
         """The whole array ``name`` memory-mapped (``mode`` ``"r"`` or ``"r+"``)."""
         return np.load(self.path(name), mmap_mode=mode)
 
-    def write_rows(self, y0: int, data: np.ndarray, weight: np.ndarray, coverage: np.ndarray) -> None:
+    def write_rows(self, y0: int, data: np.ndarray, weight: np.ndarray,
+                   coverage: np.ndarray) -> None:
         """Write output rows ``[y0, y0 + len)`` and flush them to disk."""
         y1 = y0 + weight.shape[0]
         for name, block in (("data", data), ("weight", weight), ("coverage", coverage)):
@@ -247,17 +252,18 @@ class CoaddResult:
     outliers: dict[str, int] = field(default_factory=dict)
 
 
-def source_bbox(source: ImageSource, grid: OutputGrid, *, margin: int = 2) -> tuple[int, int, int, int] | None:
+def source_bbox(source: ImageSource, grid: OutputGrid, *,
+                margin: int = 2) -> tuple[int, int, int, int] | None:
     """The source's bounding box on the output grid ``(y0, y1, x0, x1)``, or None if outside."""
     pts = source.edge_points()
     x, y = grid.wcs.world_to_pixel_values(pts[:, 0], pts[:, 1])
     x, y = np.asarray(x), np.asarray(y)
     if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
         return (0, grid.shape[0], 0, grid.shape[1])  # crosses a horizon: be safe
-    y0 = max(0, int(math.floor(y.min())) - margin)
-    y1 = min(grid.shape[0], int(math.ceil(y.max())) + margin + 1)
-    x0 = max(0, int(math.floor(x.min())) - margin)
-    x1 = min(grid.shape[1], int(math.ceil(x.max())) + margin + 1)
+    y0 = max(0, math.floor(y.min()) - margin)
+    y1 = min(grid.shape[0], math.ceil(y.max()) + margin + 1)
+    x0 = max(0, math.floor(x.min()) - margin)
+    x1 = min(grid.shape[1], math.ceil(x.max()) + margin + 1)
     if y1 <= y0 or x1 <= x0:
         return None
     return y0, y1, x0, x1
@@ -283,7 +289,8 @@ def coadd_memory_floor(width: int, channels: int, source_width: int, *,
     return block + 2 * min_block_rows * source_width * channels * 4 * _TASK_FACTOR
 
 
-def _plan_blocks(grid: OutputGrid, channels: int, sources: Sequence[ImageSource], opts: CoaddOptions,
+def _plan_blocks(grid: OutputGrid, channels: int, sources: Sequence[ImageSource],
+                 opts: CoaddOptions,
                  *, on_disk: bool) -> int:
     """Rows per block so that outputs + one block + in-flight tasks fit in the budget
     (with outlier rejection, the block also keeps its contributions).
@@ -404,12 +411,12 @@ class _Block:
             flags = reject_outliers([(c, i, w, n) for _, c, i, w, n in self.kept], y_lo,
                                     (y_hi - y_lo, self.wsum.shape[1]), kappa=self.kappa)
             y0, y1 = self.y0, self.y0 + self.wsum.shape[0]
-            for (k, cut, img, wt, _), flag in zip(self.kept, flags, strict=True):
+            for (k, cut, full_img, full_wt, _), full_flag in zip(self.kept, flags, strict=True):
                 r0, r1 = max(cut[0], y0), min(cut[1], y1)
                 if r1 <= r0:
                     continue
                 rows = slice(r0 - cut[0], r1 - cut[0])
-                img, wt, flag = img[:, rows], wt[rows], flag[rows]
+                img, wt, flag = full_img[:, rows], full_wt[rows], full_flag[rows]
                 n = int(np.count_nonzero(flag))
                 if n:
                     wt = np.where(flag, np.float32(0), wt)
@@ -464,7 +471,8 @@ def source_noise(source: ImageSource, *, window: int = 256) -> np.ndarray:
 
 
 def reject_outliers(
-    contributions: Sequence[tuple[tuple[int, int, int, int], np.ndarray, np.ndarray, np.ndarray | None]],
+    contributions: Sequence[tuple[tuple[int, int, int, int], np.ndarray, np.ndarray,
+                                  np.ndarray | None]],
     y0: int,
     shape: tuple[int, int],
     *,
@@ -495,7 +503,7 @@ def reject_outliers(
     """
     n_ch = contributions[0][1].shape[0] if contributions else 0
     views, sig, sky = [], [], []
-    for cut, _, wt, noise in contributions:
+    for cut, _, _, noise in contributions:
         views.append((slice(cut[0] - y0, cut[1] - y0), slice(cut[2], cut[3])))
         ns = np.zeros((2, n_ch)) if noise is None else np.asarray(noise, np.float64)
         ns = np.where(np.isfinite(ns), ns, 0.0)
@@ -569,7 +577,7 @@ def reject_outliers(
     for k, flag in enumerate(flags):
         kept[views[k]] += goods[k] & ~flag
     for k, flag in enumerate(flags):
-        flag &= kept[views[k]] > 0
+        np.logical_and(flag, kept[views[k]] > 0, out=flag)
     return flags
 
 
@@ -607,7 +615,8 @@ class BlockOutput:
         }
 
 
-def ordered_window(pool: Executor, fn: Callable[[Any], Any], items: Iterable[Any], window: int) -> Iterator[Any]:
+def ordered_window(pool: Executor, fn: Callable[[Any], Any], items: Iterable[Any],
+                   window: int) -> Iterator[Any]:
     """``pool.map(fn, items)`` with at most ``window`` tasks submitted and not yet consumed.
 
     `Executor.map` submits every item at once, so results that finish before an earlier
@@ -623,7 +632,8 @@ def ordered_window(pool: Executor, fn: Callable[[Any], Any], items: Iterable[Any
         yield pending.popleft().result()
 
 
-def coadd_block(job: BlockJob, grid: OutputGrid, opts: CoaddOptions, *, pool: Executor | None = None,
+def coadd_block(job: BlockJob, grid: OutputGrid, opts: CoaddOptions, *,
+                pool: Executor | None = None,
                 progress: Callable[[int, int], None] | None = None) -> BlockOutput:
     """Resample and accumulate every source of ``job``, in source order, into one block.
 
@@ -639,9 +649,11 @@ def coadd_block(job: BlockJob, grid: OutputGrid, opts: CoaddOptions, *, pool: Ex
         k, source, cut = task
         try:
             noise = source_noise(source) if block.reject else None
-            if halo:  # rows either side, so that the rejection's growth sees across the block's ends
+            # rows either side, so that the rejection's growth sees across the block's ends
+            if halo:
                 b = source_bbox(source, grid)
-                cut = (max(cut[0] - halo, b[0], 0), min(cut[1] + halo, b[1], grid.shape[0]), cut[2], cut[3])
+                cut = (max(cut[0] - halo, b[0], 0), min(cut[1] + halo, b[1], grid.shape[0]),
+                       cut[2], cut[3])
             res = resample_source(source, grid, cut, opts)
             return k, None if res is None else (*res, noise), None
         except FrameError as err:
@@ -677,9 +689,10 @@ def _run_blocks(jobs: list[BlockJob], grid: OutputGrid, opts: CoaddOptions, clie
             for job in jobs:
                 yield coadd_block(job, grid, opts, pool=pool, progress=progress)
         return
-    from skymosaic._dask import run_tasks
+    from skymosaic._dask import run_tasks  # noqa: PLC0415 - only a Dask run needs it
 
-    out_bytes = max((j.y1 - j.y0) * j.width * (_BLOCK_BYTES_PER_CHANNEL * j.channels + _BLOCK_BYTES_PER_PIXEL)
+    out_bytes = max((j.y1 - j.y0) * j.width
+                    * (_BLOCK_BYTES_PER_CHANNEL * j.channels + _BLOCK_BYTES_PER_PIXEL)
                     for j in jobs) if jobs else 1
     window = max(1, min(2 * len(client.scheduler_info().get("workers", {})) or 2,
                         opts.memory_budget // (2 * out_bytes)))
@@ -746,10 +759,8 @@ def coadd(
         for k, s in enumerate(sources):
             if k not in outside:
                 s.meta.pop("noise", None)  # the corrections may have changed since
-                try:
+                with contextlib.suppress(FrameError):  # the block that reads it reports it
                     source_noise(s)
-                except FrameError:
-                    pass  # the block that reads it reports the error
     disk = _open_disk(store, grid, n_ch, opts)
     block_rows = (store.block_rows if store is not None and store.block_rows
                   else _plan_blocks(grid, n_ch, sources, opts, on_disk=disk is not None))
@@ -773,7 +784,8 @@ def coadd(
             disk.write_rows(out.y0, out.data, out.weight, out.coverage)
         else:
             y1 = out.y0 + out.weight.shape[0]
-            data[:, out.y0:y1], wsum_out[out.y0:y1], cov_out[out.y0:y1] = out.data, out.weight, out.coverage
+            data[:, out.y0:y1] = out.data
+            wsum_out[out.y0:y1], cov_out[out.y0:y1] = out.weight, out.coverage
         done[out.y0] = out.stats()
         if store is not None and store.on_block is not None:
             store.on_block(out.y0, done[out.y0])
@@ -787,7 +799,8 @@ def coadd(
     return result
 
 
-def _open_disk(store: BlockStore | None, grid: OutputGrid, channels: int, opts: CoaddOptions) -> DiskMosaic | None:
+def _open_disk(store: BlockStore | None, grid: OutputGrid, channels: int,
+               opts: CoaddOptions) -> DiskMosaic | None:
     """The on-disk output (existing when ``store`` resumes, new otherwise), or None."""
     if store is not None:
         disk = DiskMosaic(store.folder)
@@ -804,7 +817,8 @@ def _open_disk(store: BlockStore | None, grid: OutputGrid, channels: int, opts: 
     return None
 
 
-def _collect(sources: Sequence[ImageSource], outside: set[int], done: dict[int, dict], block_rows: int,
+def _collect(sources: Sequence[ImageSource], outside: set[int], done: dict[int, dict],
+             block_rows: int,
              n_pixels: int) -> CoaddResult:
     """Merge the per-block statistics into the result's lists and figures."""
     rejected = {sources[k].name: "outside the output grid" for k in sorted(outside)}

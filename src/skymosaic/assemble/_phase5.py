@@ -120,7 +120,8 @@ def _uncorrected(source: ImageSource) -> ImageSource:
     return dataclasses.replace(source, gain=None, offset=None, surface=None)
 
 
-def _overlap_cut(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:
+def _overlap_cut(a: tuple[int, int, int, int],
+                 b: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:
     y0, y1 = max(a[0], b[0]), min(a[1], b[1])
     x0, x1 = max(a[2], b[2]), min(a[3], b[3])
     return (y0, y1, x0, x1) if y1 > y0 and x1 > x0 else None
@@ -181,7 +182,8 @@ def match_sources(
     boxes = [source_bbox(s, grid) for s in sources]
     index = [k for k, b in enumerate(boxes) if b is not None]
     if len(index) < 2:
-        report = PhotometryReport(n_tiles=len(index), n_channels=n_ch, status="skipped: fewer than 2 inputs")
+        report = PhotometryReport(n_tiles=len(index), n_channels=n_ch,
+                                  status="skipped: fewer than 2 inputs")
         _attach(sources, gains, offsets, None)
         return MatchResult(report, 1, gains, offsets)
     t0 = time.perf_counter()
@@ -234,7 +236,8 @@ def match_sources(
         return rels, samples, n_both
 
     window = max(1, min(options.n_threads + 1,
-                        options.memory_budget // 2 // max(_overlap_bytes(sources, boxes, pairs), 1)))
+                        options.memory_budget // 2
+                        // max(_overlap_bytes(sources, boxes, pairs), 1)))
     relations, samples = [], []
     n_overlaps = 0
     with ThreadPoolExecutor(max_workers=min(options.n_threads, window)) as pool:

@@ -55,7 +55,8 @@ class FileSource(ImageSource):
     valid_min: float | None = None
 
     @classmethod
-    def from_info(cls, info: FrameInfo, *, weight: float = 1.0, valid_min: float | None = None) -> FileSource:
+    def from_info(cls, info: FrameInfo, *, weight: float = 1.0,
+                  valid_min: float | None = None) -> FileSource:
         if info.wcs is None:
             raise FrameError(f"{info.path.name}: no celestial WCS")
         return cls(
@@ -96,8 +97,10 @@ class ArraySource(ImageSource):
         if data.ndim != 3:
             raise ValueError(f"{name}: data must be (C, H, W) or (H, W), got {data.shape}")
         if pixel_weight is not None and pixel_weight.shape != data.shape[1:]:
-            raise ValueError(f"{name}: pixel_weight {pixel_weight.shape} does not match {data.shape[1:]}")
-        return cls(name=name, wcs=wcs, shape=data.shape, weight=weight, data=data, pixel_weight=pixel_weight)
+            raise ValueError(f"{name}: pixel_weight {pixel_weight.shape} does not match "
+                             f"{data.shape[1:]}")
+        return cls(name=name, wcs=wcs, shape=data.shape, weight=weight, data=data,
+                   pixel_weight=pixel_weight)
 
     def read(self, rows: slice, cols: slice) -> np.ndarray:
         assert self.data is not None

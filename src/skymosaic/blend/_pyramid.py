@@ -287,7 +287,8 @@ def masked_gaussian_pyramid(
         num.append(_down(num[-1]))
         den.append(_down2d(den[-1]))
     # float32 threshold, compared in float32; one scalar read from a device
-    threshold = float(np.float32(_HOLE_FRACTION * max(float(xp.max(m)), float(np.finfo(np.float32).tiny))))
+    threshold = float(np.float32(_HOLE_FRACTION * max(float(xp.max(m)),
+                                                      float(np.finfo(np.float32).tiny))))
     gauss: list[np.ndarray] = []
     for k in range(levels):
         ok = den[k] > threshold

@@ -96,7 +96,7 @@ def debayer(raw: np.ndarray, pattern: str) -> np.ndarray:
     if finite.all():
         return _debayer_complete(data, normalize_bayer_pattern(pattern))
     masks = bayer_masks(data.shape, pattern)
-    out = np.empty((3,) + data.shape, dtype=np.float32)
+    out = np.empty((3, *data.shape), dtype=np.float32)
     for k, (colour, kernel) in enumerate(_PLANES):
         m = (masks[colour] & finite).astype(np.float32)
         samples = np.where(m > 0, data, np.float32(0.0))

@@ -85,7 +85,8 @@ def write_photometry_diagnostics(
             cv2.line(img, centres[i], centres[j], colour, 1, cv2.LINE_AA)
     for k, (cx, cy) in centres.items():
         label = f"{float(np.mean(gains[k])):.3f}"
-        cv2.putText(img, label, (cx - 18, cy + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1,
+        cv2.putText(img, label, (cx - 18, cy + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255),
+                    1,
                     cv2.LINE_AA)
     ok, buf = cv2.imencode(".png", img)
     if not ok:

@@ -264,9 +264,9 @@ def _check_primary_naxis(path: Path) -> None:
 
 def _first_image_hdu(hdul: fits.HDUList) -> int:
     for i, hdu in enumerate(hdul):
-        if isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)):
-            if hdu.header.get("NAXIS", 0) >= 2:
-                return i
+        if (isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU))
+                and hdu.header.get("NAXIS", 0) >= 2):
+            return i
     raise FrameError("no image HDU with 2 or more axes")
 
 
@@ -316,7 +316,8 @@ def _site_longitude(header: fits.Header) -> float | None:
     return None
 
 
-def _classify(header: fits.Header, bayer_override: str | None) -> tuple[str, tuple[int, int, int], str | None]:
+def _classify(header: fits.Header,
+              bayer_override: str | None) -> tuple[str, tuple[int, int, int], str | None]:
     naxis = _axis_count(header, "NAXIS")
     dims = [_axis_count(header, f"NAXIS{i}") for i in range(1, naxis + 1)]  # FITS order
     extra = [d for d in dims[2:] if d != 1] if naxis > 2 else []
@@ -404,8 +405,10 @@ def frame_footprint(wcs: WCS, shape: tuple[int, int], *, samples: int = 2) -> np
     h, w = shape
     t = np.linspace(0.0, 1.0, samples)[:-1]
     x0, x1, y0, y1 = -0.5, w - 0.5, -0.5, h - 0.5
-    xs = np.concatenate([x0 + t * (x1 - x0), np.full_like(t, x1), x1 - t * (x1 - x0), np.full_like(t, x0)])
-    ys = np.concatenate([np.full_like(t, y0), y0 + t * (y1 - y0), np.full_like(t, y1), y1 - t * (y1 - y0)])
+    xs = np.concatenate([x0 + t * (x1 - x0), np.full_like(t, x1), x1 - t * (x1 - x0),
+                         np.full_like(t, x0)])
+    ys = np.concatenate([np.full_like(t, y0), y0 + t * (y1 - y0), np.full_like(t, y1),
+                         y1 - t * (y1 - y0)])
     ra, dec = wcs.pixel_to_world_values(xs, ys)
     return np.stack([np.asarray(ra) % 360.0, np.asarray(dec)], axis=1)
 

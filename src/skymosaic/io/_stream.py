@@ -23,7 +23,8 @@ from skymosaic.assemble._coadd import DiskMosaic
 from skymosaic.io._stretch import ColorMap, StretchOptions, StretchParams
 from skymosaic.io._writer import atomic_path, mosaic_header, write_preview
 
-__all__ = ["StoreSource", "binned_plane", "preview_binning", "preview_plane", "write_mosaic_from_disk",
+__all__ = ["StoreSource", "binned_plane", "preview_binning", "preview_plane",
+           "write_mosaic_from_disk",
            "write_preview_from_disk"]
 
 #: Rows per streamed block: a quarter of the budget for the block and its big-endian copy.
@@ -32,7 +33,8 @@ _STREAM_SHARE = 8
 
 def _virtual(shape: tuple[int, ...]) -> np.ndarray:
     """A float32 array of ``shape`` that takes no memory (to let astropy build a header)."""
-    return np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), shape=shape, strides=(0,) * len(shape))
+    return np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), shape=shape,
+                                           strides=(0,) * len(shape))
 
 
 def _rows_per_block(width: int, budget: int) -> int:
@@ -57,7 +59,8 @@ class StoreSource:
         return self.store.read_rows("data", y0, y1).astype(np.float32, copy=False)
 
 
-def _stream(path: Path, header: fits.Header, planes: Sequence[tuple[str, int | None]], store: DiskMosaic,
+def _stream(path: Path, header: fits.Header, planes: Sequence[tuple[str, int | None]],
+            store: DiskMosaic,
             rows: int, color: ColorMap | None = None) -> None:
     """Append one HDU: ``header`` then every (array name, channel) plane, ``rows`` at a time
     (data planes mapped by ``color``: ``scale[c] * x + offset[c]`` in float32)."""
@@ -110,7 +113,8 @@ def write_mosaic_from_disk(
     c, h, w = data.shape
     del data
     science_shape = (h, w) if c == 1 else (c, h, w)
-    header = fits.PrimaryHDU(_virtual(science_shape), header=mosaic_header(wcs, history=history, cards=cards)).header
+    header = fits.PrimaryHDU(_virtual(science_shape),
+                             header=mosaic_header(wcs, history=history, cards=cards)).header
     wcs_header = wcs.to_header(relax=True)
     rows = _rows_per_block(w, memory_budget)
     with atomic_path(path, suffix=".fits") as tmp:
@@ -147,7 +151,8 @@ def binned_plane(store: DiskMosaic, name: str, factor: int, *, memory_budget: in
     for y0 in range(0, h, step):
         block = store.read_rows(name, y0, min(h, y0 + step)).astype(np.float32)
         rows = block.shape[-2]
-        padded = np.full((*shape[:-2], math.ceil(rows / factor) * factor, wb * factor), np.nan, np.float32)
+        padded = np.full((*shape[:-2], math.ceil(rows / factor) * factor, wb * factor), np.nan,
+                         np.float32)
         padded[..., :rows, :w] = block
         boxes = padded.reshape(*shape[:-2], -1, factor, wb, factor)
         count = np.isfinite(boxes).sum(axis=(-3, -1))
@@ -181,4 +186,5 @@ def write_preview_from_disk(path: str | os.PathLike, store: DiskMosaic, *, max_s
     """
     if plane is None:
         plane = preview_plane(store, max_size=max_size, memory_budget=memory_budget)
-    return write_preview(path, plane, max_size=max_size, options=options, color=color, params=params)
+    return write_preview(path, plane, max_size=max_size, options=options, color=color,
+                         params=params)

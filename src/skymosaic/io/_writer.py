@@ -21,7 +21,14 @@ from astropy.wcs import WCS
 
 from skymosaic._space import DiskFullError, is_disk_full
 from skymosaic._version import __version__
-from skymosaic.io._stretch import ColorMap, StretchOptions, StretchParams, apply_stretch, fit_stretch, to_uint
+from skymosaic.io._stretch import (
+    ColorMap,
+    StretchOptions,
+    StretchParams,
+    apply_stretch,
+    fit_stretch,
+    to_uint,
+)
 
 __all__ = [
     "atomic_path",
@@ -46,7 +53,8 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
     final = Path(path)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix or ".tmp", dir=final.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix or ".tmp",
+                                   dir=final.parent)
     except OSError as err:
         if is_disk_full(err):
             raise DiskFullError(final, err) from err
@@ -79,9 +87,7 @@ def write_json(path: str | os.PathLike, payload: dict) -> Path:
             return {str(k): clean(v) for k, v in obj.items()}
         if isinstance(obj, (list, tuple)):
             return [clean(v) for v in obj]
-        if isinstance(obj, np.generic):
-            return clean(obj.item())
-        if isinstance(obj, np.ndarray):
+        if isinstance(obj, (np.generic, np.ndarray)):  # a numpy scalar's tolist() is item()
             return clean(obj.tolist())
         if isinstance(obj, Path):
             return str(obj)
@@ -92,7 +98,8 @@ def write_json(path: str | os.PathLike, payload: dict) -> Path:
     return Path(path)
 
 
-def mosaic_header(wcs: WCS, *, history: Sequence[str] = (), cards: dict | None = None) -> fits.Header:
+def mosaic_header(wcs: WCS, *, history: Sequence[str] = (),
+                  cards: dict | None = None) -> fits.Header:
     """The science header of a mosaic: WCS, BUNIT, CREATOR, ``cards`` and HISTORY lines."""
     header = wcs.to_header(relax=True)
     header["BUNIT"] = header.get("BUNIT", "adu")
@@ -146,7 +153,8 @@ def write_mosaic(
     if weight is not None:
         hdus.append(fits.ImageHDU(np.asarray(weight, np.float32), header=wcs_header, name="WEIGHT"))
     if coverage is not None:
-        hdus.append(fits.ImageHDU(np.asarray(coverage, np.float32), header=wcs_header, name="COVERAGE"))
+        hdus.append(fits.ImageHDU(np.asarray(coverage, np.float32), header=wcs_header,
+                                  name="COVERAGE"))
     hdus.extend(extra_hdus)
     with atomic_path(path, suffix=".fits") as tmp:
         fits.HDUList(hdus).writeto(tmp, overwrite=True)
@@ -170,7 +178,7 @@ def shrink_planes(data: np.ndarray, max_size: int) -> np.ndarray:
     A shrunk pixel is the mean of its valid input pixels where more than half are valid,
     NaN elsewhere (as `skymosaic.io._stream.binned_plane`). Unchanged (float32) if small.
     """
-    c, h, w = data.shape
+    _, h, w = data.shape
     scale = min(1.0, max_size / max(h, w))
     planes = np.asarray(data, dtype=np.float32)
     if scale < 1.0:

@@ -177,7 +177,8 @@ def _robust_start(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tup
     return slope, float(np.median(y - slope * x))
 
 
-def _clipped_median(d: np.ndarray, clip_sigma: float, max_iter: int) -> tuple[float, float, np.ndarray]:
+def _clipped_median(d: np.ndarray, clip_sigma: float,
+                    max_iter: int) -> tuple[float, float, np.ndarray]:
     """Iteratively sigma-clipped median of ``d``: ``(median, robust sigma, kept mask)``."""
     keep = np.ones(d.size, dtype=bool)
     for _ in range(max(max_iter, 1)):
@@ -438,7 +439,8 @@ def _group_scatter(
     delta = (sy / sx) ** 2 if sx > 0 else np.inf
     slopes = np.array([_deming_slope(vxx[g], vyy[g], vxy[g], delta) for g in usable])
     var_r = vyy[usable] - 2.0 * slopes * vxy[usable] + slopes**2 * vxx[usable]
-    var_s = (np.maximum(var_r, 0.0) / var_t[usable] + (sx * sy) ** 2 / var_t[usable] ** 2) / count[usable]
+    var_s = (np.maximum(var_r, 0.0) / var_t[usable]
+             + (sx * sy) ** 2 / var_t[usable] ** 2) / count[usable]
     ok = np.isfinite(slopes) & (var_s > 0)
     w, slopes = 1.0 / var_s[ok], slopes[ok]
     if w.size == 0:
@@ -463,8 +465,10 @@ def _deming_fit(
     if sx is not None and sy is not None:
         if sx == 0 and sy == 0:  # noise-free: every ratio gives the exact line
             delta = 1.0
+        elif sx > 0:
+            delta = (sy / sx) ** 2
         else:
-            delta = (sy / sx) ** 2 if sx > 0 else np.inf
+            delta = np.inf
         gain = _deming_slope(sxx, syy, sxy, delta)
     else:
         # A noise is unknown: assume equal signal-to-noise (sigma_y = gain * sigma_x),

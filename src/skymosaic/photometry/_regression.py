@@ -328,7 +328,8 @@ def _choose(star_rel: Relation | None, pix_rel: Relation, psf_note: str) -> Rela
 
 
 def _bounded(rel: Relation, max_gain_error: float, what: str) -> Relation:
-    """``rel`` as offset-only (gain 1, with the reason) when its relative gain error is too large."""
+    """``rel`` as offset-only (gain 1, with the reason) when its relative gain error is too
+    large."""
     if rel.status != "ok" or rel.gain_err <= max_gain_error * rel.gain:
         return rel
     return dataclasses.replace(

@@ -43,7 +43,8 @@ def subtract_background(image: np.ndarray, valid: np.ndarray, mesh: int) -> np.n
     h, w = img.shape
     bw, bh = max(2, min(int(mesh), w)), max(2, min(int(mesh), h))
     try:
-        back = sep.Background(img, mask=np.ascontiguousarray(~valid), bw=bw, bh=bh, fw=3, fh=3).back()
+        back = sep.Background(img, mask=np.ascontiguousarray(~valid), bw=bw, bh=bh,
+                              fw=3, fh=3).back()
     except Exception as err:
         logger.debug("mesh background failed (%s): subtracting the median", err)
         back = np.median(img[valid]) if valid.any() else 0.0
@@ -67,7 +68,8 @@ def _detect(hx: np.ndarray, hy: np.ndarray, valid: np.ndarray, sx: float, sy: fl
                            minarea=4, deblend_cont=0.005, clean=True)
     except Exception as err:
         logger.debug("source extraction failed (%s)", err)
-        return np.empty(0, dtype=[("x", "f8"), ("y", "f8"), ("a", "f8"), ("b", "f8"), ("flux", "f8")])
+        return np.empty(0,
+                        dtype=[("x", "f8"), ("y", "f8"), ("a", "f8"), ("b", "f8"), ("flux", "f8")])
     if len(objs) == 0:
         return objs
     return np.sort(objs, order="flux")[::-1][:max_stars]

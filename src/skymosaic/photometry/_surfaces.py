@@ -182,7 +182,8 @@ def sky_samples(
     yy, xx = np.indices(use.shape, dtype=np.float64)
 
     def mean(a: np.ndarray) -> np.ndarray:
-        return (_blocks(np.where(use, a, 0.0), y0, x0, block, 0.0).sum(axis=-1) / np.maximum(n, 1))[keep]
+        sums = _blocks(np.where(use, a, 0.0), y0, x0, block, 0.0).sum(axis=-1)
+        return (sums / np.maximum(n, 1))[keep]
 
     nk = n[keep]
     var_x = (sig_x**2 if np.isfinite(sig_x) else 0.0) / nk
@@ -218,7 +219,8 @@ def to_samples(
 class SurfaceSolution:
     """Solved surface coefficients of one channel and the fit's diagnostics.
 
-    ``coeffs`` is (N, M) (terms above an input's ``orders[k]`` are 0); ``pair_step`` maps ``(i, j)`` to the median absolute residual
+    ``coeffs`` is (N, M) (terms above an input's ``orders[k]`` are 0); ``pair_step`` maps
+    ``(i, j)`` to the median absolute residual
     sky step of the overlap after the correction (data units), ``pair_step_before`` the
     same with the gains alone; ``n_samples`` per input.
     """
@@ -290,11 +292,13 @@ def solve_sky_surfaces(
         Inputs without any sample keep a zero surface.
     """
     if not ridge > 0:
-        raise ValueError(f"ridge must be > 0 (the overlaps never fix a common surface), got {ridge!r}")
+        raise ValueError("ridge must be > 0 (the overlaps never fix a common surface), "
+                         f"got {ridge!r}")
     m = n_terms(order)
     n = int(n_inputs)
     g = np.asarray(gains, dtype=np.float64)
-    sol = SurfaceSolution(np.zeros((n, m)), order, n_samples=np.zeros(n, int), orders=np.zeros(n, int))
+    sol = SurfaceSolution(np.zeros((n, m)), order, n_samples=np.zeros(n, int),
+                          orders=np.zeros(n, int))
     design = _design(samples, g, order, n)
     if design is None:
         return sol
@@ -305,7 +309,8 @@ def solve_sky_surfaces(
     for k in range(n):
         sol.orders[k] = max((o for o in range(order + 1)
                              if sol.n_samples[k] >= MIN_SAMPLES_PER_TERM * n_terms(o)), default=0)
-    cols = np.flatnonzero(np.arange(m)[None, :] < np.array([n_terms(o) for o in sol.orders])[:, None])
+    terms = np.array([n_terms(o) for o in sol.orders])
+    cols = np.flatnonzero(np.arange(m)[None, :] < terms[:, None])
     a = a[:, cols]
     fac = np.ones_like(w)
     for it in range(robust_iter + 1):

@@ -54,7 +54,8 @@ class OutputReport:
         out = {**self.grid, "channels": self.channels, "coverage_fraction": self.coverage_fraction,
                "max_depth": self.max_depth}
         if self.inputs_coadded is not None:  # classic mode: the block layout and the inputs
-            out.update(blocks=self.blocks, block_rows=self.block_rows, inputs_coadded=self.inputs_coadded)
+            out.update(blocks=self.blocks, block_rows=self.block_rows,
+                       inputs_coadded=self.inputs_coadded)
         return out
 
 

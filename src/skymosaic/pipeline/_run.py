@@ -40,7 +40,8 @@ from skymosaic.plan.targets import Target
 
 from ._report import RunReport
 
-__all__ = ["Artifact", "NoUsableFramesError", "Progress", "Run", "RunResult", "Sections", "run_phase"]
+__all__ = ["Artifact", "NoUsableFramesError", "Progress", "Run", "RunResult", "Sections",
+           "run_phase"]
 
 logger = logging.getLogger(__name__)
 
@@ -202,7 +203,7 @@ def _untimed() -> Iterator[None]:
 def peak_memory() -> int | None:
     """Peak resident memory of this process so far, bytes (None where unknown)."""
     try:
-        import resource
+        import resource  # noqa: PLC0415 - POSIX only
     except ImportError:  # Windows
         return None
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -48,7 +48,8 @@ def choose_grid(frames: Sequence[FrameInfo], config: Config) -> OutputGrid:
     """The output grid (user header, or optimal over every frame)."""
     if config.output.wcs_header is not None:
         return grid_from_header(config.output.wcs_header)
-    scale = config.output.pixel_scale_arcsec or float(np.median([f.pixel_scale_arcsec for f in frames]))
+    scale = (config.output.pixel_scale_arcsec
+             or float(np.median([f.pixel_scale_arcsec for f in frames])))
     footprints = [frame_footprint(f.wcs, f.shape[1:], samples=9) for f in frames]
     # no size limit here: the pre-flight check (`skymosaic.preflight`) judges the size and
     # names the frames that make the grid large

@@ -50,8 +50,8 @@ class MosaicInputs:
 
 
 def key(ctx: Run, inputs: MosaicInputs, covered: dict) -> list:
-    return [inputs.sources.fingerprint, inputs.correction, grid_signature(inputs.sources.grid), covered,
-            _renorm_settings(ctx.config), config_digest(ctx.config)]
+    return [inputs.sources.fingerprint, inputs.correction, grid_signature(inputs.sources.grid),
+            covered, _renorm_settings(ctx.config), config_digest(ctx.config)]
 
 
 def mosaic(ctx: Run, inputs: MosaicInputs) -> dict:
@@ -59,7 +59,8 @@ def mosaic(ctx: Run, inputs: MosaicInputs) -> dict:
     reused (``resume: ... up to date``)."""
     art = run_phase(ctx, sys.modules[__name__], inputs)
     if art.reused:
-        logger.info("resume: %s is up to date; nothing to recompute", ctx.manifest.artifacts[NAME]["path"])
+        logger.info("resume: %s is up to date; nothing to recompute",
+                    ctx.manifest.artifacts[NAME]["path"])
     return art.value
 
 
@@ -86,7 +87,8 @@ def run(ctx: Run, inputs: MosaicInputs) -> dict:
                 sources, grid, result.weight, options=opts,
                 sigma_px=config.photometry.coverage_sigma_px, clip=config.photometry.coverage_clip,
             )
-            extra["coverage_renorm"] = dict(zip([s.name for s in sources], factors.tolist(), strict=True))
+            extra["coverage_renorm"] = dict(zip([s.name for s in sources], factors.tolist(),
+                                                strict=True))
             renorm_fp = fingerprint("coadd_renorm", base_fp, factors.tolist())
             result = _run_coadd(ctx, "coadd_renorm", renorm_fp, src)
             stores.append("coadd_renorm")
@@ -142,21 +144,25 @@ def _run_coadd(ctx: Run, name: str, fp: str, src: Sources) -> CoaddResult:
     manifest.record(name, fp, path=ctx.out / name, meta=meta)
     if result.blocks_reused:
         manifest.reused[name] = {"blocks_reused": result.blocks_reused, "blocks": result.n_blocks}
-        logger.info("resume: %s: %d of %d block(s) reused", name, result.blocks_reused, result.n_blocks)
+        logger.info("resume: %s: %d of %d block(s) reused", name, result.blocks_reused,
+                    result.n_blocks)
     return result
 
 
 def _renorm_settings(config: Config) -> dict:
     p = config.photometry
-    return {"enabled": p.enabled and p.coverage_renorm, "sigma": p.coverage_sigma_px, "clip": list(p.coverage_clip)}
+    return {"enabled": p.enabled and p.coverage_renorm, "sigma": p.coverage_sigma_px,
+            "clip": list(p.coverage_clip)}
 
 
-def coadd_options(config: Config, threads: int, scratch: Path, backend: Backend | None = None) -> CoaddOptions:
+def coadd_options(config: Config, threads: int, scratch: Path,
+                  backend: Backend | None = None) -> CoaddOptions:
     """The coadd's options of a run (``[reproject]``, ``[coadd]``, the memory budget)."""
     return CoaddOptions(
         kernel=config.reproject.kernel, edge=config.reproject.edge,
         map_tolerance=config.reproject.map_tolerance_px,
         grid_step=config.reproject.grid_step_px, memory_budget=config.memory_budget_bytes,
-        threads=threads, scratch_dir=str(scratch), backend=backend, block_rows=config.run.block_rows,
+        threads=threads, scratch_dir=str(scratch), backend=backend,
+        block_rows=config.run.block_rows,
         reject=config.coadd.reject, reject_kappa=config.coadd.reject_kappa,
     )

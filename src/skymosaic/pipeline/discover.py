@@ -66,7 +66,8 @@ def run(ctx: Run, inputs: Sequence[str | os.PathLike]) -> Discovered:
         else:
             paths = discover_inputs(inputs, recursive=config.input.recursive)
         logger.info("found %d candidate files", len(paths))
-        catalog = build_catalog(paths, config, progress=ctx.progress, threads=ctx.threads, run_dir=ctx.out)
+        catalog = build_catalog(paths, config, progress=ctx.progress, threads=ctx.threads,
+                                run_dir=ctx.out)
         if plan is None:
             targets.find_run_targets(ctx, catalog)
     ctx.report.frames = FramesReport(found=len(paths), rejected=catalog.rejected)
@@ -190,7 +191,8 @@ def plan_inputs(
             f = catalog.frames[k]
             rows.append(PlanRow(
                 path=f.path, exposure=f.exposure, mount=f.mount, filter=f.filter,
-                batch_id=(f.date_obs or "")[:10] or None, order=len(rows), tile_id=f"tile_{index:04d}",
+                batch_id=(f.date_obs or "")[:10] or None, order=len(rows),
+                tile_id=f"tile_{index:04d}",
                 extra={}, row_number=len(rows) + 1,
             ))
     out = write_stack_plan(rows, csv_path)

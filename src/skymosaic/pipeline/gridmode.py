@@ -21,7 +21,8 @@ __all__ = ["run"]
 logger = logging.getLogger(__name__)
 
 
-def run(ctx: Run, catalog: Catalog, plan: StackPlan, canvas: OutputGrid, scratch: Path) -> RunResult:
+def run(ctx: Run, catalog: Catalog, plan: StackPlan, canvas: OutputGrid,
+        scratch: Path) -> RunResult:
     """Grid mode's mosaics (one per filter) on ``canvas``; fills the report."""
     config = ctx.config
     opts = coadd_options(config, ctx.threads, scratch, ctx.backend)
@@ -45,11 +46,14 @@ def run(ctx: Run, catalog: Catalog, plan: StackPlan, canvas: OutputGrid, scratch
                                      coverage_fraction=first.report["coverage_fraction"],
                                      max_depth=first.report["max_depth"])
     ctx.report.products = {
-        "mosaic": first.mosaic_path.name, "preview": first.preview_path.name if first.preview_path else None,
+        "mosaic": first.mosaic_path.name,
+        "preview": first.preview_path.name if first.preview_path else None,
         "mosaics": {p.filter or "": p.mosaic_path.name for p in products},
         "log": "skymosaic.log", "config": "config.toml",
     }
     ctx.finish()
     write_report(ctx)
-    logger.info("[GRID] %d mosaic(s) written: %s", len(products), ", ".join(p.mosaic_path.name for p in products))
-    return RunResult(ctx.out, first.mosaic_path, first.preview_path, ctx.report.to_dict(), first.data_shape)
+    logger.info("[GRID] %d mosaic(s) written: %s", len(products),
+                ", ".join(p.mosaic_path.name for p in products))
+    return RunResult(ctx.out, first.mosaic_path, first.preview_path, ctx.report.to_dict(),
+                     first.data_shape)

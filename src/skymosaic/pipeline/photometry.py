@@ -36,7 +36,8 @@ NAME = "photometry"
 SECTIONS = Sections(("reproject", "photometry"), {
     "reproject": frozenset({"edge"}),  # the fits are strict
     # the coverage renormalisation and the plot come after the solve
-    "photometry": frozenset({"coverage_renorm", "coverage_sigma_px", "coverage_clip", "diagnostics"}),
+    "photometry": frozenset({"coverage_renorm", "coverage_sigma_px", "coverage_clip",
+                             "diagnostics"}),
 })
 STORE = "meta"
 TIMING = "photometry"
@@ -67,7 +68,8 @@ def correct(ctx: Run, inputs: Sources) -> dict:
         gain, offset, *surface = saved["corrections"].get(s.name, (None, None, None))
         s.gain = None if gain is None else np.asarray(gain, np.float32)
         s.offset = None if offset is None else np.asarray(offset, np.float32)
-        s.surface = None if not surface or surface[0] is None else SkySurface(np.asarray(surface[0]), s.shape[1:])
+        s.surface = (None if not surface or surface[0] is None
+                     else SkySurface(np.asarray(surface[0]), s.shape[1:]))
     ctx.report.photometry = saved["report"]
     ctx.diagnostics = saved.get("diagnostics")
     return saved["corrections"]
@@ -89,7 +91,8 @@ def run(ctx: Run, inputs: Sources) -> dict:
     report = {
         "status": rep.status, "binning": match.binning, "n_inputs": len(sources),
         "n_overlaps": rep.n_overlaps, "relations_ok": rep.n_relations_ok,
-        "relations_offset_only": rep.n_relations_offset_only, "relations_failed": rep.n_relations_failed,
+        "relations_offset_only": rep.n_relations_offset_only,
+        "relations_failed": rep.n_relations_failed,
         "gain_range": [float(match.gains.min()), float(match.gains.max())],
         "offset_range": [float(match.offsets.min()), float(match.offsets.max())],
         "sky_surface": rep.sky_surface,
@@ -100,7 +103,8 @@ def run(ctx: Run, inputs: Sources) -> dict:
     }
     logger.info("photometry: %d inputs, %d overlaps, regressions ok/offset-only/failed %d/%d/%d, "
                 "gains %.4f..%.4f", len(sources), rep.n_overlaps, rep.n_relations_ok,
-                rep.n_relations_offset_only, rep.n_relations_failed, match.gains.min(), match.gains.max())
+                rep.n_relations_offset_only, rep.n_relations_failed, match.gains.min(),
+                match.gains.max())
     corrections = {s.name: [None if s.gain is None else np.asarray(s.gain).tolist(),
                             None if s.offset is None else np.asarray(s.offset).tolist(),
                             None if s.surface is None else s.surface.to_list()] for s in sources}

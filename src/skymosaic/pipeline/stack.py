@@ -57,7 +57,8 @@ def run(ctx: Run, catalog: Catalog, grid: OutputGrid, opts: CoaddOptions) -> Sta
             catalog.frames, clustering, config=config, options=opts,
             pixel_scale_arcsec=grid.pixel_scale_arcsec, tiles_dir=ctx.out / "tiles",
             scratch_dir=ctx.out / ".scratch", noise=noise, fwhm=fwhm,
-            progress=lambda n: ctx.progress.advance(NAME, n), tile_done=tile_done, client=ctx.client,
+            progress=lambda n: ctx.progress.advance(NAME, n), tile_done=tile_done,
+            client=ctx.client,
         )
     ctx.progress.end(NAME)
     current = {f"tile/{t.tile_id}" for t in stacked.tiles}

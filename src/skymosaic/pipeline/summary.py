@@ -40,7 +40,8 @@ def summarise(report: RunReport, catalog: Catalog, coadded: dict, grid: OutputGr
     report.output = OutputReport(
         grid=grid.to_dict(), channels=int(coadded["shape"][0]),
         coverage_fraction=float(coadded["coverage_fraction"]), max_depth=int(coadded["max_depth"]),
-        blocks=coadded["blocks"], block_rows=coadded["block_rows"], inputs_coadded=len(coadded["used"]),
+        blocks=coadded["blocks"], block_rows=coadded["block_rows"],
+        inputs_coadded=len(coadded["used"]),
     )
     if stacked is not None:
         report.tiles = [t.to_dict() for t in stacked.tiles]

@@ -136,7 +136,8 @@ def _target_run(ctx: Run, catalog: Catalog, target: Target) -> tuple[Run, Catalo
     sub.clustering, sub.diagnostics = None, None
     sub.timings, sub.targets, sub.target_of = {}, [], {}
     parent = ctx.report
-    sub.report = RunReport(skymosaic=parent.skymosaic, config_digest=parent.config_digest, mode=parent.mode)
+    sub.report = RunReport(skymosaic=parent.skymosaic, config_digest=parent.config_digest,
+                           mode=parent.mode)
     mine = {p for p, name in ctx.target_of.items() if name == target.name}
     cat = Catalog(frames=[f for f in catalog.frames if str(f.path) in mine],
                   rejected={p: r for p, r in catalog.rejected.items() if p in mine},
@@ -204,7 +205,7 @@ def run(ctx: Run, catalog: Catalog, *,
     failed = sum(1 for r in rows if r["status"] != "ok")
     ctx.finish("ok" if not failed else f"partial: {failed} of {len(rows)} target(s) failed")
     if ctx.config.output.report:
-        from skymosaic.report import ReportError, write_targets_index
+        from skymosaic.report import ReportError, write_targets_index  # noqa: PLC0415 - the layer above
 
         try:
             write_targets_index(ctx.out)

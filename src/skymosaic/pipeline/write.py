@@ -66,7 +66,7 @@ def write_report(ctx: Run) -> None:
     off; a report that cannot be written is a warning, never a failed run."""
     if not ctx.config.output.report:
         return
-    from skymosaic.report import write_report as write_html  # the layer above: imported late
+    from skymosaic.report import write_report as write_html  # noqa: PLC0415 - the layer above
 
     try:
         with ctx.phase("report"):

@@ -9,8 +9,13 @@ from skymosaic.report._dzi import DziPyramid, write_dzi
 from skymosaic.report._hips import export_hips
 from skymosaic.report._html import ReportError, write_report
 from skymosaic.report._mosaic import MosaicFile
+from skymosaic.report._serve import (
+    LiveProgress,
+    ReportServer,
+    serve_report,
+    serve_until_interrupted,
+)
 from skymosaic.report._targets import write_targets_index
-from skymosaic.report._serve import LiveProgress, ReportServer, serve_report, serve_until_interrupted
 
 __all__ = [
     "DziPyramid",

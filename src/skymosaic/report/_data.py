@@ -41,7 +41,8 @@ def log_warnings(path: Path) -> list[dict]:
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         m = _LOG_LINE.match(line)
         if m:
-            out.append({"time": m.group(1), "level": m.group(2), "logger": m.group(3), "message": m.group(4)})
+            out.append({"time": m.group(1), "level": m.group(2), "logger": m.group(3),
+                        "message": m.group(4)})
         elif out and line.startswith((" ", "\t")) and len(out[-1]["message"]) < 4000:
             out[-1]["message"] += "\n" + line
     return out[:_MAX_WARNINGS]
@@ -63,7 +64,8 @@ def _grid_photometry(run: dict) -> tuple[dict, list[dict]]:
     sky surface per channel) and the overlap ``pairs``; and its tiles."""
     mosaic = (run.get("products") or {}).get("mosaic")
     products = list((run.get("grid") or {}).values())
-    product = next((g for g in products if g.get("mosaic") == mosaic), products[0] if products else {})
+    product = next((g for g in products if g.get("mosaic") == mosaic),
+                   products[0] if products else {})
     solve = product.get("photometry") or {}
     names = product.get("tile_names") or []
     inputs = {}
@@ -88,7 +90,8 @@ def _stack_stats(tiles: list[dict]) -> dict[str, dict]:
         for k, name in enumerate(names):
             entry = {"tile": t["tile_id"]}
             for key, src in (("stack_gain", "gains"), ("stack_offset", "offsets"),
-                             ("stack_weight", "frame_weights"), ("rejected_pixels", "rejected_per_frame"),
+                             ("stack_weight", "frame_weights"),
+                             ("rejected_pixels", "rejected_per_frame"),
                              ("rejected_fraction", "rejected_fraction_per_frame")):
                 values = stack.get(src)
                 if values is not None and k < len(values):
@@ -122,7 +125,8 @@ def collect_run(out: Path, run: dict, wcs: WCS, shape: tuple[int, int]) -> dict:
     frame_list = (run.get("frames") or {}).get("list") or []
     by_name = {Path(f["path"]).name: f for f in frame_list}
 
-    names = list(solved) or [*tiles, *(n for n, f in by_name.items() if f.get("used") and n not in stack)]
+    names = list(solved) or [*tiles, *(n for n, f in by_name.items()
+                                       if f.get("used") and n not in stack)]
     pixel_outlines: dict[str, np.ndarray | None] = {}
     inputs = []
     for name in names:
@@ -135,7 +139,8 @@ def collect_run(out: Path, run: dict, wcs: WCS, shape: tuple[int, int]) -> dict:
         pixel_outlines[name] = xy
         entry = {"name": name, "kind": "tile" if tile is not None else "frame",
                  "outline": None if xy is None else image_outline(xy, height)}
-        entry.update({k: v for k, v in (solved.get(name) or {}).items() if k in ("gain", "offset", "surface")})
+        entry.update({k: v for k, v in (solved.get(name) or {}).items()
+                      if k in ("gain", "offset", "surface")})
         if name in renorm:
             entry["coverage_renorm"] = renorm[name]
         if tile is not None:

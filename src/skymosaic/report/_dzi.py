@@ -118,7 +118,8 @@ def write_dzi(
     if fmt not in _FORMATS:
         raise ValueError(f"DZI tile format must be one of {sorted(_FORMATS)}, got {fmt!r}")
     if not 64 <= tile_size <= 2048 or not 0 <= overlap <= 8:
-        raise ValueError(f"tile_size must be 64-2048 and overlap 0-8, got {tile_size} and {overlap}")
+        raise ValueError(f"tile_size must be 64-2048 and overlap 0-8, got {tile_size} and "
+                         f"{overlap}")
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     c, height, width = mosaic.shape
@@ -143,7 +144,8 @@ def write_dzi(
             for r0 in range(0, height, rows):
                 r1 = min(height, r0 + rows)
                 band = _full_band(mosaic, r0, r1, overlap, params)
-                writer.cut(staging / str(max_level), band, r0 - max(0, r0 - overlap), r0, r1, width, height)
+                writer.cut(staging / str(max_level), band, r0 - max(0, r0 - overlap), r0, r1, width,
+                           height)
                 core = band[r0 - max(0, r0 - overlap):][: r1 - r0]
                 if nxt is not None:
                     nxt[r0 // 2: r0 // 2 + math.ceil((r1 - r0) / 2)] = to_uint(_shrink(core))
@@ -173,7 +175,8 @@ def write_dzi(
                       writer.count)
 
 
-def _full_band(mosaic: MosaicFile, r0: int, r1: int, overlap: int, params: StretchParams) -> np.ndarray:
+def _full_band(mosaic: MosaicFile, r0: int, r1: int, overlap: int,
+               params: StretchParams) -> np.ndarray:
     """Image rows ``[r0 - overlap, r1 + overlap)`` (clipped), stretched: (n, W, C) float32."""
     height = mosaic.shape[1]
     lo, hi = max(0, r0 - overlap), min(height, r1 + overlap)
@@ -181,7 +184,8 @@ def _full_band(mosaic: MosaicFile, r0: int, r1: int, overlap: int, params: Stret
     return np.moveaxis(apply_stretch(block, params), 0, -1)
 
 
-def _level_map(folder: Path, level: int, sizes: list[tuple[int, int]], channels: int) -> np.memmap | None:
+def _level_map(folder: Path, level: int, sizes: list[tuple[int, int]],
+               channels: int) -> np.memmap | None:
     if level < 0:
         return None
     w, h = sizes[level]
@@ -229,7 +233,8 @@ class _TileWriter:
         self.count += 1
 
 
-def _write_descriptor(path: Path, width: int, height: int, tile_size: int, overlap: int, fmt: str) -> None:
+def _write_descriptor(path: Path, width: int, height: int, tile_size: int, overlap: int,
+                      fmt: str) -> None:
     path.write_text(
         '<?xml version="1.0" encoding="UTF-8"?>\n'
         f'<Image xmlns="http://schemas.microsoft.com/deepzoom/2008" Format="{fmt}" '

@@ -93,8 +93,8 @@ def write_report(
     run = _read_run(out)
     mosaic_name = (run.get("products") or {}).get("mosaic")
     if not mosaic_name or not (out / mosaic_name).is_file():
-        raise ReportError(f"{out / 'run.json'}: no mosaic to report (products.mosaic = {mosaic_name!r}, "
-                          f"status {run.get('status')!r})")
+        raise ReportError(f"{out / 'run.json'}: no mosaic to report "
+                          f"(products.mosaic = {mosaic_name!r}, status {run.get('status')!r})")
     assets = out / "report"
     assets.mkdir(exist_ok=True)
     _copy_static(assets / "static")
@@ -103,7 +103,8 @@ def write_report(
     except (OSError, ValueError) as err:
         raise ReportError(f"{out / mosaic_name}: cannot be read: {err}") from err
     with mosaic:
-        data = build_data(out, run, mosaic, assets, memory_budget=memory_budget, tile_format=tile_format,
+        data = build_data(out, run, mosaic, assets, memory_budget=memory_budget,
+                          tile_format=tile_format,
                           value_max=value_max, preview_max_size=preview_max_size)
     write_data(assets / "data.js", data)
     page = out / "index.html"
@@ -136,9 +137,11 @@ def build_data(out: Path, run: dict, mosaic: MosaicFile, assets: Path, *, memory
     """Write the pyramid, value chunks and coverage image; return the page's data."""
     c, h, w = mosaic.shape
     factor = preview_binning(mosaic.shape, max_size=preview_max_size, memory_budget=memory_budget)
-    params = preview_stretch(run) or fit_stretch(mosaic.binned("data", factor, memory_budget=memory_budget))
+    params = preview_stretch(run) or fit_stretch(mosaic.binned("data", factor,
+                                                               memory_budget=memory_budget))
     pyramid = write_dzi(mosaic, assets, params, memory_budget=memory_budget, fmt=tile_format)
-    values = write_values(mosaic, assets / "values", memory_budget=memory_budget, value_max=value_max)
+    values = write_values(mosaic, assets / "values", memory_budget=memory_budget,
+                          value_max=value_max)
     coverage = write_coverage(mosaic, assets / "coverage.png", memory_budget=memory_budget)
     config_path = out / ((run.get("products") or {}).get("config") or "config.toml")
     return {
@@ -179,7 +182,8 @@ def preview_stretch(run: dict) -> StretchParams | None:
 def _summary(run: dict) -> dict:
     frames = run.get("frames") or {}
     photometry = run.get("photometry") or {}
-    keys = ("status", "mode", "skymosaic", "config_digest", "output", "timings_s", "peak_memory_bytes",
+    keys = ("status", "mode", "skymosaic", "config_digest", "output", "timings_s",
+            "peak_memory_bytes",
             "backend", "scheduler", "resume", "preflight", "products", "solve", "coverage_renorm")
     summary = {k: run[k] for k in keys if k in run}
     summary["frames"] = {"found": frames.get("found"), "used": frames.get("used"),
@@ -188,10 +192,12 @@ def _summary(run: dict) -> dict:
     summary["n_tiles"] = len(run.get("tiles") or [])
     if run.get("mode") == "grid":  # the global solve of the filter mosaic shown
         mosaic = (run.get("products") or {}).get("mosaic")
-        product = next((g for g in (run.get("grid") or {}).values() if g.get("mosaic") == mosaic), {})
+        product = next((g for g in (run.get("grid") or {}).values() if g.get("mosaic") == mosaic),
+                       {})
         solve = product.get("photometry") or {}
         gains = [g for row in solve.get("gains") or [] for g in row]
-        summary["photometry"] = {"status": solve.get("status", "off"), "n_overlaps": solve.get("n_overlaps"),
+        summary["photometry"] = {"status": solve.get("status", "off"),
+                                 "n_overlaps": solve.get("n_overlaps"),
                                  "gain_range": [min(gains), max(gains)] if gains else None,
                                  "sky_surface": solve.get("sky_surface")}
         summary["n_tiles"] = len(product.get("tile_names") or [])
@@ -234,7 +240,8 @@ def write_values(mosaic: MosaicFile, dest: Path, *, memory_budget: int, value_ma
     hb, wb = plane.shape[1:]
     for cy in range(math.ceil(hb / VALUE_CHUNK)):
         for cx in range(math.ceil(wb / VALUE_CHUNK)):
-            block = plane[:, cy * VALUE_CHUNK:(cy + 1) * VALUE_CHUNK, cx * VALUE_CHUNK:(cx + 1) * VALUE_CHUNK]
+            block = plane[:, cy * VALUE_CHUNK:(cy + 1) * VALUE_CHUNK,
+                          cx * VALUE_CHUNK:(cx + 1) * VALUE_CHUNK]
             raw = np.ascontiguousarray(block, dtype="<f4").tobytes()
             key = f"{cx}_{cy}"
             (dest / f"{key}.js").write_text(
@@ -248,7 +255,7 @@ def write_coverage(mosaic: MosaicFile, path: Path, *, memory_budget: int) -> dic
     """The COVERAGE plane (frames per pixel) as an RGBA colour map PNG (no data clear)."""
     if not mosaic.has("coverage"):
         return None
-    c, h, w = mosaic.shape
+    _, h, w = mosaic.shape
     factor = max(1, math.ceil(max(h, w) / _COVERAGE_SIZE))
     cov = mosaic.binned("coverage", factor, memory_budget=memory_budget)[::-1]  # top row first
     top = float(np.nanmax(cov)) if np.isfinite(cov).any() else 0.0

@@ -50,7 +50,8 @@ class MosaicFile:
         naxis = header.get("NAXIS", 0)
         if naxis not in (2, 3):
             self.close()
-            raise ValueError(f"{self.path}: the primary HDU is not a 2-D or 3-D image (NAXIS = {naxis})")
+            raise ValueError(f"{self.path}: the primary HDU is not a 2-D or 3-D image "
+                             f"(NAXIS = {naxis})")
         c = header["NAXIS3"] if naxis == 3 else 1
         self.shape = (int(c), int(header["NAXIS2"]), int(header["NAXIS1"]))
         self.wcs = WCS(header, naxis=2).celestial

@@ -6,8 +6,8 @@ the files of the run folder, plus two things from memory:
 * ``/status.json``: the phases with their done/total counts (fed by `LiveProgress`, which
   wraps the command line's progress bars), the run state, whether the report is written;
 * ``/partial.png``: the partial mosaic, the master tiles finished so far, reprojected onto
-  a coarse grid of their own footprints (at most ``partial_size`` px, 768 by default) and stretched; it is
-  rebuilt only when the set of finished tiles changed.
+  a coarse grid of their own footprints (at most ``partial_size`` px, 768 by default) and
+  stretched; it is rebuilt only when the set of finished tiles changed.
 
 Before the run has written ``index.html`` the server answers ``/`` with the report page
 without data: it shows the progress panel and reloads itself when the report is ready.
@@ -37,7 +37,8 @@ from skymosaic.io._stretch import apply_stretch, fit_stretch, to_uint
 from skymosaic.report._html import _copy_static, page_html
 from skymosaic.reproject import optimal_grid
 
-__all__ = ["LiveProgress", "ReportServer", "partial_mosaic", "serve_report", "serve_until_interrupted"]
+__all__ = ["LiveProgress", "ReportServer", "partial_mosaic", "serve_report",
+           "serve_until_interrupted"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +98,8 @@ class ReportServer:
         handler = partial(_Handler, directory=str(self.out), server_ref=self)
         self.httpd = http.server.ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="skymosaic-report", daemon=True)
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="skymosaic-report",
+                                        daemon=True)
 
     @property
     def url(self) -> str:
@@ -245,7 +247,7 @@ def partial_mosaic(tiles: list[Path], *, max_size: int = 768) -> np.ndarray:
     c = infos[0][0].shape[0]
     acc = np.zeros((c, *grid.shape), np.float64)
     n = np.zeros(grid.shape, np.float64)
-    for (data, wcs), fp in zip(infos, footprints, strict=True):
+    for (tile_data, tile_wcs), fp in zip(infos, footprints, strict=True):
         # only the tile's bounding box of the grid (reproject_interp maps its whole output)
         x, y = grid.wcs.world_to_pixel_values(fp[:, 0], fp[:, 1])
         x0, y0 = max(0, int(np.floor(np.nanmin(x)))), max(0, int(np.floor(np.nanmin(y))))
@@ -254,10 +256,13 @@ def partial_mosaic(tiles: list[Path], *, max_size: int = 768) -> np.ndarray:
         if x1 <= x0 or y1 <= y0:
             continue
         if factor > 1:  # bin the tile first: each output pixel then reads ~1 input pixel
-            data, wcs = _bin(data, wcs, factor)
+            data, wcs = _bin(tile_data, tile_wcs, factor)
+        else:
+            data, wcs = tile_data, tile_wcs
         box = grid.wcs[y0:y1, x0:x1]
         for ch in range(c):
-            plane, foot = reproject_interp((data[ch], wcs), box, shape_out=(y1 - y0, x1 - x0), order="bilinear")
+            plane, foot = reproject_interp((data[ch], wcs), box, shape_out=(y1 - y0, x1 - x0),
+                                           order="bilinear")
             ok = (foot > 0) & np.isfinite(plane)
             acc[ch, y0:y1, x0:x1][ok] += plane[ok]
             if ch == 0:

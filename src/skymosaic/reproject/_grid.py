@@ -57,7 +57,8 @@ def _unit(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
     return np.stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)], axis=-1)
 
 
-def _make_wcs(center: tuple[float, float], scale_deg: float, angle_rad: float, projection: str) -> WCS:
+def _make_wcs(center: tuple[float, float], scale_deg: float, angle_rad: float,
+              projection: str) -> WCS:
     wcs = WCS(naxis=2)
     wcs.wcs.ctype = [f"RA---{projection}", f"DEC--{projection}"]
     wcs.wcs.crval = list(center)

@@ -55,7 +55,8 @@ class PixelMap:
     max_error: float
 
 
-def _transform(wcs_out: WCS, wcs_in: WCS, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _transform(wcs_out: WCS, wcs_in: WCS, xs: np.ndarray,
+               ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # points far outside a projection give NaN, handled
         world = wcs_out.pixel_to_world_values(xs, ys)

@@ -58,7 +58,8 @@ EDGES = _EDGES
 #: Half-width of each kernel's support, in input pixels.
 KERNEL_RADIUS = {"nearest": 1, "bilinear": 1, "bicubic": 2, "lanczos3": 3}
 
-_CV_INTERP = {"nearest": cv2.INTER_NEAREST, "bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}
+_CV_INTERP = {"nearest": cv2.INTER_NEAREST, "bilinear": cv2.INTER_LINEAR,
+              "bicubic": cv2.INTER_CUBIC}
 
 
 def _invalid_support(
@@ -115,7 +116,7 @@ def _lanczos3(planes: np.ndarray, xmap: np.ndarray, ymap: np.ndarray) -> np.ndar
     col = np.clip(fx, -1, w - 1).astype(np.intp) + 1  # first tap (x - 2) in the padded plane
     row = np.clip(fy, -1, h - 1).astype(np.intp) + 1
     wxt = np.ascontiguousarray(np.moveaxis(wx, 0, -1))  # (H, W, 6)
-    out = np.zeros((c,) + xmap.shape, dtype=np.float32)
+    out = np.zeros((c, *xmap.shape), dtype=np.float32)
     for ch in range(c):
         windows = sliding_window_view(np.pad(planes[ch], 3, mode="edge"), 6, axis=1)
         for ky in range(6):
@@ -182,7 +183,7 @@ def resample(
     else:
         flag = _CV_INTERP[kernel]
         border = cv2.BORDER_REPLICATE if edge == "half" else cv2.BORDER_CONSTANT
-        out = np.empty((data.shape[0],) + xmap.shape, dtype=np.float32)
+        out = np.empty((data.shape[0], *xmap.shape), dtype=np.float32)
         for ch in range(data.shape[0]):
             plane = np.ascontiguousarray(planes[ch])
             out[ch] = cv2.remap(plane, xmap, ymap, flag, borderMode=border, borderValue=0.0)

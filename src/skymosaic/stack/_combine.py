@@ -60,7 +60,6 @@ from skymosaic.stack._normalize import (
     estimate_star_normalization,
     select_reference,
 )
-from skymosaic.stack._starnorm import add_surfaces
 from skymosaic.stack._reject import (
     REJECTION_METHODS,
     count_rejected,
@@ -68,6 +67,7 @@ from skymosaic.stack._reject import (
     nanmedian_frames,
     reject,
 )
+from skymosaic.stack._starnorm import add_surfaces
 from skymosaic.stack._weights import frame_weights, normalize_methods
 
 __all__ = ["COMBINE_METHODS", "StackResult", "StackSettings", "chunk_rows_for", "stack_cube"]

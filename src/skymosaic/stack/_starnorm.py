@@ -72,7 +72,8 @@ class StarReference:
 def _prepared(plane: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``plane`` as contiguous float64 with NaN -> 0, and the mask of its invalid pixels."""
     bad = ~np.isfinite(plane)
-    return np.ascontiguousarray(np.where(bad, 0.0, plane), dtype=np.float64), np.ascontiguousarray(bad)
+    filled = np.ascontiguousarray(np.where(bad, 0.0, plane), dtype=np.float64)
+    return filled, np.ascontiguousarray(bad)
 
 
 def _apertures(img: np.ndarray, bad: np.ndarray, x: np.ndarray, y: np.ndarray, radius: float,
@@ -97,7 +98,8 @@ def _apertures(img: np.ndarray, bad: np.ndarray, x: np.ndarray, y: np.ndarray, r
     return np.where(unusable, np.nan, flux), np.where(unusable, np.nan, err)
 
 
-def reference_stars(plane: np.ndarray, *, threshold: float = 10.0, max_stars: int = MAX_STARS) -> StarReference:
+def reference_stars(plane: np.ndarray, *, threshold: float = 10.0,
+                    max_stars: int = MAX_STARS) -> StarReference:
     """Detect the stars of one reference channel (sep, ``threshold`` sigma above a 64 px
     mesh background) and measure their fluxes.
 
@@ -147,7 +149,8 @@ def star_gain(plane: np.ndarray, ref: StarReference) -> tuple[float, float, int]
     if np.count_nonzero(ok) < MIN_STARS:
         return float("nan"), float("nan"), int(np.count_nonzero(ok))
     ratio = ref.flux[ok] / flux[ok]
-    var = ratio**2 * ((ref.flux_err[ok] / ref.flux[ok]) ** 2 + (err[ok] / flux[ok]) ** 2 + SOURCE_ERROR**2)
+    var = ratio**2 * ((ref.flux_err[ok] / ref.flux[ok]) ** 2 + (err[ok] / flux[ok]) ** 2
+                      + SOURCE_ERROR**2)
     keep = np.ones(ratio.size, bool)
     gain = float(np.median(ratio))
     for _ in range(5):
@@ -172,7 +175,8 @@ def _coarse_medians(bins: np.ndarray, k: int) -> np.ndarray:
     if k == 1:
         return bins
     hb, wb = bins.shape[0] // k, bins.shape[1] // k
-    groups = bins[: hb * k, : wb * k].reshape(hb, k, wb, k).transpose(0, 2, 1, 3).reshape(hb * wb, k * k)
+    groups = (bins[: hb * k, : wb * k].reshape(hb, k, wb, k).transpose(0, 2, 1, 3)
+              .reshape(hb * wb, k * k))
     return nanmedian_rows(groups).reshape(hb, wb)
 
 

@@ -27,7 +27,8 @@ from skymosaic.stack.sessions import SessionSummary, session_keys, summarise_ses
 if TYPE_CHECKING:  # config reads its choices from the algorithm packages: no import cycle
     from skymosaic.config import Config
 
-__all__ = ["StackedGroups", "group_frames", "select_by_quality", "session_key", "stack_groups", "stack_settings"]
+__all__ = ["StackedGroups", "group_frames", "select_by_quality", "session_key", "stack_groups",
+           "stack_settings"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +61,10 @@ def select_by_quality(
     )
     names = [str(f.path) for f in measured]
     keys = session_keys(measured, gap_hours=q.session_gap_hours, targets=targets)
-    selection = select_frames([qualities[n] for n in names], names, sessions=keys, settings=settings)
-    rejected = {n: f"quality: {selection.reasons[n]}" for n, ok in zip(names, selection.accepted, strict=True) if not ok}
+    selection = select_frames([qualities[n] for n in names], names, sessions=keys,
+                              settings=settings)
+    rejected = {n: f"quality: {selection.reasons[n]}"
+                for n, ok in zip(names, selection.accepted, strict=True) if not ok}
     kept = [f for f in frames if str(f.path) not in rejected]
     sessions = summarise_sessions(measured, keys, qualities, rejected)
     if len(sessions) > 1:
@@ -140,7 +143,8 @@ def stack_groups(
             fwhm=[fwhm.get(str(f.path)) for f in group],
         )))
     kwargs = {"settings": settings, "pixel_scale_arcsec": pixel_scale_arcsec, "out_dir": tiles_dir,
-              "scratch_dir": scratch_dir, "valid_min": config.input.valid_min, "reuse": not config.run.fresh}
+              "scratch_dir": scratch_dir, "valid_min": config.input.valid_min,
+              "reuse": not config.run.fresh}
     built: dict[int, MasterTile] = {}
     for (index, inputs), tile, err in _build_tiles(jobs, options, kwargs, progress, client):
         if err is not None:
@@ -157,7 +161,8 @@ def stack_groups(
 
 
 def build_tile(job: tuple[int, TileInputs], options: CoaddOptions, kwargs: dict,
-                progress: Callable[[int], None] | None = None) -> tuple[MasterTile | None, str | None]:
+               progress: Callable[[int], None] | None = None
+               ) -> tuple[MasterTile | None, str | None]:
     """`build_master_tile` of one group, or the reason it failed (also a Dask task)."""
     try:
         return build_master_tile(job[1], options=options, progress=progress, **kwargs), None
@@ -173,7 +178,7 @@ def _build_tiles(jobs: list[tuple[int, TileInputs]], options: CoaddOptions, kwar
         for job in jobs:
             yield (job, *build_tile(job, options, kwargs, progress))
         return
-    from skymosaic._dask import run_tasks
+    from skymosaic._dask import run_tasks  # noqa: PLC0415 - only a Dask run needs it
 
     # one thread per task (the cluster's parallelism is its workers), host backend (see
     # `skymosaic.assemble._coadd._run_blocks`); the workers' tiles share the budget, so a
@@ -181,7 +186,8 @@ def _build_tiles(jobs: list[tuple[int, TileInputs]], options: CoaddOptions, kwar
     workers = len(client.scheduler_info().get("workers", {})) or 1
     single = dataclasses.replace(options, threads=1, backend=None,
                                  memory_budget=max(options.memory_budget // workers, 16 * 2**20))
-    for job, (tile, err) in run_tasks(client, build_tile, jobs, window=2 * workers, args=(single, kwargs)):
+    for job, (tile, err) in run_tasks(client, build_tile, jobs, window=2 * workers,
+                                      args=(single, kwargs)):
         if progress is not None and not (tile is not None and tile.reused):
             progress(len(job[1].frames))  # reused tiles are reported by the caller (tile_done)
         yield job, tile, err

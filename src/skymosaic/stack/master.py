@@ -106,12 +106,15 @@ class MasterTile:
         }
 
 
-def tile_fingerprint(inputs: TileInputs, settings: StackSettings, options: CoaddOptions, scale: float,
+def tile_fingerprint(inputs: TileInputs, settings: StackSettings, options: CoaddOptions,
+                     scale: float,
                      grid: OutputGrid | None = None) -> str:
     """A digest of everything a master tile depends on (frames, their sizes, settings, grid)."""
     parts = {
-        "frames": [[str(f.path), os.path.getsize(f.path), os.path.getmtime(f.path)] for f in inputs.frames],
-        "settings": {k: v for k, v in settings.to_dict().items() if k not in ("memory_budget_bytes", "chunk_rows")},
+        "frames": [[str(f.path), os.path.getsize(f.path), os.path.getmtime(f.path)]
+                   for f in inputs.frames],
+        "settings": {k: v for k, v in settings.to_dict().items()
+                     if k not in ("memory_budget_bytes", "chunk_rows")},
         "kernel": options.kernel, "tolerance": options.map_tolerance, "scale": round(scale, 9),
         "version": __version__,
     }
@@ -135,13 +138,15 @@ def _existing(path: Path, fingerprint: str) -> MasterTile | None:
             header = hdul[0].header
             if header.get("TILEFP") != fingerprint:
                 return None
-            summary = json.loads(hdul["STACKINF"].data.tobytes().decode()) if "STACKINF" in hdul else {}
-            shape = (1,) + hdul[0].data.shape if hdul[0].data.ndim == 2 else hdul[0].data.shape
+            summary = (json.loads(hdul["STACKINF"].data.tobytes().decode())
+                       if "STACKINF" in hdul else {})
+            shape = (1, *hdul[0].data.shape) if hdul[0].data.ndim == 2 else hdul[0].data.shape
     except (OSError, ValueError, KeyError):
         return None  # a half-written or foreign file: rebuild it
     return MasterTile(
         tile_id=str(header.get("TILEID", path.stem)), path=path, frames=summary.get("frames", []),
-        exposure_sum=float(header.get("EXPTIME", 0.0)), shape=tuple(shape), summary=summary, reused=True,
+        exposure_sum=float(header.get("EXPTIME", 0.0)), shape=tuple(shape), summary=summary,
+        reused=True,
         fingerprint=fingerprint,
     )
 
@@ -188,7 +193,8 @@ def build_master_tile(
     h, w = grid.shape
     in_memory = fits_in_memory(inputs.frames, (h, w), settings=settings, options=options)
     scratch = Path(scratch_dir)
-    cube_path, pw_path = scratch / f"{inputs.tile_id}_cube.npy", scratch / f"{inputs.tile_id}_pw.npy"
+    cube_path = scratch / f"{inputs.tile_id}_cube.npy"
+    pw_path = scratch / f"{inputs.tile_id}_pw.npy"
     if in_memory:  # every element is written by `_fill_cube`
         cube, covered = np.empty((n, c, h, w), np.float32), np.empty((n, h, w), np.uint8)
     else:
@@ -295,7 +301,7 @@ class NpyReader:
             finally:
                 del mapped
         (r0, r1), (h, w) = band, self.shape[-2:]
-        out = np.empty(self.shape[:-2] + (r1 - r0, w), dtype=self.dtype)
+        out = np.empty((*self.shape[:-2], r1 - r0, w), dtype=self.dtype)
         if out.size == 0:
             return out
         item, plane = self.dtype.itemsize, h * w * self.dtype.itemsize
@@ -435,5 +441,6 @@ def _write_tile(path: Path, result, grid: OutputGrid, inputs: TileInputs, finger
     }
     write_mosaic(path, result.data, grid.wcs, weight=result.weight, coverage=result.n_frames_map,
                  history=history, cards=cards,
-                 extra_hdus=[fits.ImageHDU(np.frombuffer(json.dumps(summary, default=str).encode(), np.uint8),
+                 extra_hdus=[fits.ImageHDU(np.frombuffer(json.dumps(summary, default=str).encode(),
+                                                         np.uint8),
                                            name="STACKINF")])

@@ -26,7 +26,8 @@ from astropy.io import fits
 from skymosaic.synth._sky import TruthSky, _tan_deproject, celestial_wcs, make_truth_sky
 from skymosaic.synth._survey import SynthFrame, _atomic_write
 
-__all__ = ["SEESTAR_PIXEL_SCALE_ARCSEC", "SEESTAR_RESPONSE", "make_seestar_frames", "write_seestar_frames"]
+__all__ = ["SEESTAR_PIXEL_SCALE_ARCSEC", "SEESTAR_RESPONSE", "make_seestar_frames",
+           "write_seestar_frames"]
 
 logger = logging.getLogger(__name__)
 

@@ -177,7 +177,8 @@ def _validate_survey_args(**kw) -> None:
     for name in ("pixel_scale_arcsec",):
         if not kw[name] > 0:
             raise ValueError(f"{name} must be > 0, got {kw[name]!r}")
-    for name in ("rotation_deg", "jitter_px", "noise_sigma", "sky_gradient", "sky_curvature", "hot_pixels"):
+    for name in ("rotation_deg", "jitter_px", "noise_sigma", "sky_gradient", "sky_curvature",
+                 "hot_pixels"):
         if kw[name] < 0:
             raise ValueError(f"{name} must be >= 0, got {kw[name]!r}")
     for name in ("gain_range", "offset_range"):
@@ -189,8 +190,10 @@ def _validate_survey_args(**kw) -> None:
     if not 0.0 <= kw["satellite_prob"] <= 1.0:
         raise ValueError(f"satellite_prob must be in [0, 1], got {kw['satellite_prob']!r}")
     response = kw["channel_response"]
-    if response is not None and (len(response) != kw["channels"] or not all(r > 0 for r in response)):
-        raise ValueError(f"channel_response must be {kw['channels']} positive value(s), got {response!r}")
+    if response is not None and (len(response) != kw["channels"]
+                                 or not all(r > 0 for r in response)):
+        raise ValueError(f"channel_response must be {kw['channels']} positive value(s), "
+                         f"got {response!r}")
     truth = kw["truth"]
     if truth is not None and not isinstance(truth, TruthSky):
         raise TypeError(f"truth must be a TruthSky or None, got {type(truth).__name__}")
@@ -265,7 +268,8 @@ def make_survey(
         Peak-to-peak sky change across one frame width, as a fraction of ``sky_level``.
     sky_curvature : float
         Largest absolute value of each frame's random quadratic sky term at the frame's
-        corners and edge midpoints, as a fraction of ``sky_level`` (0: planes only); see `SynthFrame.sky_quadratic`.
+        corners and edge midpoints, as a fraction of ``sky_level`` (0: planes only); see
+        `SynthFrame.sky_quadratic`.
     nan_corners : bool
         If true, frames rotated by more than 0.1 degree get NaN right triangles at one or two
         random corners (as zero-filled borders of derotated frames); recorded in

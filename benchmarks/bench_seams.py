@@ -159,7 +159,8 @@ def _write_plan(frames: Path, path: Path) -> Path:
     from skymosaic.io.stack_plan import PlanRow, write_stack_plan  # noqa: PLC0415
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    return write_stack_plan([PlanRow(path=f.resolve()) for f in sorted(frames.glob("*.fits"))], path)
+    rows = [PlanRow(path=f.resolve()) for f in sorted(frames.glob("*.fits"))]
+    return write_stack_plan(rows, path)
 
 
 def _channel_dirs(frames: Path, work: Path, *, weights: bool) -> list[Path]:

@@ -195,10 +195,12 @@ def test_gradient_is_continuous_across_every_tile_border():
     for t in tiles:
         for x in (t.x0, t.x0 + tw - 1):  # vertical borders inside the canvas
             if 2 <= x < shape[1] - 3:
-                jumps.append(np.abs(resid[t.y0 + 5:t.y0 + th - 5, x + 2] - resid[t.y0 + 5:t.y0 + th - 5, x - 2]).mean())
+                rows = slice(t.y0 + 5, t.y0 + th - 5)
+                jumps.append(np.abs(resid[rows, x + 2] - resid[rows, x - 2]).mean())
         for y in (t.y0, t.y0 + th - 1):
             if 2 <= y < shape[0] - 3:
-                jumps.append(np.abs(resid[y + 2, t.x0 + 5:t.x0 + tw - 5] - resid[y - 2, t.x0 + 5:t.x0 + tw - 5]).mean())
+                cols = slice(t.x0 + 5, t.x0 + tw - 5)
+                jumps.append(np.abs(resid[y + 2, cols] - resid[y - 2, cols]).mean())
     # smoothed noise differences 4 px apart are ~0.1 sigma; a 1% gain error at level 100
     # would be a 1-sigma step
     assert max(jumps) < 0.2 * SIGMA, max(jumps)
@@ -228,7 +230,7 @@ def test_failed_solve_falls_back_to_offset_only_then_none(monkeypatch, caplog):
     def flaky(t, config):
         calls.append(config.gain_from)
         if config.gain_from != "none":
-            out, rep = real(t, config=config)
+            _, rep = real(t, config=config)
             rep.status = "fallback"
             return list(t), rep
         return real(t, config=config)
@@ -273,7 +275,7 @@ def _config(**extra):
 
 
 def test_plan_in_folder_selects_grid_mode_per_filter(survey_frames, tmp_path, caplog):
-    _, paths, infos, _ = survey_frames
+    _, paths, _, _ = survey_frames
     folder = paths[0].parent
     # half the frames in filter L, half in R; one bad row (missing file) and one bad number
     rows = ["path,exptime,filter"]
@@ -289,7 +291,7 @@ def test_plan_in_folder_selects_grid_mode_per_filter(survey_frames, tmp_path, ca
     assert rep["mode"] == "grid"
     assert set(rep["products"]["mosaics"]) == {"L", "R"}
     for name in rep["products"]["mosaics"].values():
-        data, wcs, weight = read_mosaic(tmp_path / "out" / name)
+        data, _, weight = read_mosaic(tmp_path / "out" / name)
         assert data.shape[1:] == result.data_shape[1:]  # both filters on one canvas
         assert np.isfinite(data).any() and weight is not None
     # data rows are numbered from 1 (the reason also gives the file line)
@@ -308,7 +310,8 @@ def test_grid_mode_from_cli_and_no_plan_flag(survey_frames, tmp_path):
         (folder / p.name).write_bytes(p.read_bytes())
     (folder / "stack_plan.csv").write_text(
         "file\n" + "".join(f"{p.name}\n" for p in paths))
-    assert main(["run", str(folder), "-o", str(tmp_path / "g"), "--no-preview", "--threads", "2"]) == 0
+    assert main(["run", str(folder), "-o", str(tmp_path / "g"), "--no-preview",
+                 "--threads", "2"]) == 0
     assert json.loads((tmp_path / "g" / "run.json").read_text())["mode"] == "grid"
     assert main(["run", str(folder), "-o", str(tmp_path / "c"), "--no-preview", "--threads", "2",
                  "--no-plan"]) == 0

@@ -3,7 +3,6 @@ per-frame gradients, both modes against the truth."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from skymosaic.config import load_config

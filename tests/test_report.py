@@ -445,8 +445,9 @@ def test_grid_mode_report_carries_the_global_solve(tmp_path):
     paths = write_survey(survey, tmp_path / "frames", prefix="g")
     plan = tmp_path / "stack_plan.csv"
     plan.write_text("path,exptime\n" + "".join(f"{p},10\n" for p in paths))
+    # the tiles' solve (the frames' solve is not in the report yet)
     config = load_config(None, {"run.threads": 2, "grid.plan": str(plan),
-                                 "grid.frame_photometry": False})  # the tiles' solve; the frames' is not in the report yet
+                                 "grid.frame_photometry": False})
     result = run_pipeline([tmp_path / "frames"], tmp_path / "out", config)
     out = tmp_path / "out"
     run = json.loads((out / "run.json").read_text())

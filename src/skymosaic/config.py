@@ -242,8 +242,8 @@ class GridConfig(_Section):
     feather_sigma: float = Field(default=2.0, gt=0,
                                  description="smoothing of the feathering masks, px")
     frame_photometry: bool = Field(
-        default=True, description="with photometry on: solve every frame's gain and sky surface over "
-        "the frame overlaps (the classic engine) before stacking the tiles; false: the stack "
+        default=True, description="with photometry on: solve every frame's gain and sky surface "
+        "over the frame overlaps (the classic engine) before stacking the tiles; false: the stack "
         "normalisation inside each tile, then a gain and surface per tile")
 
 

@@ -55,7 +55,8 @@ class AssembleResult:
     report: dict = field(default_factory=dict)
 
 
-def weighted_mean(tiles: Sequence[PlacedTile], canvas_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def weighted_mean(tiles: Sequence[PlacedTile],
+                  canvas_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Plain weighted mean of placed tiles (the last-resort assembly); NaN where uncovered."""
     h, w = canvas_shape
     n_ch = tiles[0].data.shape[0]
@@ -69,7 +70,8 @@ def weighted_mean(tiles: Sequence[PlacedTile], canvas_shape: tuple[int, int]) ->
             continue
         sl = (slice(y0 - t.y0, y1 - t.y0), slice(x0 - t.x0, x1 - t.x0))
         d = t.data[:, sl[0], sl[1]]
-        wt = np.ones(d.shape[1:], np.float64) if t.weight is None else np.asarray(t.weight[sl], np.float64)
+        wt = (np.ones(d.shape[1:], np.float64) if t.weight is None
+              else np.asarray(t.weight[sl], np.float64))
         ok = np.all(np.isfinite(d), axis=0) & np.isfinite(wt) & (wt > 0)
         wt = np.where(ok, wt, 0.0)
         num[:, y0:y1, x0:x1] += np.where(ok, d, 0.0) * wt
@@ -79,7 +81,8 @@ def weighted_mean(tiles: Sequence[PlacedTile], canvas_shape: tuple[int, int]) ->
     return data, den.astype(np.float32)
 
 
-def _photometry(tiles: list[PlacedTile], options: PhotometryOptions, report: dict) -> list[PlacedTile]:
+def _photometry(tiles: list[PlacedTile], options: PhotometryOptions,
+                report: dict) -> list[PlacedTile]:
     """Photometric matching with the offset-only and no-correction fallbacks."""
     out, rep = normalize_tiles(tiles, config=options)
     if rep.status == "ok":
@@ -175,7 +178,8 @@ def assemble_tiles(
             logger.info("[GRID] blending: %d overlaps with the pyramid (%d levels), %d feathered",
                         res.n_pyramid, res.levels_used, res.n_feather)
         except (ValueError, MemoryError, ArithmeticError) as err:
-            logger.warning("[GRID] %s blending failed (%s); falling back to a weighted mean", blend, err)
+            logger.warning("[GRID] %s blending failed (%s); falling back to a weighted mean",
+                           blend, err)
     if data is None:
         data, weight = weighted_mean(corrected, canvas_shape)
         report.update(blend="mean", n_pyramid=0, n_feather=0, levels_used=0)

@@ -95,7 +95,8 @@ def match_grid_frames(
                           match_kernel=match_kernel)
     rep = match.report
     report = {"status": rep.status, "n_frames": len(frames), "n_overlaps": rep.n_overlaps,
-              "relations_ok": rep.n_relations_ok, "relations_offset_only": rep.n_relations_offset_only,
+              "relations_ok": rep.n_relations_ok,
+              "relations_offset_only": rep.n_relations_offset_only,
               "relations_failed": rep.n_relations_failed, "sky_surface": rep.sky_surface,
               "gains": {f.name: np.round(match.gains[k], 6).tolist() for k, f in enumerate(frames)},
               "warnings": list(rep.warnings)}

@@ -99,7 +99,8 @@ def _convex_hull(points: np.ndarray) -> np.ndarray:
 def _intersects(hull: np.ndarray, box: tuple[float, float, float, float]) -> bool:
     """Separating-axis test of a convex polygon against an axis-aligned box (x0, x1, y0, y1)."""
     x0, x1, y0, y1 = box
-    if hull[:, 0].max() < x0 or hull[:, 0].min() > x1 or hull[:, 1].max() < y0 or hull[:, 1].min() > y1:
+    if (hull[:, 0].max() < x0 or hull[:, 0].min() > x1
+            or hull[:, 1].max() < y0 or hull[:, 1].min() > y1):
         return False
     corners = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
     edges = np.roll(hull, -1, axis=0) - hull
@@ -182,7 +183,8 @@ def make_tile_grid(
             bbox = (y0, y0 + tile_h, x0, x0 + tile_w)
             # pixel centres run from x0 to x0 + tile_w - 1: test the area they cover
             box = (x0 - 0.5, x0 + tile_w - 0.5, y0 - 0.5, y0 + tile_h - 0.5)
-            members = [k for k, hull in enumerate(hulls) if len(hull) >= 3 and _intersects(hull, box)]
+            members = [k for k, hull in enumerate(hulls)
+                       if len(hull) >= 3 and _intersects(hull, box)]
             if members:
                 tiles.append(GridTile(f"grid_r{r:03d}_c{c:03d}", r, c, bbox, members))
     return tiles

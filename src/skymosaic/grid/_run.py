@@ -19,13 +19,13 @@ import numpy as np
 from astropy.io import fits
 
 from skymosaic._dask import run_tasks
+from skymosaic._display import plan_display, write_display
 from skymosaic._tiles import PlacedTile
 from skymosaic._version import __version__
 from skymosaic.assemble import CoaddOptions
 from skymosaic.grid._assemble import AssembleResult, assemble_tiles
 from skymosaic.grid._frames import match_grid_frames
 from skymosaic.grid._geometry import GridTile, make_tile_grid, tile_grid_of
-from skymosaic._display import plan_display, write_display
 from skymosaic.io import FrameInfo, write_mosaic
 from skymosaic.io._export import ArraySource
 from skymosaic.io._writer import shrink_planes
@@ -234,12 +234,14 @@ def run_grid(
             photometry = PhotometryOptions.from_config(config) if tile_solve else None
             result = assemble_tiles(placed, canvas.shape, photometry=photometry,
                                     blend=config.grid.blend, levels=config.grid.blend_levels,
-                                    feather_sigma=config.grid.feather_sigma, backend=options.backend)
+                                    feather_sigma=config.grid.feather_sigma,
+                                    backend=options.backend)
             if consistent:
                 result.report["photometry_mode"] = "frames"
         name = config.output.name + (f"_{_safe(filt)}" if multi and filt else "")
         with phase("write"):
-            mosaic_path, preview_path, written = _write(out, name, config, canvas, result, placed, filt)
+            mosaic_path, preview_path, written = _write(out, name, config, canvas, result, placed,
+                                                        filt)
         report = {
             "filter": filt, "mosaic": mosaic_path.name,
             "preview": preview_path.name if preview_path else None,
@@ -252,11 +254,13 @@ def run_grid(
             "max_depth": max(len(t.frames) for t in tiles),
             **written,
         }
-        products.append(GridProducts(filt, mosaic_path, preview_path, tuple(result.data.shape), report))
+        products.append(GridProducts(filt, mosaic_path, preview_path, tuple(result.data.shape),
+                                     report))
     return products
 
 
-def _split_sessions(tiles: list[GridTile], frames: list[FrameInfo], rows: dict[str, PlanRow]) -> list[GridTile]:
+def _split_sessions(tiles: list[GridTile], frames: list[FrameInfo],
+                    rows: dict[str, PlanRow]) -> list[GridTile]:
     """One stack per (mount, batch_id) of the plan in each tile.
 
     Equatorial and Alt-Az frames (field rotation, different flats) and different sessions
@@ -307,7 +311,8 @@ def _write(out: Path, name: str, config: Config, canvas: OutputGrid, result: Ass
     display = plan_display(shrink_planes(result.data, config.output.preview_max_size), config)
     history += display.history()
     cards.update(display.cards())
-    science = result.data if display.science_color is None else display.science_color.apply(result.data)
+    science = (result.data if display.science_color is None
+               else display.science_color.apply(result.data))
     mosaic_path = write_mosaic(out / f"{name}.fits", science, canvas.wcs, weight=result.weight,
                                coverage=coverage, history=history, cards=cards)
     written = write_display(out, name, config, display, ArraySource(result.data), canvas.wcs,

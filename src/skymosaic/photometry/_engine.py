@@ -23,7 +23,13 @@ from skymosaic.photometry._masks import valid_mask
 from skymosaic.photometry._overlaps import find_overlaps
 from skymosaic.photometry._regression import pairwise_relations
 from skymosaic.photometry._solve import apply_gains_offsets, solve_gains_offsets
-from skymosaic.photometry._surfaces import SkySamples, overlap_block, sky_samples, solve_sky_surfaces, to_samples
+from skymosaic.photometry._surfaces import (
+    SkySamples,
+    overlap_block,
+    sky_samples,
+    solve_sky_surfaces,
+    to_samples,
+)
 
 __all__ = ["GAIN_SOURCES", "SKY_SURFACES", "PhotometryOptions", "PhotometryReport",
            "normalize_tiles", "solve_corrections", "tile_sky_samples"]
@@ -171,7 +177,7 @@ class PhotometryReport:
         return _jsonable(asdict(self))
 
 
-def _jsonable(obj: Any) -> Any:
+def _jsonable(obj: Any) -> Any:  # noqa: PLR0911 - one return per JSON type
     if isinstance(obj, dict):
         return {k: _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -257,10 +263,11 @@ def _run(
         detrend_order=cfg.detrend_order,
         threads=cfg.threads,
     )
-    samples = [] if cfg.sky_surface == "none" else tile_sky_samples(tiles, overlaps, masks, cfg.surface_block)
+    samples = ([] if cfg.sky_surface == "none"
+               else tile_sky_samples(tiles, overlaps, masks, cfg.surface_block))
     t2 = time.perf_counter()
-    gains, offsets, surfaces = solve_corrections(len(tiles), report.n_channels, relations, samples, cfg,
-                                                 report)
+    gains, offsets, surfaces = solve_corrections(len(tiles), report.n_channels, relations,
+                                                 samples, cfg, report)
     t3 = time.perf_counter()
     out = [_corrected(t, gains[k], offsets[k], None if surfaces is None else surfaces[k])
            for k, t in enumerate(tiles)]
@@ -298,7 +305,8 @@ def tile_frame(tile: PlacedTile):
     h, w = tile.shape
 
     def to_uv(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return (x - tile.x0) * (2.0 / max(w - 1, 1)) - 1.0, (y - tile.y0) * (2.0 / max(h - 1, 1)) - 1.0
+        return ((x - tile.x0) * (2.0 / max(w - 1, 1)) - 1.0,
+                (y - tile.y0) * (2.0 / max(h - 1, 1)) - 1.0)
 
     return to_uv
 
@@ -349,14 +357,16 @@ def solve_corrections(
         if order is None:
             offsets[:, c] = sol.offsets
         else:
-            sky = solve_sky_surfaces(n, [s for s in samples if s.channel == c], sol.gains, order=order,
-                                     ridge=cfg.surface_ridge, robust_iter=cfg.robust_iter)
+            sky = solve_sky_surfaces(n, [s for s in samples if s.channel == c], sol.gains,
+                                     order=order, ridge=cfg.surface_ridge,
+                                     robust_iter=cfg.robust_iter)
             if surfaces is None:
                 surfaces = np.zeros((n, n_ch, sky.coeffs.shape[1]))
             surfaces[:, c] = sky.coeffs
             surfaces[:, c, 0] += _target_shift(samples, c, sol.gains, sky.coeffs, order,
                                                cfg.background_target)
-            steps.update({(i, j, c): (v, sky.pair_step_before[(i, j)]) for (i, j), v in sky.pair_step.items()})
+            steps.update({(i, j, c): (v, sky.pair_step_before[(i, j)])
+                          for (i, j), v in sky.pair_step.items()})
         for k in range(n):
             report.tile_status[k].append(sol.status[k])
         report.warnings.extend(f"channel {c}: {w}" for w in sol.warnings)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from skymosaic._display import color_options
 from skymosaic.config import ConfigError, load_config
 from skymosaic.photometry import ColorCalibration, ColorOptions, measure_color
 from skymosaic.synth import SEESTAR_RESPONSE, make_truth_sky
@@ -217,6 +216,6 @@ def test_bad_shape():
 
 def test_config_star_color_reaches_the_calibration():
     config = load_config(None, {"color.star_color": [1.1, 1.0, 0.85]})
-    assert color_options(config).star_color == (1.1, 1.0, 0.85)
+    assert ColorOptions.from_config(config).star_color == (1.1, 1.0, 0.85)
     with pytest.raises(ConfigError, match="star_color"):
         load_config(None, {"color.star_color": [1.0, -1.0, 1.0]})

@@ -32,24 +32,11 @@ from skymosaic.photometry._color import ColorCalibration, ColorOptions, measure_
 if TYPE_CHECKING:  # config reads its choices from the algorithm packages: no import cycle
     from skymosaic.config import Config
 
-__all__ = ["Display", "color_options", "plan_display", "stretch_options", "write_display"]
+__all__ = ["Display", "plan_display", "write_display"]
 
 logger = logging.getLogger(__name__)
 
 
-def color_options(config: Config) -> ColorOptions:
-    return ColorOptions(white=config.color.white, min_stars=config.color.min_stars,
-                        star_color=tuple(config.color.star_color))
-
-
-def stretch_options(config: Config) -> StretchOptions:
-    c = config.color
-    return StretchOptions(
-        target_background=c.target_background,
-        shadow_clip=c.shadow_clip,
-        curve=c.curve,
-        highlight_percentile=c.highlight_percentile,
-    )
 
 
 @dataclass(eq=False)
@@ -98,8 +85,8 @@ def plan_display(plane: np.ndarray, config: Config) -> Display:
     mode = config.color.mode
     color = None
     if mode != "off" and plane.shape[0] == 3:
-        color = measure_color(plane, options=color_options(config))
-    params = fit_stretch(plane, options=stretch_options(config), color=color)
+        color = measure_color(plane, options=ColorOptions.from_config(config))
+    params = fit_stretch(plane, options=StretchOptions.from_config(config), color=color)
     return Display(mode=mode, color=color, params=params, plane=plane)
 
 

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import ndimage
@@ -48,6 +48,9 @@ from skymosaic.photometry._linefit import estimate_noise
 from skymosaic.reproject._grid import OutputGrid
 from skymosaic.reproject._mapping import pixel_map
 from skymosaic.reproject._resample import EDGES, KERNEL_RADIUS, KERNELS
+
+if TYPE_CHECKING:
+    from skymosaic.config import Config
 
 __all__ = [
     "COADD_REJECT",
@@ -109,6 +112,18 @@ class CoaddOptions:
     reject_kappa: float = 5.0
     #: Where sources are resampled (None = the host); see `skymosaic.backend`.
     backend: Backend | None = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def from_config(cls, config: Config, *, threads: int, scratch: str | os.PathLike | None = None,
+                    backend: Backend | None = None) -> CoaddOptions:
+        """The coadd's options of a run: ``[reproject]``, ``[coadd]``, ``run.block_rows`` and the
+        memory budget; ``threads``, the scratch folder and the backend are the run's."""
+        r = config.reproject
+        return cls(kernel=r.kernel, edge=r.edge, map_tolerance=r.map_tolerance_px,
+                   grid_step=r.grid_step_px, memory_budget=config.memory_budget_bytes,
+                   threads=threads, scratch_dir=None if scratch is None else str(scratch),
+                   backend=backend, block_rows=config.run.block_rows, reject=config.coadd.reject,
+                   reject_kappa=config.coadd.reject_kappa)
 
     def __post_init__(self) -> None:
         if self.kernel not in KERNELS:

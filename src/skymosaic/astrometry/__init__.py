@@ -17,7 +17,6 @@ from skymosaic.astrometry._indexes import (
 from skymosaic.astrometry._solve import (
     FrameSolution,
     apply_solution,
-    options_from_config,
     solve_frames,
     solve_missing_wcs,
     write_solver_image,
@@ -56,7 +55,6 @@ __all__ = [
     "find_solver",
     "find_solver_binaries",
     "index_search_dirs",
-    "options_from_config",
     "parse_dec",
     "parse_ra",
     "read_hints",

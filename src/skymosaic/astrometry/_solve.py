@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from astropy.io import fits
@@ -33,10 +34,12 @@ from skymosaic.astrometry._solvers import (
 from skymosaic.astrometry._validate import check_wcs
 from skymosaic.io._frames import FrameError, FrameInfo, frame_footprint, load_frame, validate_wcs
 
+if TYPE_CHECKING:
+    from skymosaic.config import Config
+
 __all__ = [
     "FrameSolution",
     "apply_solution",
-    "options_from_config",
     "solve_frames",
     "solve_missing_wcs",
     "write_solver_image",
@@ -221,15 +224,6 @@ def solve_frames(
     return results
 
 
-def options_from_config(cfg, *, threads: int = 1) -> SolveOptions:
-    """`SolveOptions` from the ``[solve]`` section (`skymosaic.config.SolveConfig`)."""
-    return SolveOptions(
-        solver=cfg.solver, timeout_s=cfg.timeout_s, downsample=cfg.downsample,
-        max_sources=cfg.max_sources,
-        radius_deg=cfg.radius_deg, scale_tolerance=cfg.scale_tolerance, blind=cfg.blind,
-        workers=cfg.workers or max(1, threads), index_dirs=tuple(cfg.index_dirs),
-        astap_database=cfg.astap_database,
-    )
 
 
 def _no_wcs(info: FrameInfo) -> str:
@@ -239,12 +233,12 @@ def _no_wcs(info: FrameInfo) -> str:
 def solve_missing_wcs(
     infos: Sequence[FrameInfo],
     run_dir: str | Path | None,
-    cfg,
+    config: Config,
     *,
     threads: int = 1,
     progress=None,
 ) -> tuple[list[FrameInfo], dict[str, str], dict]:
-    """The pipeline's solve step: solve ``infos`` per the ``[solve]`` section ``cfg``.
+    """The pipeline's solve step: solve ``infos`` per the ``[solve]`` section of ``config``.
 
     Parameters
     ----------
@@ -252,10 +246,10 @@ def solve_missing_wcs(
         Frames without a usable WCS.
     run_dir : path or None
         The run directory (solutions are cached in its ``wcs/`` folder); None: no solving.
-    cfg : skymosaic.config.SolveConfig
-        The ``[solve]`` section.
+    config : skymosaic.config.Config
+        The run's configuration (its ``[solve]`` section, `SolveOptions.from_config`).
     threads : int
-        Default number of parallel solves (``cfg.workers`` = 0).
+        Default number of parallel solves (``solve.workers`` = 0).
     progress : skymosaic.pipeline.Progress, optional
         Told about phase ``"solve"``.
 
@@ -271,11 +265,12 @@ def solve_missing_wcs(
     """
     if not infos:
         return [], {}, {}
+    cfg = config.solve
     if not cfg.enabled or run_dir is None:
         why = ("plate solving is off (solve.enabled = false)" if not cfg.enabled
                else "not plate-solved here (skymosaic run solves and caches solutions)")
         return [], {str(i.path): f"{_no_wcs(i)}; {why}" for i in infos}, {}
-    options = options_from_config(cfg, threads=threads)
+    options = SolveOptions.from_config(config, threads=threads)
     solver = find_solver(options)
     t0 = time.perf_counter()
     if progress is not None:

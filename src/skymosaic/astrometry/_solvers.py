@@ -26,12 +26,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from astropy.io import fits
 
 from skymosaic.astrometry._hints import SolveHints
 from skymosaic.astrometry._indexes import astrometry_cfg_paths
+
+if TYPE_CHECKING:
+    from skymosaic.config import Config
 
 __all__ = [
     "ASTAP_BINARIES",
@@ -104,6 +107,17 @@ class SolveOptions:
     workers: int = 1
     index_dirs: tuple[Path, ...] = ()
     astap_database: Path | None = None
+
+    @classmethod
+    def from_config(cls, config: Config, *, threads: int = 1) -> SolveOptions:
+        """The ``[solve]`` section (`skymosaic.config.SolveConfig`); ``workers = 0`` takes
+        the run's ``threads``."""
+        cfg = config.solve
+        return cls(solver=cfg.solver, timeout_s=cfg.timeout_s, downsample=cfg.downsample,
+                   max_sources=cfg.max_sources, radius_deg=cfg.radius_deg,
+                   scale_tolerance=cfg.scale_tolerance, blind=cfg.blind,
+                   workers=cfg.workers or max(1, threads), index_dirs=tuple(cfg.index_dirs),
+                   astap_database=cfg.astap_database)
 
     def __post_init__(self) -> None:
         if self.solver not in SOLVER_CHOICES:

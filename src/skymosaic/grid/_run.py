@@ -32,7 +32,8 @@ from skymosaic.io._writer import shrink_planes
 from skymosaic.io.stack_plan import PlanRow, StackPlan
 from skymosaic.photometry import PhotometryOptions
 from skymosaic.reproject import OutputGrid
-from skymosaic.stack.classic import build_tile, stack_settings
+from skymosaic.stack import StackSettings
+from skymosaic.stack.classic import build_tile
 from skymosaic.stack.master import FrameCorrection, MasterTile, TileInputs
 
 if TYPE_CHECKING:  # config reads its choices from the algorithm packages: no import cycle
@@ -95,7 +96,7 @@ def _stack_tiles(
     the global frame photometry (`match_grid_frames`), applied while the tiles resample the
     frames, which are then stacked without normalisation."""
     workers = 1 if client is not None else max(1, min(threads, len(tiles)))
-    settings = stack_settings(config)
+    settings = StackSettings.from_config(config)
     per_tile = max(settings.memory_budget_bytes // workers, 16 * 2**20)
     settings = dataclasses.replace(settings, memory_budget_bytes=per_tile,
                                    **({"normalization": "none"} if corrections else {}))

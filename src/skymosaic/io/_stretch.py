@@ -49,9 +49,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from skymosaic.config import Config
 
 __all__ = [
     "STRETCH_CURVES",
@@ -104,6 +107,13 @@ class StretchOptions:
     shadow_clip: float = 2.8
     curve: Literal["asinh", "mtf"] = "asinh"
     highlight_percentile: float = 100.0
+
+    @classmethod
+    def from_config(cls, config: Config) -> StretchOptions:
+        """The display stretch of the ``[color]`` section."""
+        c = config.color
+        return cls(target_background=c.target_background, shadow_clip=c.shadow_clip,
+                   curve=c.curve, highlight_percentile=c.highlight_percentile)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.target_background <= 0.5:

@@ -36,10 +36,13 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from scipy import ndimage
+
+if TYPE_CHECKING:
+    from skymosaic.config import Config
 
 __all__ = ["COLOR_MODES", "COLOR_WHITE", "ColorCalibration", "ColorOptions", "measure_color"]
 
@@ -86,6 +89,12 @@ class ColorOptions:
     saturation: float | None = None
     clip_sigma: float = 3.0
     star_color: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    @classmethod
+    def from_config(cls, config: Config) -> ColorOptions:
+        """The colour calibration of the ``[color]`` section."""
+        c = config.color
+        return cls(white=c.white, min_stars=c.min_stars, star_color=tuple(c.star_color))
 
     def __post_init__(self) -> None:
         if len(self.star_color) != 3 or not all(

@@ -12,6 +12,7 @@ from skymosaic._dask import dask_client
 from skymosaic._manifest import MANIFEST_NAME, Manifest
 from skymosaic._memory import limit_heap_growth
 from skymosaic._space import DiskFullError
+from skymosaic.assemble import CoaddOptions
 from skymosaic.config import Config, dump_toml
 from skymosaic.io import atomic_path
 from skymosaic.io.stack_plan import StackPlan
@@ -117,7 +118,8 @@ def _mosaic_phases(ctx: Run, paths: Sequence[Path], plan: StackPlan | None,
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     try:
-        opts = coadd.coadd_options(config, ctx.threads, scratch, ctx.backend)
+        opts = CoaddOptions.from_config(config, threads=ctx.threads, scratch=scratch,
+                                        backend=ctx.backend)
         stacked = stack.run(ctx, catalog, grid, opts) if config.stack.enabled else None
         sources, weights, sources_fp = stack.coadd_sources(catalog, stacked, config)
         inputs = photometry.Sources(sources, grid, opts, sources_fp)

@@ -9,18 +9,15 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 from skymosaic._manifest import crash_point, fingerprint
 from skymosaic.assemble import (
     BlockStore,
-    CoaddOptions,
     CoaddResult,
     DiskMosaic,
     coadd,
     renormalise_coverage,
 )
-from skymosaic.backend import Backend
 from skymosaic.config import Config, config_digest
 
 from . import write
@@ -28,7 +25,7 @@ from ._run import Run, Sections, run_phase
 from .canvas import grid_signature
 from .photometry import Sources, write_diagnostics
 
-__all__ = ["MosaicInputs", "coadd_options", "mosaic", "run"]
+__all__ = ["MosaicInputs", "mosaic", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -155,14 +152,3 @@ def _renorm_settings(config: Config) -> dict:
             "clip": list(p.coverage_clip)}
 
 
-def coadd_options(config: Config, threads: int, scratch: Path,
-                  backend: Backend | None = None) -> CoaddOptions:
-    """The coadd's options of a run (``[reproject]``, ``[coadd]``, the memory budget)."""
-    return CoaddOptions(
-        kernel=config.reproject.kernel, edge=config.reproject.edge,
-        map_tolerance=config.reproject.map_tolerance_px,
-        grid_step=config.reproject.grid_step_px, memory_budget=config.memory_budget_bytes,
-        threads=threads, scratch_dir=str(scratch), backend=backend,
-        block_rows=config.run.block_rows,
-        reject=config.coadd.reject, reject_kappa=config.coadd.reject_kappa,
-    )

@@ -116,7 +116,7 @@ def build_catalog(paths: Sequence[Path], config: Config, *, progress: Progress |
             else:
                 catalog.frames.append(info)
     progress.end("discover")
-    solved, failed, catalog.solve = solve_missing_wcs(unsolved, run_dir, config.solve,
+    solved, failed, catalog.solve = solve_missing_wcs(unsolved, run_dir, config,
                                                       threads=threads, progress=progress)
     for path, reason in failed.items():
         catalog.reject(path, reason)

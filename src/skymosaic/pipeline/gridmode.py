@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from skymosaic.assemble import CoaddOptions
 from skymosaic.grid import run_grid
 from skymosaic.io.stack_plan import StackPlan
 from skymosaic.reproject import OutputGrid
@@ -13,7 +14,6 @@ from skymosaic.reproject import OutputGrid
 from ._catalog import Catalog
 from ._report import FramesReport, OutputReport
 from ._run import Run, RunResult
-from .coadd import coadd_options
 from .write import write_report
 
 __all__ = ["run"]
@@ -25,7 +25,8 @@ def run(ctx: Run, catalog: Catalog, plan: StackPlan, canvas: OutputGrid,
         scratch: Path) -> RunResult:
     """Grid mode's mosaics (one per filter) on ``canvas``; fills the report."""
     config = ctx.config
-    opts = coadd_options(config, ctx.threads, scratch, ctx.backend)
+    opts = CoaddOptions.from_config(config, threads=ctx.threads, scratch=scratch,
+                                    backend=ctx.backend)
     products = run_grid(
         plan=plan, frames=catalog.frames, canvas=canvas, config=config, options=opts, out=ctx.out,
         scratch=scratch, noise={k: v.noise for k, v in catalog.stats.items()},

@@ -45,7 +45,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from array_api_compat import array_namespace
@@ -69,6 +69,9 @@ from skymosaic.stack._reject import (
 )
 from skymosaic.stack._starnorm import add_surfaces
 from skymosaic.stack._weights import frame_weights, normalize_methods
+
+if TYPE_CHECKING:
+    from skymosaic.config import Config
 
 __all__ = ["COMBINE_METHODS", "StackResult", "StackSettings", "chunk_rows_for", "stack_cube"]
 
@@ -149,6 +152,17 @@ class StackSettings:
     chunk_rows: int | None = None
     sample_pixels: int = 65536
     sky_surface: str = "quadratic"
+
+    @classmethod
+    def from_config(cls, config: Config) -> StackSettings:
+        """The ``[stack]`` section; the stack's chunks get a quarter of the memory budget
+        (at least 16 MiB)."""
+        s = config.stack
+        return cls(normalization=s.normalization, weighting=tuple(s.weighting),
+                   rejection=s.rejection, kappa_low=s.kappa_low, kappa_high=s.kappa_high,
+                   max_iter=s.max_iter, n_low=s.n_low, n_high=s.n_high, combine=s.combine,
+                   sky_surface=s.sky_surface,
+                   memory_budget_bytes=max(config.memory_budget_bytes // 4, 16 * 2**20))
 
     def __post_init__(self) -> None:
         for name, value, allowed in (

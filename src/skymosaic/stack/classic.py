@@ -27,8 +27,7 @@ from skymosaic.stack.sessions import SessionSummary, session_keys, summarise_ses
 if TYPE_CHECKING:  # config reads its choices from the algorithm packages: no import cycle
     from skymosaic.config import Config
 
-__all__ = ["StackedGroups", "group_frames", "select_by_quality", "session_key", "stack_groups",
-           "stack_settings"]
+__all__ = ["StackedGroups", "group_frames", "select_by_quality", "session_key", "stack_groups"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,11 +53,7 @@ def select_by_quality(
     if not measured:
         return list(frames), {}, []
     q = config.quality
-    settings = QualitySettings(
-        max_background_mad=q.max_background_mad, max_noise_mad=q.max_noise_mad,
-        min_star_fraction=q.min_star_fraction, max_fwhm_mad=q.max_fwhm_mad,
-        max_elongation_mad=q.max_elongation_mad, max_star_mad=q.max_star_mad, mad_floor=q.mad_floor,
-    )
+    settings = QualitySettings.from_config(config)
     names = [str(f.path) for f in measured]
     keys = session_keys(measured, gap_hours=q.session_gap_hours, targets=targets)
     selection = select_frames([qualities[n] for n in names], names, sessions=keys,
@@ -85,15 +80,6 @@ def group_frames(frames: Sequence[FrameInfo], config: Config) -> Clustering:
     )
 
 
-def stack_settings(config: Config) -> StackSettings:
-    """The stacking engine's settings from the configuration."""
-    s = config.stack
-    return StackSettings(
-        normalization=s.normalization, weighting=tuple(s.weighting), rejection=s.rejection,
-        kappa_low=s.kappa_low, kappa_high=s.kappa_high, max_iter=s.max_iter, n_low=s.n_low,
-        n_high=s.n_high, combine=s.combine, sky_surface=s.sky_surface,
-        memory_budget_bytes=max(config.memory_budget_bytes // 4, 16 * 2**20),
-    )
 
 
 @dataclass
@@ -129,7 +115,7 @@ def stack_groups(
     ``progress(n)`` counts frames. The tiles are returned in group order either way.
     """
     out = StackedGroups()
-    settings = stack_settings(config)
+    settings = StackSettings.from_config(config)
     jobs: list[tuple[int, TileInputs]] = []
     for index, members in enumerate(clustering.groups):
         group = [frames[k] for k in members]

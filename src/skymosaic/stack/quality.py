@@ -28,10 +28,13 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import sep
+
+if TYPE_CHECKING:
+    from skymosaic.config import Config
 
 __all__ = [
     "FrameQuality",
@@ -334,6 +337,15 @@ class QualitySettings:
     max_star_mad: float = 5.0
     mad_floor: float = 0.02
     min_frames: int = 3
+
+    @classmethod
+    def from_config(cls, config: Config) -> QualitySettings:
+        """The selection thresholds of the ``[quality]`` section."""
+        q = config.quality
+        return cls(max_background_mad=q.max_background_mad, max_noise_mad=q.max_noise_mad,
+                   min_star_fraction=q.min_star_fraction, max_fwhm_mad=q.max_fwhm_mad,
+                   max_elongation_mad=q.max_elongation_mad, max_star_mad=q.max_star_mad,
+                   mad_floor=q.mad_floor)
 
     def __post_init__(self) -> None:
         for name in (

@@ -467,3 +467,37 @@ def test_grid_mode_report_carries_the_global_solve(tmp_path):
     assert data["image"]["stretch"] == product["color"]["stretch"]  # the preview's own
     assert data["run"]["n_tiles"] == len(product["tile_names"])
     assert data["run"]["photometry"]["n_overlaps"] == solve["n_overlaps"]
+
+
+def test_grid_mode_report_carries_the_frames_solve(tmp_path):
+    """Grid mode with `grid.frame_photometry` (the default): each frame of the page carries
+    the gain and sky surface per channel that the frames' solve gave it (run.json
+    ``grid.<filter>.frame_photometry``), and the tiles list their frames."""
+    survey = make_survey(n_x=2, n_y=2, frame_shape=(96, 120), channels=3, frames_per_pointing=2,
+                         seed=5)
+    paths = write_survey(survey, tmp_path / "frames", prefix="g")
+    plan = tmp_path / "stack_plan.csv"
+    plan.write_text("path,exptime\n" + "".join(f"{p},10\n" for p in paths))
+    config = load_config(None, {"run.threads": 2, "grid.plan": str(plan)})
+    run_pipeline([tmp_path / "frames"], tmp_path / "out", config)
+    out = tmp_path / "out"
+    run = json.loads((out / "run.json").read_text())
+    (product,) = run["grid"].values()
+    solve = product["frame_photometry"]
+    assert solve["status"] == "ok" and product["photometry_mode"] == "frames"
+    data = _data(out)
+    frames = {f["name"]: f for f in data["frames"] if f["used"]}
+    assert set(solve["gains"]) == set(frames) and len(frames) >= len(paths) - 2
+    for name, gain in solve["gains"].items():
+        assert frames[name]["frame_gain"] == pytest.approx(gain)
+        assert len(frames[name]["frame_gain"]) == 3
+        np.testing.assert_allclose(frames[name]["frame_surface"], solve["surfaces"][name])
+    # the solved gains are not all 1: the survey has per-frame gains
+    assert max(abs(g - 1.0) for gains in solve["gains"].values() for g in gains) > 0.01
+    assert all(i["kind"] == "tile" and set(i["frames"]) <= set(frames) for i in data["inputs"])
+    summary = data["run"]["photometry"]
+    assert summary["status"] == "ok (on the frames)"
+    assert summary["n_overlaps"] == solve["n_overlaps"]
+    all_gains = [g for gains in solve["gains"].values() for g in gains]
+    assert summary["gain_range"] == pytest.approx([min(all_gains), max(all_gains)])
+    assert sum(len(i["frames"]) for i in data["inputs"]) >= len(frames)

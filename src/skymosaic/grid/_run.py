@@ -246,7 +246,9 @@ def run_grid(
         report = {
             "filter": filt, "mosaic": mosaic_path.name,
             "preview": preview_path.name if preview_path else None,
-            "tiles": [t.to_dict() for t in tiles], "tiles_failed": failed,
+            "tiles": [{**t.to_dict(), "frames": [members[k].name for k in t.frames]}
+                      for t in tiles],
+            "tiles_failed": failed,
             "frames": [f.name for f in members],
             "frame_photometry": frame_report,
             **{k: v for k, v in result.report.items()},

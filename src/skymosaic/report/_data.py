@@ -58,10 +58,12 @@ def _tile_outline(path: Path, wcs: WCS) -> np.ndarray | None:
     return outline_pixels(frame_footprint(info.wcs, info.shape[1:], samples=5), wcs)
 
 
-def _grid_photometry(run: dict) -> tuple[dict, list[dict]]:
+def _grid_photometry(run: dict) -> tuple[dict, list[dict], dict]:
     """Grid mode: the global solve of the mosaic this report shows (one per filter in
     run.json ``grid``) in the classic shape: ``inputs`` by tile file name (gain, offset,
-    sky surface per channel) and the overlap ``pairs``; and its tiles."""
+    sky surface per channel) and the overlap ``pairs``; its tiles; and, when the frames were
+    solved before stacking (``grid.frame_photometry``), each frame's ``frame_gain`` and
+    ``frame_surface``."""
     mosaic = (run.get("products") or {}).get("mosaic")
     products = list((run.get("grid") or {}).values())
     product = next((g for g in products if g.get("mosaic") == mosaic),
@@ -78,7 +80,14 @@ def _grid_photometry(run: dict) -> tuple[dict, list[dict]]:
         inputs[f"{name}.fits"] = entry
     placed = set(names)
     tiles = [t for t in product.get("tiles") or [] if t.get("tile_id") in placed]
-    return {"inputs": inputs, "pairs": solve.get("pairs") or []}, tiles
+    frame_solve = product.get("frame_photometry") or {}
+    frames: dict[str, dict] = {}
+    if frame_solve.get("status") == "ok":
+        surfaces = frame_solve.get("surfaces") or {}
+        for name, gain in (frame_solve.get("gains") or {}).items():
+            frames[name] = {"frame_gain": gain, **({"frame_surface": surfaces[name]}
+                                                   if name in surfaces else {})}
+    return {"inputs": inputs, "pairs": solve.get("pairs") or []}, tiles, frames
 
 
 def _stack_stats(tiles: list[dict]) -> dict[str, dict]:
@@ -116,11 +125,14 @@ def collect_run(out: Path, run: dict, wcs: WCS, shape: tuple[int, int]) -> dict:
     footprints = run.get("footprints") or {}
     photometry = run.get("photometry") or {}
     run_tiles = run.get("tiles") or []
+    frame_solve: dict[str, dict] = {}
     if run.get("mode") == "grid":
-        photometry, run_tiles = _grid_photometry(run)
+        photometry, run_tiles, frame_solve = _grid_photometry(run)
     solved = photometry.get("inputs") or {}
     tiles = {f"{t['tile_id']}.fits": t for t in run_tiles}
     stack = _stack_stats(list(tiles.values()))
+    for name, solved_frame in frame_solve.items():
+        stack.setdefault(name, {}).update(solved_frame)
     renorm = run.get("coverage_renorm") or {}
     frame_list = (run.get("frames") or {}).get("list") or []
     by_name = {Path(f["path"]).name: f for f in frame_list}

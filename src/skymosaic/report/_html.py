@@ -196,6 +196,10 @@ def _summary(run: dict) -> dict:
                        {})
         solve = product.get("photometry") or {}
         gains = [g for row in solve.get("gains") or [] for g in row]
+        frames = product.get("frame_photometry") or {}
+        if product.get("photometry_mode") == "frames":  # solved on the frames, before stacking
+            solve = {**frames, "status": f"{frames.get('status', 'ok')} (on the frames)"}
+            gains = [g for row in (frames.get("gains") or {}).values() for g in row]
         summary["photometry"] = {"status": solve.get("status", "off"),
                                  "n_overlaps": solve.get("n_overlaps"),
                                  "gain_range": [min(gains), max(gains)] if gains else None,

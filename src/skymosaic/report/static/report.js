@@ -136,6 +136,8 @@
     return [["file", esc(f.path || f.name)], ["exposure", num(f.exposure) + " s"], ["filter", esc(f.filter || "–")],
       ["object", esc(f.object || "–")], ["night", esc(f.night || "–")], ["date", esc(f.date_obs || "–")],
       ["WCS", esc(f.wcs || "–")], ["used", f.used ? "yes" : "no"], ["master tile", esc(f.tile || "–")],
+      perChannel("frame gain (solved over the frame overlaps)", f.frame_gain),
+      perChannel("frame sky surface", f.frame_surface, 4),
       perChannel("stack gain", f.stack_gain), perChannel("stack offset", f.stack_offset, 2),
       f.rejected_pixels !== undefined ? ["stack rejections", num(f.rejected_pixels) + " px (" + num(100 * (f.rejected_fraction || 0), 2) + " %)"] : null,
       ["stars", num(q.n_stars)], ["FWHM", num(q.fwhm, 2) + " px"], ["elongation", num(q.elongation, 3)],
@@ -153,9 +155,10 @@
         ...(o.frame ? frameRows(o.frame) : []),
       ]);
       if (o.frames) {
-        html += "<table class='frames'><tr><th>frame</th><th>stack gain</th><th>rejected px</th></tr>" + o.frames.map((n) => {
+        const solved = o.frames.some((n) => (R.frames.find((x) => x.name === n) || {}).frame_gain);
+        html += "<table class='frames'><tr><th>frame</th>" + (solved ? "<th>frame gain</th>" : "") + "<th>stack gain</th><th>rejected px</th></tr>" + o.frames.map((n) => {
           const f = R.frames.find((x) => x.name === n) || {};
-          return "<tr><td>" + esc(n) + "</td><td>" + list(f.stack_gain, 3) + "</td><td>" + num(f.rejected_pixels) + "</td></tr>";
+          return "<tr><td>" + esc(n) + "</td>" + (solved ? "<td>" + list(f.frame_gain, 4) + "</td>" : "") + "<td>" + list(f.stack_gain, 3) + "</td><td>" + num(f.rejected_pixels) + "</td></tr>";
         }).join("") + "</table>";
       }
     } else if (hit.layer === "frames") {

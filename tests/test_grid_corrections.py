@@ -115,3 +115,25 @@ def test_grid_run_writes_no_corrected_frame(tmp_path, monkeypatch):
     scratch = tmp_path / "out" / ".scratch"
     assert scratch.is_dir()
     assert [p for p in scratch.rglob("*") if p.is_file()] == []
+
+
+def test_failed_frame_solve_falls_back_to_the_tiles_solve(tmp_path, monkeypatch, caplog):
+    """An error in the frames' solve is one [GRID] warning: the tiles then normalise their
+    frames and the global solve of the tiles runs, as with `grid.frame_photometry` off."""
+    survey = make_survey(n_x=2, n_y=1, frame_shape=(64, 80), channels=1, overlap=0.3,
+                         gain_range=(0.8, 1.25), offset_range=(50.0, 150.0), seed=2)
+    paths = write_survey(survey, tmp_path / "frames")
+    plan = write_stack_plan([PlanRow(path=p.resolve()) for p in paths], tmp_path / "plan.csv")
+
+    def broken(*args, **kwargs):
+        raise ValueError("singular overlap system")
+
+    monkeypatch.setattr("skymosaic.grid._frames.match_sources", broken)
+    config = load_config(None, {"run.threads": 2, "quality.enabled": False, "output.preview": False,
+                                "photometry.diagnostics": False, "grid.plan": str(plan)})
+    res = run_pipeline([tmp_path / "frames"], tmp_path / "out", config)
+    rep = res.report["grid"][""]
+    assert rep["frame_photometry"]["status"] == "fallback: ValueError: singular overlap system"
+    assert rep["photometry_mode"] != "frames" and rep["photometry"]["status"] == "ok"
+    assert any("[GRID] frame photometry not applied" in r.message for r in caplog.records)
+    assert (tmp_path / "out" / "mosaic.fits").exists()

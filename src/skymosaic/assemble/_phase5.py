@@ -67,6 +67,17 @@ class MatchResult:
     offsets: np.ndarray  # (N, C), background shift included
     surfaces: np.ndarray | None = None  # (N, C, M) sky-surface coefficients
 
+    def counts(self) -> dict:
+        """The solve's outcome for run.json: status, overlaps, relations by status, sky
+        surface and warnings (classic mode's ``photometry``, grid mode's
+        ``frame_photometry``)."""
+        rep = self.report
+        return {"status": rep.status, "n_overlaps": rep.n_overlaps,
+                "relations_ok": rep.n_relations_ok,
+                "relations_offset_only": rep.n_relations_offset_only,
+                "relations_failed": rep.n_relations_failed, "sky_surface": rep.sky_surface,
+                "warnings": list(rep.warnings)}
+
 
 def binned_grid(grid: OutputGrid, factor: int) -> OutputGrid:
     """The output grid with pixels ``factor`` times larger, covering the same sky."""

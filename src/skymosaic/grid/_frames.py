@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from skymosaic.assemble import CoaddOptions, FileSource, match_sources
-from skymosaic.io import FrameInfo
+from skymosaic.io import FrameError, FrameInfo
 from skymosaic.photometry import PhotometryOptions
 from skymosaic.reproject import OutputGrid
 from skymosaic.stack.master import FrameCorrection
@@ -53,14 +53,16 @@ class GridFrameMatch:
         for the stack's weights).
     report : dict
         The solve's report (run.json ``grid.frame_photometry``).
-    tiles_consistent : bool
-        True when there are corrections: the tiles, applying them, share one scale.
     """
 
     corrections: list[FrameCorrection] | None
     noise: dict
     report: dict = field(default_factory=dict)
-    tiles_consistent: bool = False
+
+    @property
+    def tiles_consistent(self) -> bool:
+        """True when there are corrections: the tiles, applying them, share one scale."""
+        return self.corrections is not None
 
 
 def match_grid_frames(
@@ -91,23 +93,24 @@ def match_grid_frames(
     frames = list(frames)
     t0 = time.perf_counter()
     sources = [FileSource.from_info(f, valid_min=valid_min) for f in frames]
-    match = match_sources(sources, canvas, options=options, photometry=photometry,
-                          match_kernel=match_kernel)
-    rep = match.report
-    report = {"status": rep.status, "n_frames": len(frames), "n_overlaps": rep.n_overlaps,
-              "relations_ok": rep.n_relations_ok,
-              "relations_offset_only": rep.n_relations_offset_only,
-              "relations_failed": rep.n_relations_failed, "sky_surface": rep.sky_surface,
-              "gains": {f.name: np.round(match.gains[k], 6).tolist() for k, f in enumerate(frames)},
-              "warnings": list(rep.warnings)}
-    if match.surfaces is not None:
-        report["surfaces"] = {f.name: np.round(match.surfaces[k], 6).tolist()
-                              for k, f in enumerate(frames)}
-    if rep.status != "ok":
+    try:
+        match = match_sources(sources, canvas, options=options, photometry=photometry,
+                              match_kernel=match_kernel)
+    except (FrameError, ValueError, ArithmeticError, MemoryError) as err:  # as classic mode
+        match = None
+        report = {"status": f"fallback: {type(err).__name__}: {err}", "n_frames": len(frames)}
+    else:
+        report = {**match.counts(), "n_frames": len(frames),
+                  "gains": {f.name: np.round(match.gains[k], 6).tolist()
+                            for k, f in enumerate(frames)}}
+        if match.surfaces is not None:
+            report["surfaces"] = {f.name: np.round(match.surfaces[k], 6).tolist()
+                                  for k, f in enumerate(frames)}
+    if report["status"] != "ok":
         logger.warning("[GRID] frame photometry not applied (%s); the tiles normalise their frames "
-                       "themselves", rep.status)
+                       "themselves", report["status"])
         report["solve_s"] = time.perf_counter() - t0
-        return GridFrameMatch(None, {}, report, tiles_consistent=False)
+        return GridFrameMatch(None, {}, report)
     corrections = [FrameCorrection(s.gain, s.offset, s.surface) for s in sources]
     scaled = {}
     for f, g in zip(frames, match.gains, strict=True):
@@ -115,6 +118,6 @@ def match_grid_frames(
         scaled[str(f.path)] = None if n is None else (np.asarray(n, float) * np.abs(g)).tolist()
     report["solve_s"] = time.perf_counter() - t0
     logger.info("[GRID] frame photometry: %d frames, %d overlaps, gains %.4f..%.4f, sky surfaces: "
-                "%s; applied while the tiles resample the frames", len(frames), rep.n_overlaps,
-                match.gains.min(), match.gains.max(), rep.sky_surface)
-    return GridFrameMatch(corrections, scaled, report, tiles_consistent=True)
+                "%s; applied while the tiles resample the frames", len(frames),
+                report["n_overlaps"], match.gains.min(), match.gains.max(), report["sky_surface"])
+    return GridFrameMatch(corrections, scaled, report)

@@ -89,17 +89,13 @@ def run(ctx: Run, inputs: Sources) -> dict:
         return {"corrections": {}, "report": {"status": f"fallback: {err}"}}
     rep = match.report
     report = {
-        "status": rep.status, "binning": match.binning, "n_inputs": len(sources),
-        "n_overlaps": rep.n_overlaps, "relations_ok": rep.n_relations_ok,
-        "relations_offset_only": rep.n_relations_offset_only,
-        "relations_failed": rep.n_relations_failed,
+        **match.counts(), "binning": match.binning, "n_inputs": len(sources),
         "gain_range": [float(match.gains.min()), float(match.gains.max())],
         "offset_range": [float(match.offsets.min()), float(match.offsets.max())],
-        "sky_surface": rep.sky_surface,
         "inputs": {s.name: {"gain": match.gains[k].tolist(), "offset": match.offsets[k].tolist(),
                             "surface": None if s.surface is None else s.surface.to_list()}
                    for k, s in enumerate(sources)},
-        "pairs": rep.pairs, "warnings": rep.warnings, "timings_s": rep.timings,
+        "pairs": rep.pairs, "timings_s": rep.timings,
     }
     logger.info("photometry: %d inputs, %d overlaps, regressions ok/offset-only/failed %d/%d/%d, "
                 "gains %.4f..%.4f", len(sources), rep.n_overlaps, rep.n_relations_ok,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -625,3 +627,44 @@ def test_real_seestar_frame(testdata):
     part = load_frame(info, rows=slice(901, 960), cols=slice(333, 401))
     np.testing.assert_array_equal(part, rgb[:, 901:960, 333:401])
     assert (path.stat().st_mtime_ns, path.stat().st_size) == before
+
+
+# -- reading rows straight from the file (RawLayout) -----------------------------------------
+
+
+@pytest.mark.parametrize(("data", "header"), [
+    (np.random.default_rng(0).normal(100, 5, (40, 30)).astype(">f4"), {}),
+    (np.random.default_rng(1).normal(100, 5, (40, 30)).astype(">f8"), {}),
+    (np.random.default_rng(2).integers(0, 65535, (40, 30)).astype(np.uint16), {}),  # BZERO 32768
+    (np.random.default_rng(3).integers(-300, 300, (1, 40, 30)).astype(">i2"), {}),  # NAXIS3 = 1
+    (np.random.default_rng(4).integers(0, 255, (40, 30)).astype(np.uint8), {}),
+])
+def test_raw_reads_equal_astropy_sections(tmp_path, data, header):
+    from skymosaic.io._frames import _read_section  # noqa: PLC0415
+
+    path = tmp_path / "f.fits"
+    fits.PrimaryHDU(data, fits.Header(header)).writeto(path)
+    info = scan_frame(path)
+    assert info.raw is not None
+    for rows, cols in [(slice(0, 40), slice(0, 30)), (slice(7, 19), slice(3, 25)),
+                       (slice(39, 40), slice(0, 1))]:
+        fast = _read_section(info, (rows, cols))
+        slow = _read_section(dataclasses.replace(info, raw=None), (rows, cols))
+        assert fast.dtype == np.float32
+        np.testing.assert_array_equal(fast, slow)
+
+
+def test_raw_reads_fall_back_when_the_file_changed_or_needs_scaling(tmp_path):
+    path = tmp_path / "f.fits"
+    fits.PrimaryHDU(np.zeros((20, 10), np.float32)).writeto(path)
+    info = scan_frame(path)
+    assert info.raw is not None
+    fits.PrimaryHDU(np.ones((20, 10), np.float32)).writeto(path, overwrite=True)
+    os.utime(path, ns=(info.raw.mtime_ns + 10**9, info.raw.mtime_ns + 10**9))
+    assert info.raw.read_rows(path, (slice(0, 20), slice(0, 10))) is None
+    np.testing.assert_array_equal(load_frame(info), 1.0)  # astropy's read of the new file
+    scaled = tmp_path / "s.fits"
+    hdu = fits.PrimaryHDU(np.arange(200, dtype=np.int16).reshape(20, 10))
+    hdu.header["BSCALE"] = 2.0
+    hdu.writeto(scaled)
+    assert scan_frame(scaled).raw is None

@@ -26,6 +26,7 @@ from skymosaic.photometry import (
     bbox_candidate_pairs,
     coverage_gains,
     estimate_background,
+    estimate_noise,
     find_overlaps,
     fit_linear_relation,
     fit_overlap,
@@ -666,3 +667,45 @@ def test_full_pipeline_makes_overlaps_agree():
         b = tj.data[:, y0 - tj.y0 : y1 - tj.y0, x0 - tj.x0 : x1 - tj.x0]
         scale = np.exp(np.mean(np.log(rep.gains), axis=0))  # corrected units per sigma
         assert np.all(np.abs(np.nanmedian(b - a, axis=(1, 2))) < 0.15 * scale)
+
+
+def test_noise_from_a_row_subsample_is_the_whole_images():
+    # estimate_noise uses every k-th row beyond NOISE_MAX_VALUES differences: within 1 %
+    # of all rows on 1.2 Mpx of sky with stars, and a function of the image alone.
+    rng = np.random.default_rng(4)
+    img = _sky(1, 1100, 1100, rng, star_density=1 / 200)[0] + rng.normal(0, 5.0, (1100, 1100))
+    whole = estimate_noise(img, max_values=None)
+    sub = estimate_noise(img)
+    assert abs(sub / whole - 1) < 0.01
+    assert estimate_noise(img) == sub
+
+
+def test_auto_skips_the_pixel_fit_where_stars_suffice_and_runs_it_where_they_do_not():
+    gain, noise = 1.2, np.random.default_rng(8)
+    # 25 bright stars: the aperture gain is precise, no pixel fit is run
+    x = 100.0 + _star_grid(1.5, np.random.default_rng(7))
+    y = gain * x + 30.0 + noise.normal(0, 2, x.shape)
+    x = x + noise.normal(0, 2, x.shape)
+    valid = np.ones(x.shape, bool)
+    rel = fit_overlap(x, y, valid)
+    assert rel.status == "ok" and "no pixel fit" in rel.reason
+    assert abs(np.log(rel.gain / gain)) < 3 * rel.gain_err / rel.gain
+    # a smooth nebula and no star: the pixel fit gives the gain
+    yy, xx = np.mgrid[0:110, 0:110]
+    neb = 200.0 * np.exp(-((xx - 50) ** 2 + (yy - 60) ** 2) / (2 * 25.0**2))
+    x2 = 100.0 + neb + noise.normal(0, 2, neb.shape)
+    y2 = gain * (100.0 + neb) + 30.0 + noise.normal(0, 2, neb.shape)
+    rel2 = fit_overlap(x2, y2, valid)
+    assert rel2.status == "ok" and "aperture" not in rel2.reason
+    assert abs(np.log(rel2.gain / gain)) < 3 * rel2.gain_err / rel2.gain
+
+
+def test_clear_of_is_the_distance_transform_threshold():
+    from skymosaic.photometry._masks import distance_inside  # noqa: PLC0415
+    from skymosaic.photometry._stars import _clear_of  # noqa: PLC0415
+
+    rng = np.random.default_rng(5)
+    mask = rng.uniform(size=(90, 130)) > 0.02
+    mask[:, :7] = False
+    for radius in (1.0, 2.5, 4.0):
+        np.testing.assert_array_equal(_clear_of(mask, radius), distance_inside(mask) > radius)

@@ -75,6 +75,87 @@ def _axis_count(header: fits.Header, key: str) -> int:
     return int(value)
 
 
+#: BITPIX -> the big-endian dtype of the stored values (FITS standard, section 5.2)
+_BITPIX_DTYPE = {8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
+
+
+@dataclass(frozen=True)
+class RawLayout:
+    """Where an uncompressed image HDU's values lie in its file, and the file it was read
+    from (size and modification time: a file changed since is read through astropy).
+
+    Only for values that need no scaling, or the unsigned-16-bit convention (``BZERO =
+    32768``, exact in float32): reading rows straight from the file then gives the same
+    float32 values as astropy's ``section``, without opening and parsing the file per read
+    (about 5 ms per read: a fifth of the photometry's per-overlap reads at Seestar size).
+    """
+
+    offset: int  #: byte offset of the first value
+    dtype: str  #: stored dtype (big-endian)
+    dims: tuple[int, ...]  #: numpy-order shape of the stored array
+    bzero: float  #: 0, or 32768 for unsigned 16-bit
+    size: int  #: the file's size when scanned
+    mtime_ns: int  #: its modification time then
+
+    @classmethod
+    def of(cls, path: Path, hdu) -> RawLayout | None:
+        """The layout of ``hdu`` (opened from ``path``), or None when it does not qualify."""
+        plain = path.suffix.lower() in (".fits", ".fit", ".fts")
+        if not plain or isinstance(hdu, fits.CompImageHDU):
+            return None
+        hdr = hdu.header
+        dtype = _BITPIX_DTYPE.get(hdr.get("BITPIX"))
+        bscale, bzero = hdr.get("BSCALE", 1), hdr.get("BZERO", 0)
+        if dtype is None or bscale != 1 or not (bzero == 0 or (dtype == ">i2" and bzero == 32768)):
+            return None
+        if dtype[-2] == "i" and "BLANK" in hdr:
+            return None
+        try:
+            offset = int(hdu.fileinfo()["datLoc"])
+            st = path.stat()
+            dims = tuple(int(hdr[f"NAXIS{i}"]) for i in range(hdr["NAXIS"], 0, -1))
+        except (KeyError, TypeError, ValueError, OSError, AttributeError):
+            return None
+        if offset + math.prod(dims) * np.dtype(dtype).itemsize > st.st_size:
+            return None  # truncated: astropy's path reports it
+        return cls(offset, dtype, dims, float(bzero), st.st_size, st.st_mtime_ns)
+
+    def read_rows(self, path: Path, key: tuple) -> np.ndarray | None:
+        """``key`` (as `_read_section` gets it, numpy order over ``dims``) as float32, reading
+        only the rows it needs; None when the file changed or the key is not plain slices
+        over the two image axes plus leading integer indices."""
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        if (st.st_size, st.st_mtime_ns) != (self.size, self.mtime_ns) or len(key) != len(self.dims):
+            return None
+        lead, (rows, cols) = key[:-2], key[-2:]
+        if not (all(isinstance(k, int) for k in lead) and isinstance(rows, slice)
+                and isinstance(cols, slice)):
+            return None
+        h, w = self.dims[-2:]
+        r0, r1, step = rows.indices(h)
+        if step != 1 or r1 <= r0:
+            return None
+        item = np.dtype(self.dtype).itemsize
+        plane = math.prod(self.dims[-2:])
+        index = 0
+        for k, n in zip(lead, self.dims[:-2], strict=True):
+            index = index * n + k
+        start = self.offset + (index * plane + r0 * w) * item
+        count = (r1 - r0) * w
+        with open(path, "rb") as fh:
+            buf = os.pread(fh.fileno(), count * item, start)
+        if len(buf) != count * item:
+            missing = count * item - len(buf)
+            raise FrameError(f"cannot read pixels (file ends {missing} bytes early)")
+        values = np.frombuffer(buf, dtype=self.dtype).reshape(r1 - r0, w)[:, cols]
+        if self.bzero:
+            return (values.astype(np.int32) + int(self.bzero)).astype(np.float32)
+        return values.astype(np.float32)
+
+
 @dataclass
 class FrameInfo:
     """What the header says about one frame (no pixels are held).
@@ -102,6 +183,8 @@ class FrameInfo:
     footprint: np.ndarray | None = None
     has_weight: bool = False
     extra: dict = field(default_factory=dict)
+    #: where the pixels lie in an uncompressed file (`RawLayout`), for reads without astropy
+    raw: RawLayout | None = None
 
     @property
     def name(self) -> str:
@@ -458,6 +541,7 @@ def _scan(path: Path, *, wcs_dirs: Iterable[Path], bayer_pattern: str | None,
         with _open_fits(path) as hdul:
             index = _first_image_hdu(hdul)
             header = hdul[index].header.copy()
+            raw = RawLayout.of(path, hdul[index])
             has_weight = "WEIGHT" in [h.name for h in hdul]
     except FrameError:
         raise
@@ -477,6 +561,7 @@ def _scan(path: Path, *, wcs_dirs: Iterable[Path], bayer_pattern: str | None,
         instrument=_header_value(header, ("INSTRUME",), str),
         site_longitude=_site_longitude(header),
         has_weight=has_weight,
+        raw=raw,
     )
     mount = _header_value(header, ("MOUNT", "EQMODE", "MOUNTMOD"), str)
     if mount is not None:
@@ -586,6 +671,15 @@ def load_frame(
 def _read_section(info: FrameInfo, key: tuple) -> np.ndarray:
     """Read part of the image HDU, squeezing degenerate (length-1) FITS axes."""
     plain = info.path.suffix.lower() in (".fits", ".fit", ".fts")
+    raw = getattr(info, "raw", None)  # None in catalogs pickled before it existed
+    if raw is not None and info.layout in ("2D", "BAYER"):
+        lead = (0,) * (len(raw.dims) - 2)
+        try:
+            data = raw.read_rows(info.path, (*lead, *key))
+        except OSError as err:
+            raise FrameError(f"cannot read pixels ({type(err).__name__}: {err})") from err
+        if data is not None:
+            return data
     try:
         with _open_fits(info.path) as hdul:
             hdu = hdul[info.hdu]

@@ -59,6 +59,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import spsolve
 
+from skymosaic._stats import median as _median
 from skymosaic._surface import n_terms, surface_terms
 from skymosaic.photometry._linefit import estimate_noise
 from skymosaic.photometry._masks import grow_mask, nanmedian_rows
@@ -175,20 +176,35 @@ def sky_samples(
             sources |= img - med[rows[:, None], cols[None, :]] > star_sigma * sig
     sources = grow_mask(sources, 2)
     use = both & ~sources
-    n = _blocks(use.astype(np.float64), y0, x0, block, 0.0).sum(axis=-1)
+    # Block sums without the (nby, nbx, block**2) copies: pad once, sum over the block axes.
+    py, px = y0 % block, x0 % block
+    nby, nbx = -(-(py + use.shape[0]) // block), -(-(px + use.shape[1]) // block)
+
+    def padded(a: np.ndarray) -> np.ndarray:
+        out = np.zeros((nby * block, nbx * block), dtype=np.float64)
+        out[py:py + a.shape[0], px:px + a.shape[1]] = a
+        return out
+
+    per_row = padded(use).reshape(nby * block, nbx, block)  # used pixels, by row and block
+    n = per_row.sum(axis=-1).reshape(nby, block, nbx).sum(axis=1)
     keep = n >= _MIN_FILL * block * block
     if not keep.any():
         return BinnedSky(empty, empty, empty, empty, empty, empty)
-    yy, xx = np.indices(use.shape, dtype=np.float64)
+    nk = n[keep]
 
     def mean(a: np.ndarray) -> np.ndarray:
-        sums = _blocks(np.where(use, a, 0.0), y0, x0, block, 0.0).sum(axis=-1)
-        return (sums / np.maximum(n, 1))[keep]
+        sums = padded(np.where(use, a, 0.0)).reshape(nby, block, nbx, block).sum(axis=(1, 3))
+        return sums[keep] / nk
 
-    nk = n[keep]
+    # mean row and column of the used pixels: per-row (per-column) counts times the index
+    rows = np.arange(nby * block, dtype=np.float64) - py + y0
+    cols = np.arange(nbx * block, dtype=np.float64) - px + x0
+    y_mean = (per_row.sum(axis=-1) * rows[:, None]).reshape(nby, block, nbx).sum(axis=1)
+    x_mean = (per_row * cols.reshape(nbx, block)[None]).sum(axis=-1).reshape(
+        nby, block, nbx).sum(axis=1)
     var_x = (sig_x**2 if np.isfinite(sig_x) else 0.0) / nk
     var_y = (sig_y**2 if np.isfinite(sig_y) else 0.0) / nk
-    return BinnedSky(mean(yy) + y0, mean(xx) + x0, mean(xa), mean(ya), var_x, var_y)
+    return BinnedSky(y_mean[keep] / nk, x_mean[keep] / nk, mean(xa), mean(ya), var_x, var_y)
 
 
 def overlap_block(height: int, width: int, block: int) -> int:
@@ -250,7 +266,7 @@ def _design(samples: Sequence[SkySamples], gains: np.ndarray, order: int, n: int
         gi, gj = gains[s.i], gains[s.j]
         rhs.append(gj * s.level_j - gi * s.level_i)
         var = gj**2 * s.var_j + gi**2 * s.var_i
-        wts.append(1.0 / np.maximum(var, 1e-12 * max(float(np.median(var)), 1e-30)))
+        wts.append(1.0 / np.maximum(var, 1e-12 * max(float(_median(var)), 1e-30)))
         pair.append(np.full(s.size, k))
         start += s.size
     if start == 0:
@@ -318,13 +334,13 @@ def solve_sky_surfaces(
         aw = a.multiply(wf[:, None]).tocsr()
         normal = (a.T @ aw).tocsc()
         diag = normal.diagonal()
-        lam = ridge * float(np.median(diag[diag > 0])) if np.any(diag > 0) else ridge
+        lam = ridge * float(_median(diag[diag > 0])) if np.any(diag > 0) else ridge
         penalty = sp.diags(np.where(cols % m == 0, 1e-4 * lam, lam), format="csc")
         c = np.atleast_1d(spsolve(normal + penalty, aw.T @ d))
         r = (a @ c - d) * np.sqrt(w)
         if it == robust_iter:
             break
-        scale = 1.4826 * float(np.median(np.abs(r))) or 1.0
+        scale = 1.4826 * float(_median(np.abs(r))) or 1.0
         fac = 1.0 / (1.0 + (r / (_CAUCHY_C * scale)) ** 2)
     sol.coeffs.reshape(-1)[cols] = c
     resid = a @ c - d
@@ -332,6 +348,6 @@ def solve_sky_surfaces(
     for k, s in enumerate(samples):
         sel = pair == k
         if np.any(sel):
-            sol.pair_step[(s.i, s.j)] = float(np.median(np.abs(resid[sel])))
-            sol.pair_step_before[(s.i, s.j)] = float(np.median(np.abs(d[sel] - np.median(d[sel]))))
+            sol.pair_step[(s.i, s.j)] = float(_median(np.abs(resid[sel])))
+            sol.pair_step_before[(s.i, s.j)] = float(_median(np.abs(d[sel] - _median(d[sel]))))
     return sol

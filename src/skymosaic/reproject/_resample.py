@@ -7,9 +7,10 @@ Kernel definitions (one per name, shared by every backend):
   with a = -0.75), 20-50x faster than exact gathers. OpenCV 4.x quantises the fractional
   sample position to 1/32 pixel (``INTER_TAB_SIZE``, positions exact to +-1/64 px, far below
   a seeing disc); OpenCV 5 interpolates float images at exact positions.
-- ``lanczos3``: separable ``sinc(t) sinc(t/3)`` on 6x6 samples, weights normalised to sum 1,
-  evaluated exactly (no position quantisation; `skymosaic.backend.lanczos3_weights`, the
-  weights of every backend) with NumPy gathers: slower, sharpest.
+- ``lanczos3``: separable ``sinc(t) sinc(t/3)`` on 6x6 samples, weights normalised to sum 1
+  (`skymosaic.backend.lanczos3_weights`, the weights of every backend; the host looks them
+  up in a table of 65536 sub-pixel steps, within 1.1e-5 of the formula) with NumPy
+  gathers: slower, sharpest.
 
 No-data handling is the same for every kernel: an output pixel is valid only when every
 input sample under the kernel's support is valid (finite). Invalid input never bleeds
@@ -41,9 +42,10 @@ Device arrays (CuPy, or any array-API namespace) go to the array-API twin of thi
 
 from __future__ import annotations
 
+import functools
+
 import cv2
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from skymosaic.backend import lanczos3_weights
 from skymosaic.backend._kernels import EDGES as _EDGES
@@ -95,32 +97,61 @@ def _invalid_support(
     return invalid_out
 
 
+#: Sub-pixel steps of the host's Lanczos-3 weight table (`_lanczos3_weights`).
+LANCZOS_TABLE_STEPS = 2**16
+
+
+@functools.cache
+def _lanczos3_table() -> np.ndarray:
+    """`skymosaic.backend.lanczos3_weights` at ``k / LANCZOS_TABLE_STEPS``, k = 0..steps,
+    shaped (6, steps + 1), float32 (1.5 MiB, made once)."""
+    frac = np.arange(LANCZOS_TABLE_STEPS + 1, dtype=np.float64) / LANCZOS_TABLE_STEPS
+    return np.ascontiguousarray(lanczos3_weights(frac).astype(np.float32))
+
+
 def _lanczos3_weights(frac: np.ndarray) -> np.ndarray:
-    """Normalised float32 Lanczos-3 weights for taps -2..3 around ``floor(x)``, (6, ...):
-    the one definition, `skymosaic.backend.lanczos3_weights`."""
-    return lanczos3_weights(np.asarray(frac, dtype=np.float32))
+    """Lanczos-3 weights for taps -2..3 around ``floor(x)``, (6, ...) float32: the one
+    definition, `skymosaic.backend.lanczos3_weights`, looked up at the nearest 1/65536 px.
+
+    The host's fast path (4x faster than evaluating the three sines and six quotients per
+    position): the position error is at most 7.6e-6 px and the weights differ from the
+    exact ones by at most 1.1e-5 (``tests/test_reproject.py``), far below a float32 image's
+    own rounding of a sharp star after any resampling. The device evaluates the formula.
+    """
+    idx = np.rint(np.asarray(frac, dtype=np.float32) * LANCZOS_TABLE_STEPS).astype(np.intp)
+    np.clip(idx, 0, LANCZOS_TABLE_STEPS, out=idx)
+    return np.take(_lanczos3_table(), idx, axis=1)
 
 
 def _lanczos3(planes: np.ndarray, xmap: np.ndarray, ymap: np.ndarray) -> np.ndarray:
     """Lanczos-3 at ``(xmap, ymap)``; taps beyond the edge read the edge pixel.
 
     Each plane is padded by 3 edge pixels, so that every tap of a position within
-    ``[-1, w] x [-1, h]`` is inside, and viewed as rows of 6-pixel windows
-    (`sliding_window_view`): each of the 6 tap rows is then one gather of 6 neighbours
-    and one dot product with the x weights. Positions further out (all invalid, see
-    `resample`) are clamped there.
+    ``[-1, w] x [-1, h]`` is inside; positions further out (all invalid, see `resample`)
+    are clamped there. Per tap row, the six neighbours are gathered from the flat padded
+    plane at one precomputed index, from a view shifted by the tap's offset (`numpy.take`:
+    contiguous outputs, no (H, W, 6) temporary) and weighted by the x weights, then the six rows by
+    the y weights.
     """
     c, h, w = planes.shape
     fx, fy = np.floor(xmap), np.floor(ymap)
     wx, wy = _lanczos3_weights(xmap - fx), _lanczos3_weights(ymap - fy)
     col = np.clip(fx, -1, w - 1).astype(np.intp) + 1  # first tap (x - 2) in the padded plane
     row = np.clip(fy, -1, h - 1).astype(np.intp) + 1
-    wxt = np.ascontiguousarray(np.moveaxis(wx, 0, -1))  # (H, W, 6)
     out = np.zeros((c, *xmap.shape), dtype=np.float32)
+    row_sum, tap = np.empty(xmap.shape, np.float32), np.empty(xmap.shape, np.float32)
     for ch in range(c):
-        windows = sliding_window_view(np.pad(planes[ch], 3, mode="edge"), 6, axis=1)
+        padded = np.pad(planes[ch], 3, mode="edge")
+        flat, stride = padded.ravel(), padded.shape[1]
+        first = row * stride + col
         for ky in range(6):
-            out[ch] += wy[ky] * np.einsum("...k,...k->...", windows[row + ky, col], wxt)
+            row_sum.fill(0.0)
+            for kx in range(6):
+                flat[ky * stride + kx:].take(first, out=tap, mode="clip")
+                tap *= wx[kx]
+                row_sum += tap
+            row_sum *= wy[ky]
+            out[ch] += row_sum
     return out
 
 

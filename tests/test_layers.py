@@ -17,7 +17,8 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "skymosaic"
 
 LAYERS = [
-    {"_errors", "_version", "_space", "_tiles", "_surface", "_stats", "_memory", "_dask"},
+    {"_errors", "_version", "_space", "_tiles", "_surface", "_stats", "_memory", "_dask",
+     "_threads"},
     {"backend"},
     {"io", "reproject"},
     {"photometry", "stack", "plan", "blend", "astrometry", "assemble", "grid", "synth"},

@@ -709,3 +709,24 @@ def test_clear_of_is_the_distance_transform_threshold():
     mask[:, :7] = False
     for radius in (1.0, 2.5, 4.0):
         np.testing.assert_array_equal(_clear_of(mask, radius), distance_inside(mask) > radius)
+
+
+def test_colour_overlap_finds_its_stars_once_and_measures_every_channel(monkeypatch):
+    from skymosaic.photometry import _regression  # noqa: PLC0415
+
+    gains = np.array([1.2, 0.9, 1.05])
+    rng = np.random.default_rng(11)
+    stars = _star_grid(1.5, np.random.default_rng(7))
+    colour = np.array([0.6, 1.0, 1.4])[:, None, None]
+    x = 100.0 + colour * stars[None] + rng.normal(0, 2, (3, *stars.shape))
+    y = gains[:, None, None] * (100.0 + colour * stars[None]) + 30.0
+    y = y + rng.normal(0, 2, y.shape)
+    calls = []
+    detect = _regression._detect
+    monkeypatch.setattr(_regression, "_detect", lambda *a, **k: calls.append(1) or detect(*a, **k))
+    rels = _regression.overlap_relations(0, 1, x, y, np.ones(stars.shape, bool), [0, 1, 2])
+    assert len(calls) == 1
+    for c, pr in enumerate(rels):
+        rel = pr.relation
+        assert rel.status == "ok" and "aperture" in rel.reason
+        assert abs(np.log(rel.gain / gains[c])) < 3 * rel.gain_err / rel.gain

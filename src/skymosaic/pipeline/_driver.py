@@ -12,6 +12,7 @@ from skymosaic._dask import dask_client
 from skymosaic._manifest import MANIFEST_NAME, Manifest
 from skymosaic._memory import limit_heap_growth
 from skymosaic._space import DiskFullError
+from skymosaic._threads import one_blas_thread
 from skymosaic.assemble import CoaddOptions
 from skymosaic.config import Config, dump_toml
 from skymosaic.io import atomic_path
@@ -76,7 +77,8 @@ def run_pipeline(
                          budget_bytes=config.memory_budget_bytes) as client:
             ctx.client = client
             try:
-                return _run_phases(ctx, inputs)
+                with one_blas_thread():  # our pools are the parallelism (skymosaic._threads)
+                    return _run_phases(ctx, inputs)
             except DiskFullError as err:
                 _disk_full(ctx, err)
                 raise

@@ -140,10 +140,10 @@ def _lanczos3(planes: np.ndarray, xmap: np.ndarray, ymap: np.ndarray) -> np.ndar
     row = np.clip(fy, -1, h - 1).astype(np.intp) + 1
     out = np.zeros((c, *xmap.shape), dtype=np.float32)
     row_sum, tap = np.empty(xmap.shape, np.float32), np.empty(xmap.shape, np.float32)
+    stride = w + 6  # of the padded planes
+    first = row * stride + col
     for ch in range(c):
-        padded = np.pad(planes[ch], 3, mode="edge")
-        flat, stride = padded.ravel(), padded.shape[1]
-        first = row * stride + col
+        flat = np.pad(planes[ch], 3, mode="edge").ravel()
         for ky in range(6):
             row_sum.fill(0.0)
             for kx in range(6):

@@ -3,6 +3,7 @@
 #   make test   install with the test extras, lint (ruff) and run the test suite
 #   make solver install astrometry.net + index files for plate solving (apt; no-op if present)
 #   make browser install headless Chromium + chromedriver for the report's browser tests
+#   make peers  install SWarp + Montage, the peers the benchmarks compare with (apt)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -11,7 +12,7 @@ OUT    ?= demo_out
 PYTEST_ARGS ?=
 SOLVER_PACKAGES ?=
 
-.PHONY: demo test bench lint clean install install-test solver browser
+.PHONY: demo test bench lint clean install install-test solver browser peers
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +42,11 @@ solver:
 browser:
 	@bash scripts/install_browser.sh
 
+# SWarp + Montage for the benchmarks' peer rows (scripts/install_peers.sh: apt-get, never
+# fails the build; SKYMOSAIC_NO_PEERS=1 skips it; the benchmarks skip a missing tool).
+peers:
+	@bash scripts/install_peers.sh
+
 test: solver browser $(VENV)/.installed-test
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
@@ -48,7 +54,7 @@ test: solver browser $(VENV)/.installed-test
 # bench_end_to_end.py runs with E2E_ARGS (its own default, 30/80/200 frames mono and colour,
 # takes over an hour on 2 cores)
 E2E_ARGS ?= --frames 30,80 --mono
-bench: $(VENV)/.installed-test
+bench: peers $(VENV)/.installed-test
 	@set -e; for b in $(filter-out benchmarks/bench_scale.py benchmarks/bench_end_to_end.py,$(wildcard benchmarks/bench_*.py)); do \
 		echo "== $$b"; $(BIN)/python $$b; done
 	@echo "== benchmarks/bench_end_to_end.py $(E2E_ARGS)"; $(BIN)/python benchmarks/bench_end_to_end.py $(E2E_ARGS)

@@ -130,3 +130,29 @@ def test_bad_reject_options_raise():
         CoaddOptions(reject="sometimes")
     with pytest.raises(ValueError, match="reject_kappa"):
         CoaddOptions(reject_kappa=0.0)
+
+
+def test_rejection_in_row_bands_on_threads_flags_the_same_pixels():
+    # reject_outliers(threads=N) cuts the band into N bands of rows with the growth's halo:
+    # every flag is the one-band flag, trails across the cuts included.
+    from skymosaic.assemble._coadd import reject_outliers  # noqa: PLC0415
+
+    rng = np.random.default_rng(1)
+    flagged = 0
+    for _ in range(12):
+        contributions = []
+        for _ in range(rng.integers(2, 6)):
+            y0, x0 = int(rng.integers(0, 40)), int(rng.integers(0, 50))
+            h, w = int(rng.integers(10, 81 - y0)), int(rng.integers(10, 91 - x0))
+            img = rng.normal(100, 5, (2, h, w)).astype(np.float32)
+            img[:, int(rng.integers(0, h)), :] += 300  # a trail along the rows
+            img[:, :, int(rng.integers(0, w))] += 200  # one across the cuts
+            wt = np.where(rng.uniform(size=(h, w)) < 0.05, 0, 1).astype(np.float32)
+            contributions.append(((y0 + 7, y0 + 7 + h, x0, x0 + w), img, wt,
+                                  np.array([[5.0, 5.0], [100.0, 100.0]])))
+        one = reject_outliers(contributions, 7, (80, 90))
+        flagged += sum(int(f.sum()) for f in one)
+        for threads in (2, 3):
+            split = reject_outliers(contributions, 7, (80, 90), threads=threads)
+            assert all(np.array_equal(a, b) for a, b in zip(one, split, strict=True))
+    assert flagged > 500  # the trails were found

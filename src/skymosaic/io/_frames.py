@@ -29,6 +29,7 @@ __all__ = [
     "FITS_SUFFIXES",
     "FrameError",
     "FrameInfo",
+    "RawLayout",
     "discover_inputs",
     "find_wcs_sidecar",
     "frame_footprint",

@@ -156,6 +156,34 @@ def test_dzi_of_a_mosaic_larger_than_the_budget_is_streamed_and_exact(tmp_path):
                                   half)
 
 
+def test_dzi_on_threads_writes_the_same_files_within_the_budget(tmp_path):
+    # write_dzi(threads=3): the band stretched in row chunks, tiles encoded in a pool; the
+    # same bytes in every file, and the same budget as one thread.
+    rng = np.random.default_rng(3)
+    data = rng.normal(100, 10, (3, 1500, 700)).astype(np.float32)
+    data[:, :200, :90] = np.nan
+    path = _mosaic_file(tmp_path / "c.fits", data)
+    params = fit_stretch(data[:, ::4, ::4])
+    budget = 64 * 2**20  # bands of one tile row (254 rows): six of them
+    pyramids = {}
+    with MosaicFile(path) as m:
+        for threads in (1, 3):
+            tracemalloc.start()
+            try:
+                pyramids[threads] = write_dzi(m, tmp_path / f"dzi{threads}", params,
+                                              memory_budget=budget, threads=threads)
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            assert peak < budget
+    one, three = pyramids[1], pyramids[3]
+    files = sorted(p.relative_to(one.tiles_dir) for p in one.tiles_dir.rglob("*.jpg"))
+    assert files == sorted(p.relative_to(three.tiles_dir) for p in three.tiles_dir.rglob("*.jpg"))
+    assert one.n_tiles == three.n_tiles == len(files) > 30
+    for f in files:
+        assert (one.tiles_dir / f).read_bytes() == (three.tiles_dir / f).read_bytes(), f
+
+
 def test_dzi_colour_jpeg_tiles_are_rgb(tmp_path):
     data = np.zeros((3, 200, 260), np.float32)
     data[0], data[1], data[2] = 100.0, 50.0, 0.0  # red-orange: R > G > B after the linked stretch

@@ -70,7 +70,8 @@ def write_report(ctx: Run) -> None:
 
     try:
         with ctx.phase("report"):
-            write_html(ctx.out, memory_budget=ctx.config.memory_budget_bytes)
+            write_html(ctx.out, memory_budget=ctx.config.memory_budget_bytes,
+                       threads=ctx.config.run.threads)
     except (OSError, ValueError, KeyError, DiskFullError) as err:  # the mosaic is complete
         logger.warning("report not written: %s: %s", type(err).__name__, err)
         return

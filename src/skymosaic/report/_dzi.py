@@ -21,11 +21,13 @@ re-stretch of binned data); a lone last row or column is averaged with itself.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +90,7 @@ def write_dzi(
     fmt: str = "jpg",
     quality: int = 90,
     progress: Callable[[int, int], None] | None = None,
+    threads: int = 1,
 ) -> DziPyramid:
     """Write the DZI pyramid of ``mosaic`` stretched with ``params`` into ``dest``.
 
@@ -110,6 +113,9 @@ def write_dzi(
         JPEG quality (or PNG compression level 0-9 for png).
     progress : callable(done, total), optional
         Called after every band of every level.
+    threads : int
+        Threads that stretch a band (in row chunks) and encode its tiles (NumPy's
+        ``arcsinh`` and OpenCV's encoders release the GIL); the files do not depend on it.
 
     Returns
     -------
@@ -126,7 +132,8 @@ def write_dzi(
     sizes = level_sizes(width, height)
     max_level = len(sizes) - 1
     flags = [_FORMATS[fmt][0], int(quality if fmt == "jpg" else min(quality, 9))]
-    writer = _TileWriter(tile_size, overlap, fmt, flags)
+    pool = ThreadPoolExecutor(max_workers=threads) if threads > 1 else None
+    writer = _TileWriter(tile_size, overlap, fmt, flags, pool)
     final_tiles, final_dzi = dest / f"{name}_files", dest / f"{name}.dzi"
     staging = Path(tempfile.mkdtemp(prefix=f".{name}_files.", dir=dest))
     total = sum(math.ceil(h / tile_size) for _, h in sizes)
@@ -143,7 +150,7 @@ def write_dzi(
             rows = band_rows(width, c * _FULL_BYTES, memory_budget, multiple=tile_size)
             for r0 in range(0, height, rows):
                 r1 = min(height, r0 + rows)
-                band = _full_band(mosaic, r0, r1, overlap, params)
+                band = _full_band(mosaic, r0, r1, overlap, params, pool, threads)
                 writer.cut(staging / str(max_level), band, r0 - max(0, r0 - overlap), r0, r1, width,
                            height)
                 core = band[r0 - max(0, r0 - overlap):][: r1 - r0]
@@ -170,18 +177,30 @@ def write_dzi(
         os.replace(staging / "descriptor.dzi", final_dzi)
         os.replace(staging, final_tiles)
     finally:
+        if pool is not None:
+            pool.shutdown()
         shutil.rmtree(staging, ignore_errors=True)
     return DziPyramid(final_dzi, final_tiles, width, height, tile_size, overlap, fmt, max_level,
                       writer.count)
 
 
-def _full_band(mosaic: MosaicFile, r0: int, r1: int, overlap: int,
-               params: StretchParams) -> np.ndarray:
-    """Image rows ``[r0 - overlap, r1 + overlap)`` (clipped), stretched: (n, W, C) float32."""
+def _full_band(mosaic: MosaicFile, r0: int, r1: int, overlap: int, params: StretchParams,
+               pool: ThreadPoolExecutor | None = None, threads: int = 1) -> np.ndarray:
+    """Image rows ``[r0 - overlap, r1 + overlap)`` (clipped), stretched: (n, W, C) float32
+    (in row chunks on ``pool``: the stretch is per pixel)."""
     height = mosaic.shape[1]
     lo, hi = max(0, r0 - overlap), min(height, r1 + overlap)
     block = mosaic.read_rows("data", height - hi, height - lo)[:, ::-1]  # top row first
-    return np.moveaxis(apply_stretch(block, params), 0, -1)
+    if pool is None or block.shape[1] < 64:
+        return np.moveaxis(apply_stretch(block, params), 0, -1)
+    out = np.empty((block.shape[1], block.shape[2], block.shape[0]), np.float32)
+    cuts = np.linspace(0, block.shape[1], threads + 1).round().astype(int)
+
+    def part(a: int, b: int) -> None:
+        out[a:b] = np.moveaxis(apply_stretch(block[:, a:b], params), 0, -1)
+
+    list(pool.map(lambda ab: part(*ab), itertools.pairwise(cuts.tolist())))
+    return out
 
 
 def _level_map(folder: Path, level: int, sizes: list[tuple[int, int]],
@@ -204,8 +223,10 @@ def _shrink(img: np.ndarray) -> np.ndarray:
 class _TileWriter:
     """Cuts bands of a level into DZI tiles and encodes them."""
 
-    def __init__(self, tile_size: int, overlap: int, fmt: str, flags: list[int]) -> None:
+    def __init__(self, tile_size: int, overlap: int, fmt: str, flags: list[int],
+                 pool: ThreadPoolExecutor | None = None) -> None:
         self.tile_size, self.overlap, self.fmt, self.flags = tile_size, overlap, fmt, flags
+        self.pool = pool
         self.count = 0
 
     def cut(self, folder: Path, band: np.ndarray, offset: int, r0: int, r1: int, width: int,
@@ -214,12 +235,19 @@ class _TileWriter:
         folder.mkdir(parents=True, exist_ok=True)
         t, ov = self.tile_size, self.overlap
         img = to_uint(band)
+        jobs = []
         for row in range(r0 // t, math.ceil(r1 / t)):
             y0, y1 = max(0, row * t - ov), min(height, (row + 1) * t + ov)
             for col in range(math.ceil(width / t)):
                 x0, x1 = max(0, col * t - ov), min(width, (col + 1) * t + ov)
                 tile = img[y0 - r0 + offset: y1 - r0 + offset, x0:x1]
-                self._encode(folder / f"{col}_{row}.{self.fmt}", tile)
+                jobs.append((folder / f"{col}_{row}.{self.fmt}", tile))
+        if self.pool is None:
+            for path, tile in jobs:
+                self._encode(path, tile)
+        else:  # the band is released only once its tiles are written
+            list(self.pool.map(lambda job: self._encode(*job), jobs))
+        self.count += len(jobs)
 
     def _encode(self, path: Path, tile: np.ndarray) -> None:
         if tile.shape[-1] == 3:
@@ -230,7 +258,6 @@ class _TileWriter:
         if not ok:
             raise OSError(f"could not encode DZI tile {path}")
         path.write_bytes(buf.tobytes())
-        self.count += 1
 
 
 def _write_descriptor(path: Path, width: int, height: int, tile_size: int, overlap: int,

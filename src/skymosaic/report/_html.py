@@ -63,6 +63,7 @@ def write_report(
     tile_format: str = "jpg",
     value_max: float = 8e6,
     preview_max_size: int = 4096,
+    threads: int = 0,
 ) -> Path:
     """Write (or rebuild) the report of the finished run in ``out``.
 
@@ -79,6 +80,9 @@ def write_report(
     preview_max_size : int
         The preview's long side: the stretch is fitted on the plane the preview is drawn
         from, so the viewer and the PNG preview look the same.
+    threads : int
+        Threads of the deep-zoom pyramid's stretch and tile encoding (0: all cores); the
+        files do not depend on it.
 
     Returns
     -------
@@ -104,8 +108,9 @@ def write_report(
         raise ReportError(f"{out / mosaic_name}: cannot be read: {err}") from err
     with mosaic:
         data = build_data(out, run, mosaic, assets, memory_budget=memory_budget,
-                          tile_format=tile_format,
-                          value_max=value_max, preview_max_size=preview_max_size)
+                          tile_format=tile_format, value_max=value_max,
+                          preview_max_size=preview_max_size,
+                          threads=threads or (os.cpu_count() or 1))
     write_data(assets / "data.js", data)
     page = out / "index.html"
     with atomic_path(page, suffix=".html") as tmp:
@@ -133,13 +138,15 @@ def _copy_static(dest: Path) -> None:
 
 
 def build_data(out: Path, run: dict, mosaic: MosaicFile, assets: Path, *, memory_budget: int,
-               tile_format: str, value_max: float, preview_max_size: int) -> dict:
+               tile_format: str, value_max: float, preview_max_size: int,
+               threads: int = 1) -> dict:
     """Write the pyramid, value chunks and coverage image; return the page's data."""
     c, h, w = mosaic.shape
     factor = preview_binning(mosaic.shape, max_size=preview_max_size, memory_budget=memory_budget)
     params = preview_stretch(run) or fit_stretch(mosaic.binned("data", factor,
                                                                memory_budget=memory_budget))
-    pyramid = write_dzi(mosaic, assets, params, memory_budget=memory_budget, fmt=tile_format)
+    pyramid = write_dzi(mosaic, assets, params, memory_budget=memory_budget, fmt=tile_format,
+                        threads=threads)
     values = write_values(mosaic, assets / "values", memory_budget=memory_budget,
                           value_max=value_max)
     coverage = write_coverage(mosaic, assets / "coverage.png", memory_budget=memory_budget)

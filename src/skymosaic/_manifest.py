@@ -110,8 +110,9 @@ class Manifest:
 
     def save(self) -> None:
         """Rewrite ``manifest.json`` atomically."""
-        write_json(self.path,
-                   {"format": FORMAT, "skymosaic": __version__, "artifacts": self.artifacts})
+        write_json(self.path,  # one line: rewritten after every coadd block
+                   {"format": FORMAT, "skymosaic": __version__, "artifacts": self.artifacts},
+                   indent=None)
 
     def lookup(self, name: str, fp: str) -> dict | None:
         """The entry ``name`` if its fingerprint is ``fp`` and its file verifies, else None.

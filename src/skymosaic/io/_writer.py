@@ -77,8 +77,12 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def write_json(path: str | os.PathLike, payload: dict) -> Path:
-    """Write ``payload`` as indented JSON, atomically. NaN/inf become ``null``."""
+def write_json(path: str | os.PathLike, payload: dict, *, indent: int | None = 2) -> Path:
+    """Write ``payload`` as JSON, atomically. NaN/inf become ``null``.
+
+    ``indent=None`` writes it on one line with the standard library's C encoder (an
+    indented document goes through its pure-Python encoder: 50 ms for a 250 kB manifest,
+    which the coadd rewrites after every block)."""
 
     def clean(obj):
         if isinstance(obj, float):
@@ -94,7 +98,7 @@ def write_json(path: str | os.PathLike, payload: dict) -> Path:
         return obj
 
     with atomic_path(path, suffix=".json") as tmp:
-        tmp.write_text(json.dumps(clean(payload), indent=2, allow_nan=False) + "\n")
+        tmp.write_text(json.dumps(clean(payload), indent=indent, allow_nan=False) + "\n")
     return Path(path)
 
 

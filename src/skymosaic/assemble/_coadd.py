@@ -429,17 +429,33 @@ class _Block:
                                     (y_hi - y_lo, self.wsum.shape[1]), kappa=self.kappa,
                                     threads=self.threads)
             y0, y1 = self.y0, self.y0 + self.wsum.shape[0]
-            for (k, cut, full_img, full_wt, _), full_flag in zip(self.kept, flags, strict=True):
+            for (k, cut, _, _, _), flag in zip(self.kept, flags, strict=True):
                 r0, r1 = max(cut[0], y0), min(cut[1], y1)
-                if r1 <= r0:
-                    continue
-                rows = slice(r0 - cut[0], r1 - cut[0])
-                img, wt, flag = full_img[:, rows], full_wt[rows], full_flag[rows]
-                n = int(np.count_nonzero(flag))
+                n = int(np.count_nonzero(flag[r0 - cut[0]:r1 - cut[0]])) if r1 > r0 else 0
                 if n:
-                    wt = np.where(flag, np.float32(0), wt)
                     self.rejected[k] = self.rejected.get(k, 0) + n
-                self._sum((r0, r1, cut[2], cut[3]), img, wt)
+
+            def band(a: int, b: int) -> None:
+                """Sum the kept contributions' rows ``[a, b)`` of the block, in their order
+                (bands are disjoint: the threads never add to the same pixel)."""
+                for (_, cut, full_img, full_wt, _), full_flag in zip(self.kept, flags,
+                                                                      strict=True):
+                    r0, r1 = max(cut[0], y0 + a), min(cut[1], y0 + b)
+                    if r1 <= r0:
+                        continue
+                    rows = slice(r0 - cut[0], r1 - cut[0])
+                    img, wt, flag = full_img[:, rows], full_wt[rows], full_flag[rows]
+                    if flag.any():
+                        wt = np.where(flag, np.float32(0), wt)
+                    self._sum((r0, r1, cut[2], cut[3]), img, wt)
+
+            cuts = np.linspace(0, y1 - y0, max(1, min(self.threads, (y1 - y0) // 8)) + 1)
+            bands = list(itertools.pairwise(cuts.round().astype(int).tolist()))
+            if len(bands) == 1:
+                band(*bands[0])
+            else:
+                with ThreadPoolExecutor(max_workers=len(bands)) as pool:
+                    list(pool.map(lambda ab: band(*ab), bands))
             self.kept = []
         has = self.wsum > 0
         data = np.full(self.acc.shape, np.nan, np.float32)

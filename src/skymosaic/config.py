@@ -348,7 +348,8 @@ class PhotometryConfig(_Section):
     gain_from: Literal[GAIN_SOURCES] = Field(  # type: ignore[valid-type]
         default="auto",
         description="pair gains from detrended pixels, star aperture fluxes, or auto "
-        "(the more precise of the two; apertures when PSFs differ; docs/photometry.md)")
+        "(apertures when they give 0.1 %, else the more precise of the two; apertures when "
+        "PSFs differ; docs/photometry.md)")
     match_kernel: Literal[KERNELS] = Field(  # type: ignore[valid-type]
         default="lanczos3", description="resampling kernel of the inputs for the pair fits")
     sky_surface: Literal[SKY_SURFACES] = Field(  # type: ignore[valid-type]

@@ -504,9 +504,13 @@ def source_noise(source: ImageSource, *, window: int = 256) -> np.ndarray:
     return out
 
 
+#: One input of a band to `reject_outliers`: its cut ``(y0, y1, x0, x1)`` of the output,
+#: data (C, h, w), weight (h, w) and `source_noise` (or None).
+Contribution = tuple[tuple[int, int, int, int], np.ndarray, np.ndarray, np.ndarray | None]
+
+
 def reject_outliers(
-    contributions: Sequence[tuple[tuple[int, int, int, int], np.ndarray, np.ndarray,
-                                  np.ndarray | None]],
+    contributions: Sequence[Contribution],
     y0: int,
     shape: tuple[int, int],
     *,
@@ -571,8 +575,7 @@ def reject_outliers(
 
 
 def _reject_rows(
-    contributions: Sequence[tuple[tuple[int, int, int, int], np.ndarray, np.ndarray,
-                                  np.ndarray | None]],
+    contributions: Sequence[Contribution],
     y0: int,
     shape: tuple[int, int],
     *,

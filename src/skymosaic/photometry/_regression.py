@@ -9,6 +9,7 @@ pixels); `pairwise_relations` runs it on every overlap and channel.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -507,20 +508,25 @@ def overlap_relations(
     return found
 
 
+#: `fit_overlap`'s keyword defaults (what `_channel_sum_sources` uses when not given).
+_FIT_DEFAULTS = {name: p.default for name, p in inspect.signature(fit_overlap).parameters.items()
+                 if p.default is not inspect.Parameter.empty}
+
+
 def _channel_sum_sources(x: np.ndarray, y: np.ndarray, both: np.ndarray, channels: list[int],
                          fit: dict[str, Any]) -> Sources | None:
     """`find_sources` on the channel sums of ``x`` and ``y`` (None when no star gain is
     asked for, or the sums' noise cannot be measured)."""
-    if fit.get("gain_from", "auto") not in ("auto", "stars"):
+    opts = {**_FIT_DEFAULTS, **fit}  # fit_overlap's own defaults for what is not given
+    if opts["gain_from"] not in ("auto", "stars"):
         return None
     sx, sy = (np.sum(np.asarray(a, dtype=np.float64)[channels], axis=0) for a in (x, y))
-    order = fit.get("detrend_order", 1)
+    order = opts["detrend_order"]
     noise = [_sky_noise(detrend(a, both, order) if order >= 0 else a, both)[0] for a in (sx, sy)]
     if not all(np.isfinite(n) and n > 0 for n in noise):
         return None
-    return find_sources(sx, sy, both, sigma_x=noise[0], sigma_y=noise[1],
-                        mesh=fit.get("gain_mesh", 16), threshold=fit.get("star_threshold", 3.0),
-                        max_stars=fit.get("max_samples", 20000))
+    return find_sources(sx, sy, both, sigma_x=noise[0], sigma_y=noise[1], mesh=opts["gain_mesh"],
+                        threshold=opts["star_threshold"], max_stars=opts["max_samples"])
 
 
 def _finite_or_none(value: float) -> float | None:

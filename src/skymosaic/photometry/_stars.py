@@ -119,17 +119,17 @@ def prepare_sums(dx: np.ndarray, dy: np.ndarray, valid: np.ndarray) -> Prepared:
                     np.ascontiguousarray(ok, dtype=np.float64), np.ascontiguousarray(~ok))
 
 
-def _sums(image: np.ndarray, valid: np.ndarray | None, x, y, radius: float) -> np.ndarray:
-    """Sums of ``image`` over the valid pixels of circles of ``radius`` at ``(x, y)``
-    (``valid`` None: ``image`` is a `Prepared` pair ``(plane, mask)``)."""
+def _sums(image: np.ndarray, valid: np.ndarray, x, y, radius: float) -> np.ndarray:
+    """Sums of ``image`` over the valid pixels of circles of ``radius`` at ``(x, y)``."""
+    return _plane_sums(np.ascontiguousarray(np.where(valid, image, 0.0), dtype=np.float64),
+                       np.ascontiguousarray(~valid), x, y, radius)
+
+
+def _plane_sums(plane: np.ndarray, mask: np.ndarray, x, y, radius: float) -> np.ndarray:
+    """`_sums` of a plane already made for sep (float64, contiguous, 0 where ``mask``)."""
     import sep  # noqa: PLC0415
 
-    if valid is None:
-        img, mask = image
-    else:
-        img = np.ascontiguousarray(np.where(valid, image, 0.0), dtype=np.float64)
-        mask = np.ascontiguousarray(~valid)
-    return sep.sum_circle(img, np.asarray(x, np.float64), np.asarray(y, np.float64), radius,
+    return sep.sum_circle(plane, np.asarray(x, np.float64), np.asarray(y, np.float64), radius,
                           mask=mask, subpix=5)[0]
 
 
@@ -307,7 +307,7 @@ def aperture_gain(
                             f"{len(objs)} sources < min_stars={min_stars}")
     whole = ~_cut(objs, valid, radius, room)
     p = prepare_sums(dx, dy, valid) if prepared is None else prepared
-    area, fx, fy = (_sums((plane, p.mask), None, objs["x"], objs["y"], radius)
+    area, fx, fy = (_plane_sums(plane, p.mask, objs["x"], objs["y"], radius)
                     for plane in (p.ones, p.x, p.y))
     root = np.sqrt(np.maximum(area, 1e-12))  # a source with no valid pixel is not whole
     snr = 0.5 * (fx / (sigma_x * root) + fy / (sigma_y * root))
@@ -355,8 +355,8 @@ def psf_difference(dx: np.ndarray, dy: np.ndarray, valid: np.ndarray, objs, *, s
         return float("nan"), float("inf"), float("nan"), int(np.count_nonzero(whole))
     x, y = objs["x"][whole], objs["y"][whole]
     p = prepare_sums(dx, dy, valid) if prepared is None else prepared
-    (fx1, fy1), (fx2, fy2) = ((_sums((p.x, p.mask), None, x, y, r),
-                               _sums((p.y, p.mask), None, x, y, r)) for r in radii)
+    (fx1, fy1), (fx2, fy2) = ((_plane_sums(p.x, p.mask, x, y, r),
+                               _plane_sums(p.y, p.mask, x, y, r)) for r in radii)
     ring = kappa * np.pi * (radii[1] ** 2 - radii[0] ** 2)
     snr = np.minimum(fx2 / (sigma_x * np.sqrt(kappa * np.pi * radii[1] ** 2)),
                      fy2 / (sigma_y * np.sqrt(kappa * np.pi * radii[1] ** 2)))

@@ -130,8 +130,8 @@ def _lanczos3(planes: np.ndarray, xmap: np.ndarray, ymap: np.ndarray) -> np.ndar
     ``[-1, w] x [-1, h]`` is inside; positions further out (all invalid, see `resample`)
     are clamped there. Per tap row, the six neighbours are gathered from the flat padded
     plane at one precomputed index, from a view shifted by the tap's offset (`numpy.take`:
-    contiguous outputs, no (H, W, 6) temporary) and weighted by the x weights, then the six rows by
-    the y weights.
+    contiguous outputs, no (H, W, 6) temporary) and weighted by the x weights, then the six
+    rows by the y weights.
     """
     c, h, w = planes.shape
     fx, fy = np.floor(xmap), np.floor(ymap)
